@@ -1,0 +1,38 @@
+"""cifarkit: from the raw CIFAR-10 download to a trained, explained image classifier.
+
+The notebook API and the CLI share one code path: every `cifarkit <command>` is a thin wrapper
+over a function importable from here or from the subpackages. Heavy imports (torch) are deferred
+so that `import cifarkit` and `cifarkit --help` stay instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first attribute access (PEP 562)
+_LAZY = {
+    "read_cifar": "cifarkit.data.cifar",
+    "open_cifar": "cifarkit.data.cifar",
+    "to_dataframe": "cifarkit.data.cifar",
+    "load_dataset": "cifarkit.data.sources",
+    "ImageSet": "cifarkit.data.imageset",
+    "export_dataset": "cifarkit.data.export",
+    "create_model": "cifarkit.models",
+    "list_models": "cifarkit.models",
+    "load_config": "cifarkit.config",
+    "fit": "cifarkit.engine.train",
+    "evaluate_checkpoint": "cifarkit.engine.evaluate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cifarkit' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

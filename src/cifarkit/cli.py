@@ -1,0 +1,160 @@
+"""The `cifarkit` command line: argparse subcommands mapped onto library functions.
+
+Each handler only parses, calls one library function and prints; the notebook API and the CLI
+share the same code path. User errors (`CifarkitError`) become one `error:` line and exit 2;
+`--debug` shows the traceback. Heavy imports happen inside handlers so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from cifarkit import __version__
+from cifarkit.errors import CifarkitError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+# ---- data -------------------------------------------------------------------------------------
+def cmd_data_fetch(a: argparse.Namespace) -> int:
+    from cifarkit.data.fetch import fetch
+
+    path = fetch(a.name, a.root, base_url=a.url)
+    print(f"{path}: ready (md5 verified)")
+    return 0
+
+
+def cmd_data_inspect(a: argparse.Namespace) -> int:
+    from cifarkit.data.inspect import format_inspect, inspect_path
+
+    info = inspect_path(a.path)
+    _print_json(info) if a.json else print(format_inspect(info))
+    return 0
+
+
+def cmd_data_show(a: argparse.Namespace) -> int:
+    from cifarkit.data.show import show_grid
+    from cifarkit.data.sources import load_dataset
+
+    ds = load_dataset(a.path, a.split)
+    out = show_grid(ds, a.out, first=a.first, per_class=a.per_class)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_data_export(a: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cifarkit.data.export import export_dataset
+    from cifarkit.data.sources import describe_kind, load_dataset
+
+    splits = ["train", "test"] if describe_kind(a.path) == "cifar" else a.splits
+    data = {s: load_dataset(a.path, s) for s in splits}
+    with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
+        res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
+                             overwrite=a.overwrite, progress=bar.update)
+    counts = ", ".join(f"{k} {v:,}" for k, v in res.counts.items())
+    print(f"wrote {res.out} ({counts}) and {res.manifest}")
+    return 0
+
+
+def cmd_data_check(a: argparse.Namespace) -> int:
+    from cifarkit.data.folder import check_files, splits_of
+    from cifarkit.data.sources import describe_kind, list_files
+
+    kind = describe_kind(a.path)
+    if kind == "cifar":
+        from cifarkit.data.inspect import inspect_path
+
+        info = inspect_path(a.path)  # reading validates every batch
+        print(f"{a.path}: OK, {info['total']:,} images in {len(info['batches'])} batches")
+        return 0
+    splits = ([a.split] if a.split else splits_of(a.path) or [None]) if kind == "folder" else [a.split]
+    ok = True
+    for s in splits:
+        rep = check_files(list_files(a.path, s))
+        label = f"{a.path}" + (f" [{s}]" if s else "")
+        print(f"{label}: {rep.images:,} readable images, sizes "
+              + ", ".join(f"{k}:{v}" for k, v in list(rep.sizes.items())[:8]))
+        for _path, err in rep.unreadable:
+            print(f"  unreadable: {err}")
+        for c in rep.empty_classes:
+            print(f"  empty class: {c}")
+        if rep.non_images:
+            print(f"  {len(rep.non_images)} non-image files ignored")
+        ok &= rep.ok
+    if not ok:
+        print("error: some images or classes are unusable (listed above); fix or remove them", file=sys.stderr)
+    return 0 if ok else 1
+
+
+# ---- entry point ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cifarkit", description="From CIFAR batches to a trained, explained "
+                                "image classifier.")
+    p.add_argument("--version", action="version", version=f"cifarkit {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="fetch, inspect, show, export and check datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="download the official CIFAR archive (md5 verified)")
+    f.add_argument("name", choices=["cifar10", "cifar100"])
+    f.add_argument("--root", default="data", help="folder to download into (default: data)")
+    f.add_argument("--url", default=None, help="mirror base URL (default: the dataset's home page)")
+    f.set_defaults(fn=cmd_data_fetch)
+    i = dsub.add_parser("inspect", help="batch files, shapes, class counts")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_data_inspect)
+    s = dsub.add_parser("show", help="save a grid of sample images with class names")
+    s.add_argument("path")
+    s.add_argument("--out", required=True, help="image file: .png, .jpg, .pdf or .svg")
+    s.add_argument("--split", default="train")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--first", type=int, default=None, help="the first N images (default 20)")
+    g.add_argument("--per-class", type=int, default=None, help="N images of each class, a row per class")
+    s.set_defaults(fn=cmd_data_show)
+    e = dsub.add_parser("export", help="write split/<class>/<file> images and manifest.csv")
+    e.add_argument("path")
+    e.add_argument("out")
+    e.add_argument("--format", default="png", choices=["png", "jpg"])
+    e.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100")
+    e.add_argument("--workers", type=int, default=None)
+    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--splits", nargs="+", default=["train", "test"], help="for image folders/manifests")
+    e.set_defaults(fn=cmd_data_export)
+    c = dsub.add_parser("check", help="decode every image; exit 1 if anything is unusable")
+    c.add_argument("path")
+    c.add_argument("--split", default=None)
+    c.set_defaults(fn=cmd_data_check)
+
+    from cifarkit import cli_train
+
+    cli_train.add_commands(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except CifarkitError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,325 @@
+"""Typed run configuration: YAML file + `--set key.sub=value` overrides -> `Config` dataclasses.
+
+Every field has a default and a one-line help string (its unit in brackets). Unknown keys and
+wrong types are `ConfigError`s that name the key and suggest the nearest valid one, so a typo
+never silently falls back to a default. The resolved config is saved with every run and
+checkpoint, so nothing later needs the original file again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifarkit.errors import ConfigError
+
+CIFAR_MEAN = [125.307, 122.961, 113.8575]  # CIFAR-10 train set, 0..255 scale
+CIFAR_STD = [62.9932, 62.0887, 66.7048]
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+
+
+def _f(default: Any, help: str) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    root: str = _f("", "dataset path: CIFAR batches folder/.tar.gz, image folder, or manifest .csv")
+    train_split: str = _f("train", "split used for training")
+    test_split: str = _f("test", "split used for evaluation")
+    val_fraction: float = _f(0.0, "fraction of train held out for validation instead of test (0 = use test)")
+    val_seed: int = _f(0, "seed of the train/val split")
+    subset_per_class: int = _f(0, "keep only the first N images per class of each split (0 = all)")
+    image_size: int = _f(0, "decode folder images to this size [px] (0 = their own size)")
+    mean: list[float] = _f(list(CIFAR_MEAN), "per-channel mean on the 0..255 scale")
+    std: list[float] = _f(list(CIFAR_STD), "per-channel std on the 0..255 scale")
+    in_memory: bool = _f(True, "keep the train set as one uint8 tensor on the device (False: stream files)")
+    workers: int = _f(2, "DataLoader workers when streaming")
+    crop_padding: int = _f(4, "random-crop padding [px] (0 = off)")
+    pad_mode: str = _f("reflect", "random-crop padding: reflect | zero")
+    flip: str = _f("random", "horizontal flip: random | alternate | none")
+    rrc_size: int = _f(0, "random-resized-crop output size [px] (0 = off)")
+    rrc_scale: list[float] = _f([0.08, 1.0], "random-resized-crop area range")
+    cutout: int = _f(0, "cutout square side [px] (0 = off)")
+    eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)")
+    eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("resnet18_cifar", "registered model name (see `cifarkit models`)")
+    num_classes: int = _f(10, "number of classes; must match the dataset")
+    pretrained: str = _f("", "weights file to start from ('' = none, 'torchvision' = torchvision's own)")
+    cifar_stem: bool = _f(False, "torchvision models: 3x3 stride-1 stem for 32 px inputs")
+    kwargs: dict = _f({}, "extra keyword arguments for the model constructor")
+
+
+@dataclass
+class OptimConfig:
+    name: str = _f("sgd", "sgd | adamw")
+    lr: float = _f(0.1, "learning rate")
+    momentum: float = _f(0.9, "SGD momentum / AdamW beta1")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(5e-4, "weight decay")
+    no_wd_norm_bias: bool = _f(False, "no weight decay on norm layers and biases")
+    norm_bias_lr_mult: float = _f(1.0, "lr multiplier for norm weights/biases and biases (wd divided by it)")
+    grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)")
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
+    warmup_epochs: float = _f(0.0, "linear warm-up length [epochs]")
+    warmup_start: float = _f(0.1, "lr factor at the start of warm-up")
+    gamma: float = _f(0.1, "step/multistep decay factor")
+    step: int = _f(30, "step: decay every this many epochs")
+    milestones: list[int] = _f([], "multistep: epochs at which to decay")
+    final_factor: float = _f(0.0, "cosine/linear/onecycle: lr factor at the end")
+    peak_fraction: float = _f(0.25, "onecycle/linear: where the peak lr is [fraction of training]")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(10, "training length [epochs]; fractional allowed")
+    batch_size: int = _f(128, "batch size [images]")
+    max_iters: int = _f(0, "stop after this many iterations (0 = no limit; for smoke runs)")
+    seed: int = _f(0, "random seed")
+    deterministic: bool = _f(False, "use deterministic algorithms (identical runs on CPU)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    loss_reduction: str = _f("mean", "mean | sum over the batch")
+    ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it")
+    ema_decay: float = _f(0.999, "EMA decay per iteration")
+    lookahead: bool = _f(False, "airbench lookahead: every 5 steps pull weights to a scheduled EMA")
+    amp: str = _f("auto", "auto | bf16 | fp16 | none (auto: bf16 on CPU, bf16/fp16 on CUDA)")
+    channels_last: bool = _f(True, "channels_last memory format")
+    compile: bool = _f(False, "torch.compile the model")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    threads: int = _f(0, "CPU threads (0 = torch default)")
+    nan_policy: str = _f("stop", "stop | skip_batch when the loss is NaN/inf")
+    whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only")
+
+
+@dataclass
+class EvalConfig:
+    interval: int = _f(1, "evaluate every N epochs (and always at the end)")
+    batch_size: int = _f(512, "evaluation batch size")
+    tta: str = _f("none", "none | flip | flip_translate")
+
+
+@dataclass
+class LogConfig:
+    interval: int = _f(10, "log a train record every N iterations")
+    plots: bool = _f(True, "write curves at the end of training")
+
+
+@dataclass
+class CheckpointConfig:
+    interval: int = _f(1, "write epoch_N.pt every N epochs (last.pt is written every epoch)")
+    save_best: bool = _f(True, "keep best.pt by validation top-1")
+
+
+@dataclass
+class Config:
+    name: str = _f("run", "run name; the run directory is work_dirs/<name>")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    keys: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        keys += all_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [prefix + f.name]
+    return keys
+
+
+def _suggest(key: str, where: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close:
+        # also try matching the last part alone (e.g. "lr" -> "optim.lr")
+        tail = key.split(".")[-1]
+        close = [k for k in all_keys() if k.split(".")[-1] == tail][:1]
+    hint = f"; did you mean {close[0]!r}?" if close else "; see `cifarkit train --list-keys`"
+    return f"{where}unknown config key {key!r}{hint}"
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{where}{key}: {value!r} is not a valid {getattr(tp, '__name__', tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad
+        return str(value)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, inner, key, where) for v in value]
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    raise bad
+
+
+def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            raise ConfigError(_suggest(key, where))
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{where}{key}: expected a mapping of {tp.__name__} fields, got {v!r}")
+            kwargs[k] = _build(tp, v, key + ".", where)
+        else:
+            kwargs[k] = _coerce(v, tp, key, where)
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    choices = {
+        "optim.name": (cfg.optim.name, ["sgd", "adamw"]),
+        "schedule.name": (cfg.schedule.name, ["constant", "step", "multistep", "cosine", "linear", "onecycle"]),
+        "train.amp": (cfg.train.amp, ["auto", "bf16", "fp16", "none"]),
+        "train.loss_reduction": (cfg.train.loss_reduction, ["mean", "sum"]),
+        "train.nan_policy": (cfg.train.nan_policy, ["stop", "skip_batch"]),
+        "eval.tta": (cfg.eval.tta, ["none", "flip", "flip_translate"]),
+        "data.flip": (cfg.data.flip, ["random", "alternate", "none"]),
+        "data.pad_mode": (cfg.data.pad_mode, ["reflect", "zero"]),
+    }
+    for key, (val, ok) in choices.items():
+        if val not in ok:
+            near = difflib.get_close_matches(val, ok, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{key}: {val!r} is not one of {', '.join(ok)}{hint}")
+    positive = {"train.batch_size": cfg.train.batch_size, "model.num_classes": cfg.model.num_classes,
+                "eval.interval": cfg.eval.interval, "log.interval": cfg.log.interval,
+                "checkpoint.interval": cfg.checkpoint.interval, "eval.batch_size": cfg.eval.batch_size}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {v}")
+    if cfg.train.epochs <= 0:
+        raise ConfigError(f"train.epochs: must be positive, got {cfg.train.epochs}")
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
+    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
+        raise ConfigError("data.mean / data.std: need three values (R, G, B) on the 0..255 scale")
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.sub=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(d: dict, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(_suggest(key, where))
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "") -> Config:
+    d = _deepcopy(d or {})
+    for item in overrides or []:
+        key, value = parse_override(item)
+        if key not in all_keys() and not key.startswith("model.kwargs."):
+            raise ConfigError(_suggest(key, "--set: "))
+        _nest(d, key, value, "--set: ")
+    cfg = _build(Config, d, "", where)
+    _validate(cfg)
+    return cfg
+
+
+def _deepcopy(d: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(d)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+    d: dict = {}
+    where = ""
+    if path is not None:
+        p = Path(path)
+        where = f"{p}: "
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: no such config file") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, ...)")
+        d.setdefault("name", p.stem)
+    return config_from_dict(d, overrides, where)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+def describe_keys() -> str:
+    """`--list-keys`: every key with its default and help line."""
+    lines = []
+    default = config_to_dict(Config())
+
+    def walk(cls: type, prefix: str, dflt: dict) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.", dflt[f.name])
+            else:
+                lines.append(f"{prefix + f.name:<28} {dflt[f.name]!r:<22} {f.metadata.get('help', '')}")
+
+    walk(Config, "", default)
+    return "\n".join(lines)

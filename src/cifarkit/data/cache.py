@@ -1,0 +1,51 @@
+"""Decode once: keep a decoded image folder as one uint8 array on disk.
+
+The key is a hash of every file's path, size and mtime plus the target size, so any edit, added
+or removed file makes a new entry and a stale cache can never be served. Entries are plain
+`.npy` files (no pickle) written to a temporary name and renamed, so a killed run never leaves a
+half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cifarkit.data.folder import FileList, decode_files, imageset_from_files
+from cifarkit.data.imageset import ImageSet
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CIFARKIT_CACHE", Path.home() / ".cache" / "cifarkit"))
+
+
+def cache_key(files: FileList, size: int | None) -> str:
+    h = hashlib.sha256(f"v1|{size}|{len(files.paths)}".encode())
+    for p, y in zip(files.paths, files.labels):
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{y}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def cached_decode(files: FileList, size: int | None = None, root: Path | None = None) -> ImageSet:
+    """`decode_files` with an on-disk cache; the first call decodes, later calls memory-map."""
+    root = root or cache_dir()
+    path = root / f"{cache_key(files, size)}.npy"
+    if path.is_file():
+        try:
+            images = np.load(path, allow_pickle=False)
+            return imageset_from_files(files, images)
+        except (OSError, ValueError):
+            path.unlink(missing_ok=True)  # unreadable entry: rebuild it below
+    ds = decode_files(files, size)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, ds.images)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache location only costs speed, never correctness
+    return ds

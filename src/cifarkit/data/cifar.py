@@ -1,0 +1,333 @@
+"""Read the CIFAR-10 / CIFAR-100 "python version" batches without ever running pickled code.
+
+The snippet on the dataset's home page (`pickle.load`) executes whatever a tampered file asks
+for. `SafeUnpickler` only resolves the handful of globals the genuine files reference (numpy's
+array reconstruction, under its numpy-1 `numpy.core` and numpy-2 `numpy._core` names), so a
+hostile file fails with `DataError` before any of its code can run.
+
+Accepted locations: the `cifar-10-batches-py` / `cifar-100-python` folder, its parent, or the
+downloaded `.tar.gz` itself (members are read straight from the archive).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import DataError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck"]
+
+# The layouts we know: folder name, train files, test files, meta file, label key per kind.
+LAYOUTS = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta"),
+}
+
+
+def _numpy_reconstruct():
+    from numpy._core import multiarray  # numpy >= 2
+
+    return multiarray._reconstruct
+
+
+def _numpy_frombuffer():
+    from numpy._core import numeric
+
+    return numeric._frombuffer
+
+
+def _numpy_scalar():
+    from numpy._core import multiarray
+
+    return multiarray.scalar
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """Python 3 writes `bytes` in protocol-2 pickles as _codecs.encode(text, 'latin1'); allow only that."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused global _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+# (module, name) -> how to obtain the object. Nothing else is ever imported.
+_ALLOWED = {
+    ("_codecs", "encode"): lambda: _latin1_encode,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numpy_frombuffer,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that knows only dict/list/str/bytes/int/float and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        make = _ALLOWED.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return make()
+
+
+def safe_load_pickle(data: bytes, name: str) -> Any:
+    """Unpickle `data` (the contents of file `name`) with the allow-list; errors name the file."""
+    try:
+        # latin1: Python-2 `str` pickled by cPickle holds raw bytes; numpy needs them 1:1.
+        return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        if "refused global" in str(e):
+            raise DataError(f"{name}: the pickle asks for {str(e)[15:]}, which a CIFAR batch never "
+                            "needs; refusing to load it (the file may be tampered with)") from None
+        raise DataError(f"{name}: truncated or corrupt pickle ({e}); re-download the dataset") from None
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            MemoryError, UnicodeDecodeError, struct.error) as e:
+        raise DataError(f"{name}: truncated or corrupt pickle ({type(e).__name__}: {e}); "
+                        "re-download the dataset") from None
+
+
+def _text(x: Any) -> Any:
+    return x.decode("latin1") if isinstance(x, bytes) else x
+
+
+def _normalise_keys(obj: Any, name: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise DataError(f"{name}: expected a dict of arrays, found {type(obj).__name__}; "
+                        "this is not a CIFAR batch file")
+    return {_text(k): v for k, v in obj.items()}
+
+
+@dataclass
+class BatchInfo:
+    """What `inspect` reports for one batch file."""
+
+    file: str
+    split: str
+    batch_label: str
+    count: int
+    shape: tuple[int, ...]
+    dtype: str
+    class_counts: dict[str, int]
+
+
+class CifarSource:
+    """One CIFAR "python version" copy: a folder or a .tar.gz; knows its files and variant."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f"{self.path}: no such file or folder; point at cifar-10-batches-py, "
+                            "its parent, or cifar-10-python.tar.gz (or run `cifarkit data fetch`)")
+        self._members: dict[str, Any] = {}
+        self._tar: tarfile.TarFile | None = None
+        if self.path.is_file():
+            self._open_tar()
+        else:
+            self._open_folder()
+        self.variant = self._detect_variant()
+        self.layout = LAYOUTS[self.variant]
+        self.classes, self.coarse_classes = self._read_meta()
+
+    # ---- locating files -------------------------------------------------------------------
+    def _open_tar(self) -> None:
+        try:
+            self._tar = tarfile.open(self.path, "r:*")
+            for m in self._tar.getmembers():
+                if m.isfile():
+                    self._members[Path(m.name).name] = m
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{self.path}: not a readable tar archive ({e}); re-download it") from None
+
+    def _open_folder(self) -> None:
+        for layout in LAYOUTS.values():
+            for cand in (self.path, self.path / layout["folder"]):
+                if (cand / layout["test"][0]).is_file() or (cand / layout["train"][0]).is_file():
+                    self._members = {p.name: p for p in cand.iterdir() if p.is_file()}
+                    self.folder = cand
+                    return
+        raise DataError(f"{self.path}: no CIFAR batches here (looked for data_batch_1/test_batch or "
+                        "train/test); point at cifar-10-batches-py, its parent, or the .tar.gz")
+
+    def _detect_variant(self) -> str:
+        if "data_batch_1" in self._members or "test_batch" in self._members:
+            return "cifar10"
+        if "train" in self._members or "test" in self._members:
+            return "cifar100"
+        raise DataError(f"{self.path}: the archive holds no CIFAR batches (data_batch_1, test_batch, "
+                        "train or test); is it the 'python version' download?")
+
+    def read_bytes(self, name: str) -> bytes:
+        m = self._members.get(name)
+        if m is None:
+            raise DataError(f"{self.path}: batch file {name!r} is missing; the copy is incomplete, "
+                            "re-download or re-extract it")
+        try:
+            if self._tar is not None:
+                f = self._tar.extractfile(m)
+                assert f is not None
+                return f.read()
+            return Path(m).read_bytes()
+        except (OSError, tarfile.TarError, EOFError) as e:
+            raise DataError(f"{self.display(name)}: cannot be read ({e}); re-download it") from None
+
+    def display(self, name: str) -> str:
+        return f"{self.path}:{name}" if self._tar is not None else str(Path(self._members.get(name, name)))
+
+    def files(self, split: str) -> list[str]:
+        if split == "all":
+            return self.layout["train"] + self.layout["test"]
+        if split not in ("train", "test"):
+            raise DataError(f"unknown split {split!r} for {self.path}; use train, test or all")
+        return list(self.layout[split])
+
+    # ---- meta --------------------------------------------------------------------------
+    def _read_meta(self) -> tuple[list[str], list[str] | None]:
+        meta_name = LAYOUTS[self.variant]["meta"]
+        if meta_name not in self._members:
+            if self.variant == "cifar100":
+                raise DataError(f"{self.path}: 'meta' is missing, and CIFAR-100 class names cannot be "
+                                "guessed; re-download the dataset")
+            warnings.warn(f"{self.path}: batches.meta is missing; using the standard CIFAR-10 class "
+                          "names", stacklevel=3)
+            return list(CIFAR10_CLASSES), None
+        meta = _normalise_keys(safe_load_pickle(self.read_bytes(meta_name), self.display(meta_name)),
+                               self.display(meta_name))
+        key = "label_names" if self.variant == "cifar10" else "fine_label_names"
+        if key not in meta:
+            raise DataError(f"{self.display(meta_name)}: has no {key!r} entry; re-download the dataset")
+        classes = [str(_text(c)) for c in meta[key]]
+        coarse = [str(_text(c)) for c in meta["coarse_label_names"]] if "coarse_label_names" in meta else None
+        return classes, coarse
+
+    # ---- batches ------------------------------------------------------------------------
+    def read_batch(self, name: str, label_kind: str = "fine") -> dict[str, Any]:
+        """One validated batch: data (N, 3072) uint8, labels (N,), filenames, batch_label."""
+        shown = self.display(name)
+        d = _normalise_keys(safe_load_pickle(self.read_bytes(name), shown), shown)
+        if "data" not in d:
+            raise DataError(f"{shown}: has no 'data' entry; this is not a CIFAR batch file")
+        data = d["data"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+                or data.shape[1] != 3072:
+            desc = f"{data.shape} {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise DataError(f"{shown}: 'data' is {desc}, expected an (N, 3072) uint8 array")
+        n = data.shape[0]
+        if self.variant == "cifar10":
+            label_key = "labels"
+        else:
+            label_key = "coarse_labels" if label_kind == "coarse" else "fine_labels"
+        if label_key not in d:
+            raise DataError(f"{shown}: has no {label_key!r} entry; this batch is incomplete")
+        try:
+            labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataError(f"{shown}: {label_key!r} is not a list of integers") from None
+        if len(labels) != n:
+            raise DataError(f"{shown}: {len(labels)} labels for {n} images; the file is corrupt")
+        num = len(self.coarse_classes or []) if label_kind == "coarse" else len(self.classes)
+        if n and (labels.min() < 0 or labels.max() >= num):
+            raise DataError(f"{shown}: label {int(labels.max() if labels.max() >= num else labels.min())}"
+                            f" is outside 0..{num - 1} for {num} classes; the file does not match its meta")
+        names = d.get("filenames")
+        if names is None or len(names) != n:
+            names = [f"{name}_{i:05d}.png" for i in range(n)]
+        extra = {}
+        if self.variant == "cifar100" and "coarse_labels" in d and label_kind != "coarse":
+            extra["coarse_labels"] = np.asarray(d["coarse_labels"], dtype=np.int64)
+        return dict(data=data, labels=labels, filenames=[str(_text(x)) for x in names],
+                    batch_label=str(_text(d.get("batch_label", name))), extra=extra)
+
+    def batch_info(self, name: str) -> BatchInfo:
+        b = self.read_batch(name)
+        counts = np.bincount(b["labels"], minlength=len(self.classes))
+        split = "test" if name in self.layout["test"] else "train"
+        return BatchInfo(name, split, b["batch_label"], len(b["labels"]), tuple(b["data"].shape),
+                         str(b["data"].dtype), dict(zip(self.classes, counts.tolist())))
+
+    def read(self, split: str = "train", label_kind: str = "fine") -> ImageSet:
+        classes = self.classes
+        if label_kind == "coarse":
+            if self.coarse_classes is None:
+                raise DataError(f"{self.path}: coarse labels exist only for CIFAR-100")
+            classes = self.coarse_classes
+        parts = []
+        for name in self.files(split):
+            b = self.read_batch(name, label_kind)
+            n = len(b["labels"])
+            # (N, 3072) rows are R plane, G plane, B plane of 32x32 -> (N, 32, 32, 3)
+            images = b["data"].reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)
+            parts.append(ImageSet(
+                images=np.ascontiguousarray(images), labels=b["labels"], classes=list(classes),
+                sources=[name] * n, indices=np.arange(n, dtype=np.int64), filenames=b["filenames"],
+                origin=str(self.path), split=split if split != "all" else
+                ("test" if name in self.layout["test"] else "train"), extra=b["extra"],
+            ))
+        out = ImageSet.concat(parts)
+        out.split = split
+        return out
+
+
+def open_cifar(path: str | Path) -> CifarSource:
+    return CifarSource(path)
+
+
+def read_cifar(path: str | Path, split: str = "train", label_kind: str = "fine") -> ImageSet:
+    """Read a CIFAR-10/100 split ("train", "test" or "all") as uint8 (N, 32, 32, 3) + labels."""
+    return CifarSource(path).read(split, label_kind)
+
+
+def is_cifar(path: str | Path) -> bool:
+    p = Path(path)
+    if p.is_file():
+        return p.name.endswith((".tar.gz", ".tgz", ".tar"))
+    return any((c / f).is_file() for c in (p, p / "cifar-10-batches-py", p / "cifar-100-python")
+               for f in ("data_batch_1", "test_batch", "train", "test"))
+
+
+def to_dataframe(ds: ImageSet):
+    """The tutorial's table: source batch, path, label id, label name, pixels (H, W, 3) per row."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise DataError("to_dataframe needs pandas: pip install 'cifarkit[pandas]'") from None
+    return pd.DataFrame({
+        "split": [ds.split] * len(ds), "source": ds.sources, "index": ds.indices,
+        "path": [f"{ds.split}/{ds.classes[y]}/{f}" for y, f in zip(ds.labels.tolist(), ds.filenames)],
+        "label_id": ds.labels, "label_name": [ds.classes[y] for y in ds.labels.tolist()],
+        "image": list(ds.images),
+    })
+
+
+def write_cifar_batches(train: ImageSet, test: ImageSet, out: str | Path, num_train_batches: int = 5) -> Path:
+    """Write `train`/`test` as an official-layout `cifar-10-batches-py` folder (protocol-2 pickles)."""
+    root = Path(out) / "cifar-10-batches-py"
+    root.mkdir(parents=True, exist_ok=True)
+
+    def dump(ds: ImageSet, label: str, path: Path) -> None:
+        rows = ds.images.transpose(0, 3, 1, 2).reshape(len(ds), -1)  # (N, 3072): R, G, B planes
+        obj = {"batch_label": label, "labels": ds.labels.tolist(), "data": np.ascontiguousarray(rows),
+               "filenames": list(ds.filenames)}
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+
+    parts = np.array_split(np.arange(len(train)), num_train_batches)
+    for b, idx in enumerate(parts, start=1):
+        dump(train.subset(idx), f"training batch {b} of {num_train_batches}", root / f"data_batch_{b}")
+    dump(test, "testing batch 1 of 1", root / "test_batch")
+    meta = {"num_cases_per_batch": len(parts[0]), "label_names": list(train.classes), "num_vis": 3072}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return root

@@ -1,0 +1,219 @@
+"""Image folders (`root/[split/]<class>/<file>`) and CSV manifests as datasets.
+
+Scanning only lists files; `decode_files` turns the list into an `ImageSet` (decoded once,
+optionally cached on disk by `cache.py`). Hidden entries such as `.ipynb_checkpoints` and
+`.DS_Store` are skipped rather than becoming classes, and non-image files are counted, not fed
+to the decoder.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarkit.data.decode import is_image_name, load_rgb
+from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import DataError
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "__"))
+
+
+@dataclass
+class FileList:
+    """A dataset not yet decoded: one path and class id per image."""
+
+    paths: list[Path]
+    labels: list[int]
+    classes: list[str]
+    origin: str
+    split: str = ""
+    non_images: list[Path] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def splits_of(root: str | Path) -> list[str]:
+    """Split folders under `root` (e.g. train/test) when it is laid out as root/<split>/<class>/."""
+    root = Path(root)
+    found = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
+        subs = [s for s in d.iterdir() if s.is_dir() and not _hidden(s.name)]
+        if subs and not any(is_image_name(f) for f in d.iterdir() if f.is_file()):
+            found.append(d.name)
+    # A plain class folder has images directly inside; split folders only have class folders.
+    return found if found and all(_has_images_below(root / s) for s in found) else []
+
+
+def _has_images_below(d: Path) -> bool:
+    return any(f.is_file() and is_image_name(f) for sub in d.iterdir() if sub.is_dir() for f in sub.iterdir())
+
+
+def scan_folder(root: str | Path, split: str | None = None, classes: list[str] | None = None) -> FileList:
+    """List `root/<class>/*` (or `root/<split>/<class>/*` when `split` is given or required)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    base = root
+    splits = splits_of(root)
+    if split:
+        if (root / split).is_dir():
+            base = root / split
+        elif splits:
+            raise DataError(f"{root}: no split folder {split!r}; found {', '.join(splits)}")
+    elif splits:
+        raise DataError(f"{root}: holds split folders ({', '.join(splits)}); name one with --split")
+    class_dirs = sorted(p for p in base.iterdir() if p.is_dir() and not _hidden(p.name))
+    if not class_dirs:
+        raise DataError(f"{base}: no class folders; expected {base}/<class>/<image files>")
+    names = classes if classes is not None else [d.name for d in class_dirs]
+    index = {n: i for i, n in enumerate(names)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    non_images: list[Path] = []
+    for d in class_dirs:
+        if d.name not in index:
+            raise DataError(f"{d}: class {d.name!r} is not among the expected classes {names}")
+        for f in sorted(d.rglob("*")):
+            if any(_hidden(part) for part in f.relative_to(d).parts) or not f.is_file():
+                continue
+            if is_image_name(f):
+                paths.append(f)
+                labels.append(index[d.name])
+            else:
+                non_images.append(f)
+    return FileList(paths, labels, list(names), str(root), split or "", non_images)
+
+
+def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
+    """A CSV with `path,label` (names or ids), or the export's columns, as a dataset.
+
+    Paths are relative to the CSV's folder unless absolute. With a `split` column and `split`
+    given, only those rows are kept.
+    """
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError(f"{csv_path}: no such manifest") from None
+    except (UnicodeDecodeError, csv.Error, OSError) as e:
+        raise DataError(f"{csv_path}: not a readable CSV manifest ({e})") from None
+    if not rows:
+        raise DataError(f"{csv_path}: the manifest has no rows")
+    cols = set(rows[0])
+    if "path" not in cols or not cols & {"label", "label_name", "label_id"}:
+        raise DataError(f"{csv_path}: a manifest needs a 'path' column and a 'label' (or label_name/"
+                        f"label_id) column; found {sorted(c for c in cols if c)}")
+    if split and "split" in cols:
+        rows = [r for r in rows if r.get("split") == split]
+        if not rows:
+            raise DataError(f"{csv_path}: no rows with split {split!r}")
+    for i, r in enumerate(rows):
+        if not r.get("path"):
+            raise DataError(f"{csv_path}: row {i + 2} has an empty path")
+    if "label_id" in cols and "label_name" in cols:
+        pairs = {}
+        for i, r in enumerate(rows):
+            try:
+                pairs[int(r["label_id"])] = r["label_name"]
+            except (TypeError, ValueError):
+                raise DataError(f"{csv_path}: row {i + 2}: label_id {r['label_id']!r} is not an integer") from None
+        classes = [pairs.get(i, str(i)) for i in range(max(pairs) + 1)]
+        labels = [int(r["label_id"]) for r in rows]
+    else:
+        key = "label" if "label" in cols else ("label_name" if "label_name" in cols else "label_id")
+        values = [(r.get(key) or "").strip() for r in rows]
+        if any(v == "" for v in values):
+            raise DataError(f"{csv_path}: row {values.index('') + 2} has an empty {key!r}")
+        if all(v.lstrip("-").isdigit() for v in values):
+            ids = [int(v) for v in values]
+            if min(ids) < 0:
+                raise DataError(f"{csv_path}: negative label {min(ids)}")
+            classes = [str(i) for i in range(max(ids) + 1)]
+            labels = ids
+        else:
+            classes = sorted(set(values))
+            labels = [classes.index(v) for v in values]
+    base = csv_path.parent
+    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else base / r["path"] for r in rows]
+    return FileList(paths, labels, classes, str(csv_path), split or "")
+
+
+def decode_files(files: FileList, size: int | None = None, workers: int = 4) -> ImageSet:
+    """Decode every file to one uint8 (N, S, S, 3) array.
+
+    `size` None keeps the images' own size when they all agree (CIFAR exports) and otherwise
+    resizes to the most common size, so one array can hold them.
+    """
+    if not files.paths:
+        raise DataError(f"{files.origin}: no images found")
+    target = (size, size) if size else None
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow releases the GIL while decoding
+        arrays = list(pool.map(lambda p: load_rgb(p, target), files.paths))
+    shapes = Counter(a.shape for a in arrays)
+    if len(shapes) > 1:
+        (h, w, _), _ = shapes.most_common(1)[0]
+        arrays = [a if a.shape[:2] == (h, w) else load_rgb(p, (w, h)) for a, p in zip(arrays, files.paths)]
+    return imageset_from_files(files, np.stack(arrays))
+
+
+def imageset_from_files(files: FileList, images: np.ndarray) -> ImageSet:
+    """Attach labels and provenance (path relative to the dataset root) to decoded pixels."""
+    root = Path(files.origin)
+    root = root.parent if root.is_file() else root
+    return ImageSet(
+        images=images, labels=np.asarray(files.labels, dtype=np.int64), classes=list(files.classes),
+        sources=[str(_relative(p, root)) for p in files.paths], indices=np.zeros(len(images), dtype=np.int64),
+        filenames=[p.name for p in files.paths], origin=files.origin, split=files.split,
+    )
+
+
+def _relative(p: Path, root: Path) -> Path:
+    try:
+        return p.relative_to(root)
+    except ValueError:
+        return p
+
+
+@dataclass
+class CheckReport:
+    origin: str
+    images: int
+    unreadable: list[tuple[str, str]]
+    empty_classes: list[str]
+    non_images: list[str]
+    sizes: dict[str, int]
+    class_counts: dict[str, int]
+
+    @property
+    def ok(self) -> bool:
+        return not self.unreadable and not self.empty_classes and self.images > 0
+
+
+def check_files(files: FileList, workers: int = 4) -> CheckReport:
+    """Decode every image; collect the unreadable ones, empty classes and the size histogram."""
+    def probe(p: Path) -> tuple[str, str | None, tuple[int, int] | None]:
+        try:
+            a = load_rgb(p)
+            return str(p), None, (a.shape[1], a.shape[0])
+        except DataError as e:
+            return str(p), str(e), None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(pool.map(probe, files.paths))
+    sizes = Counter(f"{s[0]}x{s[1]}" for _, err, s in results if s)
+    counts = Counter(files.labels[i] for i, (_, err, _) in enumerate(results) if err is None)
+    return CheckReport(
+        origin=files.origin, images=sum(1 for _, e, _ in results if e is None),
+        unreadable=[(p, e) for p, e, _ in results if e], non_images=[str(p) for p in files.non_images],
+        empty_classes=[c for i, c in enumerate(files.classes) if counts.get(i, 0) == 0],
+        sizes=dict(sizes.most_common()), class_counts={c: counts.get(i, 0) for i, c in enumerate(files.classes)},
+    )

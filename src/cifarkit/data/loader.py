@@ -1,0 +1,212 @@
+"""Batched tensor augmentation and loaders: no per-image PIL work per epoch.
+
+The training set stays one uint8 tensor (N, 3, H, W), on the GPU when training there. Every
+random number comes from a generator seeded by (seed, epoch), drawn on the CPU and moved to the
+device, so an epoch's order and augmentations are a pure function of the seed and the epoch:
+resuming at an epoch boundary replays exactly, on any device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Preprocess:
+    """What turns uint8 pixels into network input; saved in every checkpoint."""
+
+    mean: list[float]  # 0..255 scale
+    std: list[float]
+    input_size: int  # size the network sees [px]
+    eval_resize: int = 0  # resize (shorter side) before center crop, 0 = off
+    eval_crop: int = 0  # center crop, 0 = off
+
+    def as_dict(self) -> dict:
+        return dict(mean=list(self.mean), std=list(self.std), input_size=self.input_size,
+                    eval_resize=self.eval_resize, eval_crop=self.eval_crop)
+
+
+@dataclass
+class Augment:
+    crop_padding: int = 0
+    pad_mode: str = "reflect"
+    flip: str = "random"  # random | alternate | none
+    rrc_size: int = 0
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    cutout: int = 0
+
+
+def normalize(x: torch.Tensor, prep: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    mean = torch.tensor(prep.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x.float() - mean) / std).to(dtype)
+
+
+def eval_transform(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> normalised float (B, 3, S, S): the one evaluation/predict transform."""
+    x = x.float()
+    if prep.eval_resize and min(x.shape[-2:]) != prep.eval_resize:
+        h, w = x.shape[-2:]
+        s = prep.eval_resize / min(h, w)
+        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False,
+                          antialias=True)
+    if prep.eval_crop:
+        h, w = x.shape[-2:]
+        c = prep.eval_crop
+        top, left = (h - c) // 2, (w - c) // 2
+        x = x[..., top:top + c, left:left + c]
+    if x.shape[-1] != prep.input_size or x.shape[-2] != prep.input_size:
+        x = F.interpolate(x, size=(prep.input_size, prep.input_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+    return normalize(x, prep)
+
+
+def random_crop(x: torch.Tensor, pad: int, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Per-image random translation by up to `pad` px, via one padded gather. x: (B, C, H, W)."""
+    b, c, h, w = x.shape
+    xp = F.pad(x.float() if mode == "reflect" else x, (pad,) * 4,
+               mode="reflect" if mode == "reflect" else "constant").to(x.dtype)
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=g).to(x.device)
+    rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+    cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[bi, ci, rows, cols]
+
+
+def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], g: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """torchvision-style RandomResizedCrop for a whole batch with one affine grid_sample.
+
+    Area fraction ~ U(scale), log aspect ~ U(log ratio); boxes that do not fit are clamped
+    (torchvision retries 10 times then falls back to a center crop; clamping is the batched
+    equivalent and differs only for extreme draws).
+    """
+    b = x.shape[0]
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=g)
+    logr = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    r = torch.exp(logr)
+    sw = torch.sqrt(area * r).clamp(max=1.0)  # crop width as a fraction of the image
+    sh = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=g) * 2 - 1) * (1 - sw)  # center in [-1+sw, 1-sw]
+    cy = (torch.rand(b, generator=g) * 2 - 1) * (1 - sh)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
+    grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def cutout(x: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b,), generator=g).to(x.device)
+    cx = torch.randint(0, w, (b,), generator=g).to(x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    inside = ((ys - cy[:, None, None]).abs() <= side // 2) & ((xs - cx[:, None, None]).abs() <= side // 2)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 7919 + stream)
+
+
+def train_batch(x: torch.Tensor, idx: torch.Tensor, epoch: int, seed: int, aug: Augment, prep: Preprocess,
+                g: torch.Generator, base_flip: torch.Tensor | None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> augmented, normalised float (B, 3, S, S)."""
+    if aug.crop_padding:
+        x = random_crop(x, aug.crop_padding, aug.pad_mode, g)
+    if aug.flip == "random":
+        flip = torch.rand(len(x), generator=g) < 0.5
+    elif aug.flip == "alternate":
+        # epoch 0 random; afterwards each image flips relative to its previous epoch (airbench)
+        flip = base_flip[idx.cpu()] ^ bool(epoch % 2)
+    else:
+        flip = None
+    if flip is not None:
+        flip = flip.to(x.device)[:, None, None, None]
+        x = torch.where(flip, x.flip(-1), x)
+    if aug.rrc_size:
+        x = random_resized_crop(x, aug.rrc_size, aug.rrc_scale, g)
+    elif x.shape[-1] != prep.input_size:
+        x = F.interpolate(x.float(), size=(prep.input_size,) * 2, mode="bilinear", antialias=True)
+    x = normalize(x, prep)
+    if aug.cutout:
+        x = cutout(x, aug.cutout, g)
+    return x
+
+
+class TensorLoader:
+    """Training batches from an in-memory uint8 tensor, or from a streaming source of batches."""
+
+    def __init__(self, images: torch.Tensor | None, labels: torch.Tensor, batch_size: int, aug: Augment,
+                 prep: Preprocess, seed: int, drop_last: bool = True, fetch=None):
+        self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
+        self.batch_size, self.aug, self.prep, self.seed = batch_size, aug, prep, seed
+        self.drop_last = drop_last and len(labels) >= batch_size
+        self.fetch = fetch  # callable(list of index batches) -> iterator of uint8 batches (streaming)
+        self.epoch = 0
+        self.base_flip = torch.rand(len(labels), generator=epoch_generator(seed, 0, 1)) < 0.5
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = epoch_generator(self.seed, self.epoch)
+        perm = torch.randperm(len(self.labels), generator=g)
+        batches = [perm[k:k + self.batch_size] for k in range(0, len(perm), self.batch_size)][: len(self)]
+        if self.fetch is not None:
+            source = self.fetch([b.tolist() for b in batches])
+        else:
+            source = (self.images[b.to(self.images.device)] for b in batches)
+        for idx, xb in zip(batches, source):
+            yb = self.labels[idx.to(self.labels.device)]
+            yield train_batch(xb, idx, self.epoch, self.seed, self.aug, self.prep, g, self.base_flip), yb
+
+
+def eval_batches(images: torch.Tensor, labels: torch.Tensor, prep: Preprocess, batch_size: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for k in range(0, len(labels), batch_size):
+        x = images[k:k + batch_size].to(device, non_blocking=True)
+        yield eval_transform(x, prep), labels[k:k + batch_size].to(device)
+
+
+def to_chw_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) uint8 tensor (contiguous copy)."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+class _FileBatches(torch.utils.data.Dataset):
+    """Streaming: each item is a whole batch of decoded images (workers decode in parallel)."""
+
+    def __init__(self, paths: list[str], size: int, batches: list[list[int]]):
+        self.paths, self.size, self.batches = paths, size, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from cifarkit.data.decode import load_rgb
+
+        arr = np.stack([load_rgb(self.paths[j], (self.size, self.size)) for j in self.batches[i]])
+        return to_chw_tensor(arr)
+
+
+def streaming_fetch(paths: list[str], size: int, workers: int, device: torch.device):
+    def fetch(batches: list[list[int]]):
+        dl = torch.utils.data.DataLoader(_FileBatches(paths, size, batches), batch_size=None,
+                                         num_workers=workers, shuffle=False)
+        for xb in dl:
+            yield xb.to(device, non_blocking=True)
+
+    return fetch

@@ -1,0 +1,53 @@
+"""`cifarkit data show`: sample grids with the class name under each image.
+
+32 px images are drawn with nearest-neighbour upscaling so they stay sharp at a readable size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import DataError
+
+
+def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class: int | None = None,
+              cols: int = 10, cell_inches: float = 1.1, title: str | None = None) -> Path:
+    """Save a grid of `first` images (rows of `cols`) or `per_class` images per class (a row each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
+        raise DataError(f"{out}: unsupported image type; use .png, .jpg, .pdf or .svg")
+    if per_class:
+        sub = ds.first_per_class(per_class)
+        order = sorted(range(len(sub)), key=lambda i: (int(sub.labels[i]), i))
+        rows = [[i for i in order if sub.labels[i] == c] for c in range(sub.num_classes)]
+        rows = [r for r in rows if r]
+        ncols = max(len(r) for r in rows)
+    else:
+        n = min(first or 20, len(ds))
+        sub = ds
+        ncols = min(cols, n)
+        rows = [list(range(k, min(k + ncols, n))) for k in range(0, n, ncols)]
+    if not rows:
+        raise DataError(f"{ds.origin}: no images to show")
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * cell_inches, len(rows) * (cell_inches + 0.25)),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, idx in enumerate(rows):
+        for c, i in enumerate(idx):
+            ax = axes[r][c]
+            ax.imshow(sub.images[i], interpolation="nearest")
+            ax.set_title(sub.classes[int(sub.labels[i])], fontsize=8, y=-0.22)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,463 @@
+"""`fit`: train a model from a `Config`, torchvision-references style.
+
+    fit -> build data/model/optimiser -> for each epoch: train_one_epoch, evaluate, checkpoint
+
+Everything a run produces lands in its run directory (`config.yaml`, `log.jsonl`, `last.pt`,
+`best.pt`, `epoch_N.pt`). An epoch's data order and augmentation are a pure function of
+(seed, epoch, batch), so a resumed run replays the exact batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cifarkit import __version__
+from cifarkit.config import Config, config_to_dict, save_config
+from cifarkit.data.loader import Augment, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
+from cifarkit.engine.checkpoint import atomic_save, load_checkpoint, newest_valid_checkpoint
+from cifarkit.engine.evaluate import autocast_ctx, evaluate
+from cifarkit.engine.runlog import RunLog
+from cifarkit.errors import CifarkitError, ConfigError
+
+
+class TrainingDiverged(CifarkitError):
+    """The loss became NaN/inf and `train.nan_policy` is `stop`."""
+
+
+# ---- setup ------------------------------------------------------------------------------------
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r}: CUDA is not available on this machine; use --device cpu")
+    try:
+        return torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device {spec!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or device.type == "cpu":
+        return torch.bfloat16  # CPU: AMX/AVX-512 bf16 convolutions are several times faster than fp32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _subset_per_class(ds, n: int):
+    return ds.first_per_class(n) if n else ds
+
+
+def load_train_split(cfg: Config):
+    from cifarkit.data.sources import load_dataset
+
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
+    ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
+    ds = _subset_per_class(ds, cfg.data.subset_per_class)
+    if cfg.data.val_fraction > 0:
+        perm = np.random.default_rng(cfg.data.val_seed).permutation(len(ds))
+        n_val = max(1, int(round(len(ds) * cfg.data.val_fraction)))
+        return ds.subset(np.sort(perm[n_val:])), ds.subset(np.sort(perm[:n_val])), "val"
+    return ds, None, cfg.data.test_split
+
+
+def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
+                    split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The evaluation images of a run (val carve-out or test split), as CPU uint8 tensors."""
+    from cifarkit.data.sources import load_dataset
+
+    root = data or cfg.data.root
+    if split is None and cfg.data.val_fraction > 0 and data is None:
+        _, val, name = load_train_split(cfg)
+        ds = val
+    else:
+        name = split or cfg.data.test_split
+        ds = load_dataset(root, name, cfg.data.image_size or None, classes=None)
+        ds = _subset_per_class(ds, cfg.data.subset_per_class if data is None else 0)
+    if list(ds.classes) != list(classes):
+        raise ConfigError(f"{root}: its classes {ds.classes} differ from the checkpoint's {classes}")
+    return to_chw_tensor(ds.images), torch.from_numpy(ds.labels), name
+
+
+@dataclass
+class RunData:
+    loader: TensorLoader
+    eval_images: torch.Tensor  # (M, 3, H, W) uint8, CPU
+    eval_labels: torch.Tensor
+    eval_name: str
+    classes: list[str]
+    prep: Preprocess
+    train_images: torch.Tensor | None  # for data-dependent init (airnet whitening)
+    num_train: int
+
+
+def build_data(cfg: Config, device: torch.device) -> RunData:
+    train, val, eval_name = load_train_split(cfg)
+    if cfg.model.num_classes != train.num_classes:
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.root} has "
+                          f"{train.num_classes} classes; set model.num_classes={train.num_classes}")
+    if val is None:
+        images, labels, _ = load_eval_split(cfg, train.classes)
+    else:
+        images, labels = to_chw_tensor(val.images), torch.from_numpy(val.labels)
+    d = cfg.data
+    size = d.rrc_size or d.eval_crop or train.images.shape[1]
+    prep = Preprocess(list(d.mean), list(d.std), size, d.eval_resize, d.eval_crop)
+    aug = Augment(d.crop_padding, d.pad_mode, d.flip, d.rrc_size, tuple(d.rrc_scale), d.cutout)
+    y = torch.from_numpy(train.labels).to(device)
+    fetch, x = None, None
+    from cifarkit.data.sources import describe_kind
+
+    if not d.in_memory and describe_kind(d.root) != "cifar":
+        root = Path(d.root).parent if Path(d.root).is_file() else Path(d.root)
+        paths = [str(root / s) for s in train.sources]
+        fetch = streaming_fetch(paths, train.images.shape[1], d.workers, device)
+    else:
+        x = to_chw_tensor(train.images).to(device)  # (N, 3, H, W) uint8, resident for the whole run
+    loader = TensorLoader(x, y, cfg.train.batch_size, aug, prep, cfg.train.seed, drop_last=True, fetch=fetch)
+    return RunData(loader, images, labels, eval_name, train.classes, prep,
+                   x if x is not None else to_chw_tensor(train.images[:5000]), len(train))
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Two groups: weights (ndim > 1) and norm/bias parameters (ndim <= 1).
+
+    `optim.norm_bias_lr_mult` scales the second group's lr and divides its weight decay, so the
+    decay applied per step (lr x wd) stays the same: airbench94 uses x64 for BN biases.
+    """
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = [p for p in params if p.ndim > 1]
+    norm_bias = [p for p in params if p.ndim <= 1]
+    m = o.norm_bias_lr_mult
+    nb_wd = 0.0 if o.no_wd_norm_bias else o.weight_decay / m
+    groups = [dict(params=weights, lr=o.lr, weight_decay=o.weight_decay),
+              dict(params=norm_bias, lr=o.lr * m, weight_decay=nb_wd)]
+    groups = [g for g in groups if g["params"]]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999))
+
+
+def lr_factor(cfg: Config, step: int, total: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at iteration `step` (0-based) of `total`."""
+    s = cfg.schedule
+    warm = int(round(s.warmup_epochs * steps_per_epoch))
+    if step < warm:
+        return s.warmup_start + (1 - s.warmup_start) * step / warm
+    epoch = step // steps_per_epoch
+    t = (step - warm) / max(1, total - warm)  # progress after warm-up, 0..1
+    if s.name == "constant":
+        return 1.0
+    if s.name == "step":
+        return s.gamma ** (epoch // s.step)
+    if s.name == "multistep":
+        return s.gamma ** sum(epoch >= m for m in s.milestones)
+    if s.name == "cosine":
+        return s.final_factor + (1 - s.final_factor) * 0.5 * (1 + math.cos(math.pi * t))
+    peak = int(total * s.peak_fraction)
+    if s.name == "linear":  # airbench: start -> 1 over the first peak_fraction, then -> final
+        if step < peak:
+            return s.warmup_start + (1 - s.warmup_start) * step / max(1, peak)
+        return 1.0 + (s.final_factor - 1.0) * (step - peak) / max(1, total - peak)
+    # onecycle: cosine up from warmup_start to 1, cosine down to final_factor
+    if step < peak:
+        return s.warmup_start + (1 - s.warmup_start) * 0.5 * (1 - math.cos(math.pi * step / max(1, peak)))
+    return s.final_factor + (1 - s.final_factor) * 0.5 * (1 + math.cos(math.pi * (step - peak) / max(1, total - peak)))
+
+
+@torch.no_grad()
+def ema_update(ema: dict[str, torch.Tensor], model: torch.nn.Module, decay: float, copy_back: bool = False) -> None:
+    """ema <- decay * ema + (1 - decay) * weights for float tensors; other buffers are copied.
+    copy_back writes the average into the model (airbench's lookahead)."""
+    for k, v in model.state_dict().items():
+        if v.dtype.is_floating_point:
+            ema[k].lerp_(v, 1 - decay)
+            if copy_back:
+                v.copy_(ema[k])
+        else:
+            ema[k].copy_(v)
+
+
+def check_work_dir(path: Path, need_bytes: int = 50 << 20) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise CifarkitError(f"{path}: the work directory is not writable ({e.strerror}); choose another "
+                            "with --work-dir") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise CifarkitError(f"{path}: only {free >> 20} MiB free, need at least {need_bytes >> 20} MiB for "
+                            "checkpoints; free some space or choose another --work-dir")
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"cifarkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed iterations, all epochs
+    best_top1: float = -1.0
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg: Config, device, amp,
+                    total_steps: int, log: RunLog | None, ema=None, lookahead=None, quiet: bool = False) -> dict:
+    from tqdm import tqdm
+
+    model.train()
+    t = cfg.train
+    stop_at = min(total_steps, t.max_iters) if t.max_iters else total_steps
+    n_batches = min(len(loader), stop_at - state.step)
+    losses, seen, skipped = [], 0, 0
+    t_epoch = time.perf_counter()
+    t_last = t_data = time.perf_counter()
+    data_time = 0.0
+    bar = tqdm(total=n_batches, desc=f"epoch {state.epoch + 1}", unit="it", leave=False,
+               disable=True if quiet else None)
+    for i, (x, y) in enumerate(loader):
+        if i >= n_batches:
+            break
+        data_time += time.perf_counter() - t_data
+        if t.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_ctx(device, amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=t.label_smoothing, reduction=t.loss_reduction)
+        if not torch.isfinite(loss):
+            if t.nan_policy == "stop":
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {state.epoch + 1}, iteration "
+                                       f"{state.step + 1}; the last good checkpoint is kept; lower optim.lr "
+                                       "or set train.nan_policy=skip_batch")
+            optimizer.zero_grad(set_to_none=True)
+            skipped += 1
+            state.step += 1
+            scheduler.step()
+            continue
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        state.step += 1
+        if ema is not None:
+            ema_update(ema, model, t.ema_decay)
+        if lookahead is not None and state.step % 5 == 0:
+            # airbench94: every 5 steps pull the weights to an EMA whose decay ramps up as
+            # 0.95^5 * (progress)^3, i.e. late training is averaged hardest
+            ema_update(lookahead, model, 0.95 ** 5 * (state.step / total_steps) ** 3, copy_back=True)
+        batch_loss = loss.item() / (len(y) if t.loss_reduction == "sum" else 1)
+        losses.append(batch_loss)
+        seen += len(y)
+        bar.update(1)
+        if log is not None and state.step % cfg.log.interval == 0:
+            now = time.perf_counter()
+            k = min(cfg.log.interval, len(losses))
+            log.write({"type": "train", "epoch": state.epoch + 1, "iter": state.step,
+                       "lr": optimizer.param_groups[0]["lr"], "loss": float(np.mean(losses[-k:])),
+                       "time": (now - t_last) / cfg.log.interval, "data_time": data_time / cfg.log.interval})
+            t_last, data_time = now, 0.0
+            bar.set_postfix(loss=f"{np.mean(losses[-k:]):.3f}")
+        t_data = time.perf_counter()
+    bar.close()
+    dt = time.perf_counter() - t_epoch
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "images": seen, "seconds": dt,
+            "skipped": skipped, "batches": n_batches}
+
+
+def _checkpoint(model, optimizer, scheduler, state: TrainState, cfg: Config, data: RunData, ema, lookahead,
+                scaler) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema, "lookahead": lookahead,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "epoch": state.epoch, "iter": state.step, "best_top1": state.best_top1,
+        "classes": list(data.classes), "config": config_to_dict(cfg), "preprocess": data.prep.as_dict(),
+        "model_name": cfg.model.name, "versions": _versions(),
+    }
+
+
+def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | None = None,
+        device: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train `cfg`; returns a summary (best/final top-1, time, run directory)."""
+    from cifarkit.models import count_params, create_model
+
+    t_start = time.perf_counter()
+    run_dir = Path(work_dir or Path("work_dirs") / cfg.name)
+    check_work_dir(run_dir)
+    dev = resolve_device(device or cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.train.seed)
+    amp = amp_dtype(cfg.train.amp, dev)
+
+    resume_path = None
+    if resume:
+        resume_path = Path(resume) if isinstance(resume, (str, Path)) and resume is not True else \
+            newest_valid_checkpoint(run_dir)
+        if resume_path is None:
+            raise CifarkitError(f"{run_dir}: --resume found no valid checkpoint to continue from")
+    t0 = time.perf_counter()
+    data = build_data(cfg, dev)
+    t_data = time.perf_counter() - t0
+
+    model = create_model(cfg.model.name, cfg.model.num_classes, pretrained=cfg.model.pretrained,
+                         cifar_stem=cfg.model.cifar_stem, **cfg.model.kwargs)
+    if getattr(model, "pretrained_report", None) and not quiet:
+        print(model.pretrained_report)
+    if hasattr(model, "data_init") and not cfg.model.pretrained and resume_path is None:
+        from cifarkit.data.loader import normalize
+
+        model.data_init(normalize(data.train_images[:5000].to(dev), data.prep))
+    model.to(dev)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model)
+    spe = len(data.loader)
+    if spe == 0:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is larger than the {data.num_train} "
+                          "training images; lower it")
+    total = math.ceil(cfg.train.epochs * spe)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total, spe))
+    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 else None
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.train.ema else None
+    lookahead = {k: v.detach().clone() for k, v in model.state_dict().items()} if cfg.train.lookahead else None
+    state = TrainState()
+
+    if resume_path is not None:
+        ck = load_checkpoint(resume_path)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        if ema is not None and ck.get("ema"):
+            ema = ck["ema"]
+        if lookahead is not None and ck.get("lookahead"):
+            lookahead = ck["lookahead"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        if ck["rng"].get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
+        state = TrainState(ck["epoch"], ck["iter"], ck.get("best_top1", -1.0))
+        if not quiet:
+            print(f"resumed from {resume_path} (epoch {state.epoch}, iteration {state.step})")
+
+    train_model = torch.compile(model) if cfg.train.compile else model
+    save_config(cfg, run_dir / "config.yaml")
+    header = {"config": config_to_dict(cfg), "versions": _versions(), "device": str(dev), "seed": cfg.train.seed,
+              "classes": data.classes, "params": count_params(model), "num_train": data.num_train,
+              "num_eval": len(data.eval_labels), "eval_split": data.eval_name, "steps_per_epoch": spe,
+              "total_steps": total}
+    log = RunLog(run_dir / "log.jsonl", header, resume_epoch=state.epoch if resume_path else None)
+
+    epochs = math.ceil(total / spe)
+    stop_at = min(total, cfg.train.max_iters) if cfg.train.max_iters else total
+    last_val: dict[str, Any] = {}
+    train_seconds, images_seen = 0.0, 0
+    try:
+        while state.step < stop_at:
+            if hasattr(model, "set_whiten_bias_trainable") and cfg.train.whiten_bias_epochs:
+                model.set_whiten_bias_trainable(state.epoch < cfg.train.whiten_bias_epochs)
+            data.loader.set_epoch(state.epoch)
+            ep = train_one_epoch(train_model, data.loader, optimizer, scheduler, state, cfg, dev, amp, total,
+                                 log, ema, lookahead, quiet)
+            train_seconds += ep["seconds"]
+            images_seen += ep["images"]
+            done = state.step >= stop_at
+            if state.step % spe == 0 or done:
+                state.epoch += 1
+            if done and lookahead is not None:
+                ema_update(lookahead, model, 1.0, copy_back=True)  # final net = the lookahead average
+            if state.epoch % cfg.eval.interval == 0 or done:
+                eval_model = model
+                if ema is not None:
+                    eval_model = create_model(cfg.model.name, cfg.model.num_classes, cifar_stem=cfg.model.cifar_stem,
+                                              **cfg.model.kwargs).to(dev)
+                    eval_model.load_state_dict(ema)
+                    if cfg.train.channels_last:
+                        eval_model.to(memory_format=torch.channels_last)
+                tta = cfg.eval.tta
+                last_val = evaluate(eval_model, data.eval_images, data.eval_labels, data.prep, cfg.eval.batch_size,
+                                    dev, amp, tta, cfg.train.channels_last)
+                log.write({"type": "val", "epoch": state.epoch, "iter": state.step, "loss": last_val["loss"],
+                           "top1": last_val["top1"], "top5": last_val["top5"], "split": data.eval_name,
+                           "tta": tta})
+                if not quiet:
+                    print(f"epoch {state.epoch}/{epochs}  train loss {ep['loss']:.4f}  {data.eval_name} loss "
+                          f"{last_val['loss']:.4f}  top1 {last_val['top1']:.2f}  top5 {last_val['top5']:.2f}  "
+                          f"({ep['images'] / max(ep['seconds'], 1e-9):.0f} img/s)", flush=True)
+            ck = _checkpoint(model, optimizer, scheduler, state, cfg, data, ema, lookahead, scaler)
+            atomic_save(ck, run_dir / "last.pt")
+            if last_val and last_val["top1"] > state.best_top1 and cfg.checkpoint.save_best:
+                state.best_top1 = last_val["top1"]
+                ck["best_top1"] = state.best_top1
+                atomic_save(ck, run_dir / "best.pt")
+            if state.epoch % cfg.checkpoint.interval == 0 and state.step % spe == 0:
+                atomic_save(ck, run_dir / f"epoch_{state.epoch}.pt")
+    finally:
+        log.close()
+    wall = time.perf_counter() - t_start
+    summary = {"run_dir": str(run_dir), "epochs": state.epoch, "iters": state.step, "final": last_val,
+               "best_top1": state.best_top1, "eval_split": data.eval_name, "seconds": wall,
+               "train_seconds": train_seconds, "data_seconds": t_data,
+               "train_img_per_s": images_seen / train_seconds if train_seconds else 0.0}
+    if cfg.log.plots:
+        _write_plots(run_dir, quiet)
+    if not quiet:
+        print(format_summary(summary, cfg))
+    return summary
+
+
+def _write_plots(run_dir: Path, quiet: bool) -> None:
+    try:
+        from cifarkit.analysis.curves import plot_runs
+    except ImportError:  # analysis not installed in a stripped-down build
+        return
+    try:
+        plot_runs([run_dir], run_dir / "curves.png")
+    except CifarkitError as e:  # a plot must never cost the user their finished run
+        if not quiet:
+            print(f"warning: curves not written: {e}", file=sys.stderr)
+
+
+def format_summary(s: dict[str, Any], cfg: Config) -> str:
+    f = s["final"] or {}
+    lines = [
+        "-" * 64,
+        f"run       {s['run_dir']}   ({cfg.model.name}, {s['epochs']} epochs, {s['iters']} iterations)",
+        f"final     {s['eval_split']} top1 {f.get('top1', float('nan')):.2f}  top5 {f.get('top5', float('nan')):.2f}"
+        f"  loss {f.get('loss', float('nan')):.4f}",
+        f"best      top1 {s['best_top1']:.2f}",
+        f"time      {s['seconds']:.1f} s wall, {s['train_seconds']:.1f} s training "
+        f"({s['train_img_per_s']:.0f} img/s), {s['data_seconds']:.1f} s loading data",
+        "-" * 64,
+    ]
+    return "\n".join(lines)

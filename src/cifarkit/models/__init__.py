@@ -1,0 +1,139 @@
+"""Model registry: `create_model(name, num_classes, ...)` and `list_models()`.
+
+Registered: `airnet` (the speed recipe's network), CIFAR ResNets (`resnet18_cifar`, ...),
+`mobilenet_v2`, any other torchvision classifier by its own name, and `timm/<name>` when timm is
+installed. Each entry may name its Grad-CAM layer; otherwise `cam_layer()` finds the last
+spatial block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from cifarkit.errors import ConfigError
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    cam_layer: str | None = None
+    input_size: int = 32
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, description: str, cam_layer: str | None = None, input_size: int = 32):
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[name] = ModelEntry(name, fn, description, cam_layer, input_size)
+        return fn
+
+    return deco
+
+
+@register("airnet", "airbench94 network: whitening conv + 3 conv groups, 2.0M params", "layers.2")
+def _airnet(num_classes: int, **kw) -> nn.Module:
+    from cifarkit.models.airnet import AirNet
+
+    return AirNet(num_classes, **kw)
+
+
+def _cifar_resnet(arch: str):
+    def build(num_classes: int, **kw) -> nn.Module:
+        from cifarkit.models.torchvision_models import torchvision_model
+
+        return torchvision_model(arch, num_classes, cifar_stem=True, **kw)
+
+    return build
+
+
+for _arch in ("resnet18", "resnet34", "resnet50"):
+    register(f"{_arch}_cifar", f"torchvision {_arch} with a 3x3 stride-1 stem and no max-pool (32 px)",
+             "layer4")(_cifar_resnet(_arch))
+
+
+@register("mobilenet_v2", "torchvision MobileNetV2 (model.cifar_stem: true for 32 px inputs)", "features",
+          input_size=224)
+def _mobilenet_v2(num_classes: int, **kw) -> nn.Module:
+    from cifarkit.models.torchvision_models import torchvision_model
+
+    return torchvision_model("mobilenet_v2", num_classes, **kw)
+
+
+def list_models(include_torchvision: bool = False) -> list[str]:
+    names = sorted(_REGISTRY)
+    if include_torchvision:
+        import torchvision
+
+        names += [n for n in torchvision.models.list_models(module=torchvision.models) if n not in _REGISTRY]
+    return names
+
+
+def get_entry(name: str) -> ModelEntry | None:
+    return _REGISTRY.get(name)
+
+
+def create_model(name: str, num_classes: int = 10, pretrained: str = "", cifar_stem: bool = False,
+                 **kwargs) -> nn.Module:
+    """Build a registered model; `pretrained` is a local weights file (or 'torchvision')."""
+    tv_pretrained = pretrained == "torchvision"
+    if name.startswith("timm/"):
+        try:
+            import timm
+        except ImportError:
+            raise ConfigError(f"model.name {name!r} needs timm: pip install 'cifarkit[timm]'") from None
+        try:
+            model = timm.create_model(name[5:], num_classes=num_classes, pretrained=tv_pretrained, **kwargs)
+        except RuntimeError as e:
+            raise ConfigError(f"model.name: {e}") from None
+    elif name in _REGISTRY:
+        if cifar_stem:
+            kwargs["cifar_stem"] = True
+        if tv_pretrained:
+            kwargs["pretrained"] = "torchvision"
+        if name == "airnet" and (cifar_stem or tv_pretrained):
+            raise ConfigError("airnet has no torchvision weights or CIFAR stem option; unset "
+                              "model.pretrained/model.cifar_stem")
+        model = _REGISTRY[name].build(num_classes, **kwargs)
+    else:
+        import torchvision
+
+        if name in torchvision.models.list_models(module=torchvision.models):
+            from cifarkit.models.torchvision_models import torchvision_model
+
+            model = torchvision_model(name, num_classes, cifar_stem,
+                                      "torchvision" if tv_pretrained else "", **kwargs)
+        else:
+            import difflib
+
+            near = difflib.get_close_matches(name, list_models(True), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else "; see `cifarkit models`"
+            raise ConfigError(f"model.name: unknown model {name!r}{hint}")
+    if pretrained and not tv_pretrained:
+        from cifarkit.models.weights import load_pretrained
+
+        report = load_pretrained(model, pretrained, name)
+        model.pretrained_report = report.summary()  # type: ignore[attr-defined]
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_size: int) -> int:
+    """Multiply-accumulates of one forward pass on a (1, 3, S, S) input (FLOPs / 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, 3, input_size, input_size))
+    model.train(was)
+    return fc.get_total_flops() // 2

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats, made fresh in each test session.
+
+`write_py2_pickle` reproduces the byte layout of the 2009 CIFAR files (Python-2 `str` opcodes,
+protocol 2, numpy's reconstructor under its historical `numpy.core` name), so the reader is
+tested against the real format without shipping or downloading it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class Py2Pickler(pickle._Pickler):
+    def save_bytes(self, obj):
+        n = len(obj)
+        if n < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
+        self.memoize(obj)
+
+    def save_str(self, obj):
+        self.save_bytes(obj.encode("latin1"))
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", None)
+        name = name or obj.__qualname__
+        if module and module.startswith("numpy._core"):
+            module = module.replace("numpy._core", "numpy.core", 1)
+        self.write(pickle.GLOBAL + module.encode() + b"\n" + name.encode() + b"\n")
+        self.memoize(obj)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes
+    dispatch[str] = save_str
+
+
+def write_py2_pickle(obj, path: Path) -> None:
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    path.write_bytes(buf.getvalue())
+
+
+def make_images(labels: np.ndarray, seed: int = 0, size: int = 32) -> np.ndarray:
+    """Learnable toy images (N, H, W, 3): each class has its own colour and stripe direction."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    base = np.array([[(c * 37) % 256, (c * 91) % 256, (c * 151) % 256] for c in range(10)], dtype=np.float32)
+    img = np.empty((n, size, size, 3), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i, y in enumerate(labels):
+        stripes = ((xx if y % 2 else yy) // (2 + y % 4)) % 2
+        img[i] = base[y] * 0.6 + stripes[..., None] * 80
+    img += rng.normal(0, 20, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def cifar_batch(labels: np.ndarray, name: str, seed: int) -> dict:
+    images = make_images(labels, seed)
+    return {"batch_label": f"{name}", "labels": labels.tolist(),
+            "data": images.transpose(0, 3, 1, 2).reshape(len(labels), -1),
+            "filenames": [f"{CLASSES[y]}_s_{seed:02d}{i:04d}.png" for i, y in enumerate(labels)]}
+
+
+def make_cifar10(root: Path, per_batch: int = 20, test: int = 40, py2: bool = True) -> Path:
+    """`root/cifar-10-batches-py` with 5 train batches of `per_batch` and one test batch."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    write = write_py2_pickle if py2 else (lambda o, p: p.write_bytes(pickle.dumps(o, protocol=4)))
+    for b in range(1, 6):
+        labels = np.arange(per_batch) % 10
+        write(cifar_batch(labels, f"training batch {b} of 5", b), d / f"data_batch_{b}")
+    write(cifar_batch(np.arange(test) % 10, "testing batch 1 of 1", 9), d / "test_batch")
+    write({"num_cases_per_batch": per_batch, "label_names": CLASSES, "num_vis": 3072}, d / "batches.meta")
+    return d
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path: Path) -> Path:
+    return make_cifar10(tmp_path / "c10")
+
+
+@pytest.fixture(scope="session")
+def cifar10_small(tmp_path_factory) -> Path:
+    """A session-wide tiny CIFAR-10 (500 train, 100 test) for training tests."""
+    return make_cifar10(tmp_path_factory.mktemp("c10s"), per_batch=100, test=100)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")

@@ -1,0 +1,87 @@
+"""Export to image folders + manifest: lossless PNG, unique names, atomic and re-runnable."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarkit.data.cifar import read_cifar
+from cifarkit.data.export import MANIFEST_COLUMNS, encode_png_rgb, export_dataset
+from cifarkit.errors import DataError
+
+
+def _splits(d: Path) -> dict:
+    return {s: read_cifar(d, s) for s in ("train", "test")}
+
+
+def test_png_encoder_is_lossless():
+    img = np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    import io
+
+    back = np.asarray(Image.open(io.BytesIO(encode_png_rgb(img))))
+    assert back.shape == (7, 5, 3) and np.array_equal(back, img)
+
+
+def test_export_layout_manifest_and_exact_pixels(cifar10_dir: Path, tmp_path: Path):
+    splits = _splits(cifar10_dir)
+    res = export_dataset(splits, tmp_path / "out")
+    out = res.out
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "test", "train"]
+    rows = list(csv.DictReader(open(out / "manifest.csv")))
+    assert list(rows[0]) == MANIFEST_COLUMNS
+    assert len(rows) == 140
+    r = rows[0]
+    assert r["split"] == "train" and r["source"] == "data_batch_1" and r["index"] == "0"
+    assert r["path"] == f"train/{r['label_name']}/{splits['train'].filenames[0]}"
+    # re-reading every exported PNG gives exactly the pickle's pixels
+    for i, row in enumerate(rows[:100]):
+        got = np.asarray(Image.open(out / row["path"]))
+        assert np.array_equal(got, splits["train"].images[i]), row["path"]
+    assert not any(p.name.startswith(".out.partial") for p in tmp_path.iterdir())
+
+
+def test_duplicate_names_never_overwrite(cifar10_dir: Path, tmp_path: Path):
+    ds = read_cifar(cifar10_dir, "test")
+    ds.filenames = ["same.png"] * len(ds)
+    res = export_dataset({"test": ds}, tmp_path / "o")
+    files = list((res.out / "test").rglob("*.png"))
+    assert len(files) == len(ds)
+    assert (res.out / "test" / "airplane" / "same_1.png").exists()
+
+
+def test_refuses_non_empty_unless_overwrite(cifar10_dir: Path, tmp_path: Path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(DataError, match="not empty.*--overwrite"):
+        export_dataset(_splits(cifar10_dir), out)
+    assert (out / "keep.txt").exists()
+    export_dataset(_splits(cifar10_dir), out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "manifest.csv").exists()
+
+
+def test_interrupted_export_never_looks_complete(cifar10_dir: Path, tmp_path: Path):
+    calls = []
+
+    def boom(n):
+        calls.append(n)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset(_splits(cifar10_dir), tmp_path / "o", progress=boom)
+    assert calls and not (tmp_path / "o").exists()
+    assert list(tmp_path.iterdir()) == [tmp_path / "c10"]  # no temporary folder left behind
+
+
+def test_jpeg_export(cifar10_dir: Path, tmp_path: Path):
+    res = export_dataset({"test": read_cifar(cifar10_dir, "test")}, tmp_path / "j", fmt="jpg", quality=90)
+    files = sorted((res.out / "test").rglob("*.jpg"))
+    assert len(files) == 40
+    with Image.open(files[0]) as im:
+        assert im.format == "JPEG" and im.size == (32, 32)
+    with pytest.raises(DataError, match="quality"):
+        export_dataset({"test": read_cifar(cifar10_dir, "test")}, tmp_path / "k", fmt="jpg", quality=0)
