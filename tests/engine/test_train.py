@@ -1,0 +1,104 @@
+"""The trainer on tiny real-format data: learning, schedules, resume, eval reproduction, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarkit.config import load_config
+from cifarkit.engine.checkpoint import load_checkpoint
+from cifarkit.engine.evaluate import evaluate_checkpoint
+from cifarkit.engine.train import TrainingDiverged, fit, lr_factor
+from cifarkit.errors import ConfigError
+
+FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
+
+
+def small_cfg(root: Path, *extra: str):
+    return load_config(FAST, [f"data.root={root}", "train.batch_size=100", "train.epochs=3", "eval.interval=1",
+                              "eval.batch_size=50", "log.interval=1", "log.plots=false",
+                              "train.deterministic=true", *extra])
+
+
+def test_fit_writes_the_run_directory(cifar10_small: Path, tmp_path: Path):
+    summary = fit(small_cfg(cifar10_small), work_dir=tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    assert {"config.yaml", "log.jsonl", "last.pt", "best.pt"} <= {p.name for p in run.iterdir()}
+    recs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert recs[0]["type"] == "header" and recs[0]["classes"][0] == "airplane" and recs[0]["seed"] == 0
+    train = [r for r in recs if r["type"] == "train"]
+    val = [r for r in recs if r["type"] == "val"]
+    assert set(train[0]) >= {"epoch", "iter", "lr", "loss", "time", "data_time"}
+    assert [v["epoch"] for v in val] == [1, 2, 3] and set(val[0]) >= {"loss", "top1", "top5", "iter"}
+    assert summary["final"]["top1"] > 30  # toy data is learnable: well above the 10% of chance
+    ck = load_checkpoint(run / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "lookahead", "rng", "epoch", "iter", "classes", "config",
+                "preprocess"):
+        assert key in ck, key
+    assert ck["preprocess"]["input_size"] == 32 and ck["epoch"] == 3
+
+
+def test_eval_reproduces_last_val_record(cifar10_small: Path, tmp_path: Path):
+    fit(small_cfg(cifar10_small, "train.epochs=1", "eval.tta=flip_translate"), work_dir=tmp_path / "r", quiet=True)
+    last = [json.loads(x) for x in (tmp_path / "r" / "log.jsonl").read_text().splitlines()][-1]
+    m = evaluate_checkpoint(tmp_path / "r" / "last.pt")
+    assert (m["top1"], m["top5"]) == (last["top1"], last["top5"])
+    assert m["loss"] == pytest.approx(last["loss"], abs=1e-6) and m["tta"] == "flip_translate"
+
+
+def test_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
+    fit(small_cfg(cifar10_small), work_dir=tmp_path / "a", quiet=True)
+    # the same run stopped after 2 of 3 epochs (10 iterations), then resumed
+    fit(small_cfg(cifar10_small, "train.max_iters=10"), work_dir=tmp_path / "b", quiet=True)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    fit(small_cfg(cifar10_small), work_dir=tmp_path / "b", resume=True, quiet=True)
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    log_a = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()[1:]]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()[1:]]
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "data_time")} for r in recs]  # noqa: E731
+    assert strip(log_a) == strip(log_b)
+
+
+def test_val_fraction_and_ema_and_resnet(cifar10_small: Path, tmp_path: Path):
+    cfg = load_config(None, [f"data.root={cifar10_small}", "model.name=resnet18_cifar", "train.batch_size=50",
+                             "train.max_iters=2", "train.ema=true", "data.val_fraction=0.2", "log.plots=false",
+                             "optim.lr=0.05", "eval.batch_size=100"])
+    s = fit(cfg, work_dir=tmp_path / "v", quiet=True)
+    assert s["eval_split"] == "val" and s["final"]["n"] == 100
+    ck = load_checkpoint(tmp_path / "v" / "last.pt")
+    assert ck["ema"] is not None
+    m = evaluate_checkpoint(tmp_path / "v" / "last.pt")
+    assert m["split"] == "val" and m["top1"] == s["final"]["top1"]
+
+
+def test_wrong_class_count_and_missing_root(cifar10_small: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="model.num_classes is 100 but .* has 10 classes"):
+        fit(small_cfg(cifar10_small, "model.num_classes=100"), work_dir=tmp_path / "x", quiet=True)
+    with pytest.raises(ConfigError, match="data.root is empty"):
+        fit(load_config(None), work_dir=tmp_path / "y", quiet=True)
+
+
+def test_nan_loss_stops_with_epoch_and_iteration(cifar10_small: Path, tmp_path: Path):
+    with pytest.raises(TrainingDiverged, match=r"epoch \d+, iteration \d+"):
+        fit(small_cfg(cifar10_small, "optim.lr=1e30", "train.amp=none"), work_dir=tmp_path / "n", quiet=True)
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "multistep", "cosine", "linear", "onecycle"])
+def test_schedules(name: str):
+    cfg = load_config(None, [f"schedule.name={name}", "schedule.step=2", "schedule.gamma=0.5",
+                             "schedule.milestones=[1, 3]", "schedule.final_factor=0.1", "schedule.warmup_start=0.2",
+                             "schedule.peak_fraction=0.25"])
+    f = [lr_factor(cfg, s, 100, 20) for s in range(100)]
+    assert all(math.isfinite(v) and v > 0 for v in f)
+    if name == "step":
+        assert f[0] == 1 and f[39] == 1 and f[40] == 0.5
+    if name == "linear":
+        assert f[0] == pytest.approx(0.2) and f[25] == pytest.approx(1.0) and f[99] == pytest.approx(0.1, abs=0.02)
+    if name == "cosine":
+        assert f[0] == 1 and f[99] < 0.11

@@ -1,0 +1,70 @@
+"""Config loading: YAML, typed overrides, nearest-key suggestions, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cifarkit.config import all_keys, config_to_dict, describe_keys, load_config
+from cifarkit.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["cifar10_fast", "cifar10_resnet18", "cifar10_mobilenetv2_finetune"])
+def test_shipped_configs_load(name: str):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.name == name and cfg.model.num_classes == 10
+
+
+def test_tutorial_recipe_field_for_field():
+    c = load_config(CONFIGS / "cifar10_mobilenetv2_finetune.yaml")
+    assert (c.model.name, c.train.batch_size, c.optim.lr, c.optim.momentum, c.optim.weight_decay) == \
+        ("mobilenet_v2", 32, 0.005, 0.9, 4e-5)
+    assert (c.schedule.name, c.schedule.gamma, c.schedule.step, c.train.epochs) == ("step", 0.98, 1, 10)
+    assert (c.data.rrc_size, c.data.eval_resize, c.data.eval_crop) == (224, 256, 224)
+    assert (c.eval.interval, c.checkpoint.interval, c.log.interval) == (1, 5, 10)
+    assert c.data.mean == [123.675, 116.28, 103.53]
+
+
+def test_overrides_are_typed(tmp_path: Path):
+    cfg = load_config(None, ["optim.lr=0.3", "train.epochs=2", "train.deterministic=true",
+                             "data.mean=[1, 2, 3]", "data.root=some/path"])
+    assert cfg.optim.lr == 0.3 and isinstance(cfg.train.epochs, float) and cfg.train.deterministic is True
+    assert cfg.data.mean == [1.0, 2.0, 3.0] and cfg.data.root == "some/path"
+
+
+@pytest.mark.parametrize("item, message", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'"),
+    ("lr=1", "did you mean 'optim.lr'"),
+    ("train.batch_size=abc", "train.batch_size: 'abc' is not a valid int"),
+    ("train.deterministic=3", "not a valid bool"),
+    ("optim.name=sgdd", "optim.name: 'sgdd' is not one of sgd, adamw; did you mean 'sgd'"),
+    ("train.batch_size=0", "train.batch_size: must be at least 1"),
+    ("novalue", "expected key.sub=value"),
+])
+def test_bad_overrides(item: str, message: str):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_config(None, [item])
+
+
+def test_bad_yaml_key_names_file(tmp_path: Path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: unknown config key 'train.epocs'; did you mean 'train.epochs'"):
+        load_config(p)
+    p.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_every_key_documented():
+    text = describe_keys()
+    for key in all_keys():
+        assert key in text
+    assert "data.val_fraction" in all_keys() and "train.max_iters" in all_keys()
+    d = config_to_dict(load_config(None))
+    assert d["checkpoint"]["interval"] == 1
