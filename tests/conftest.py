@@ -98,3 +98,33 @@ def cifar10_small(tmp_path_factory) -> Path:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def trained_run(cifar10_small: Path, tmp_path_factory) -> Path:
+    """A tiny airnet run (3 epochs on 500 toy images): run dir with last.pt/best.pt/log.jsonl."""
+    from cifarkit.config import load_config
+    from cifarkit.engine.train import fit
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cifar10_fast.yaml",
+                      [f"data.root={cifar10_small}", "train.batch_size=100", "train.epochs=3", "eval.interval=1",
+                       "log.interval=1", "log.plots=false", "eval.tta=none"])
+    run = tmp_path_factory.mktemp("trained") / "run"
+    fit(cfg, work_dir=run, quiet=True)
+    return run
+
+
+def make_checkpoint(model_name: str, path: Path, input_size: int = 32, num_classes: int = 10) -> Path:
+    """An untrained but complete cifarkit checkpoint for `model_name` (no training needed)."""
+    import torch
+
+    from cifarkit.config import config_to_dict, load_config
+    from cifarkit.models import create_model
+
+    torch.manual_seed(0)
+    cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}", "train.amp=none"])
+    model = create_model(model_name, num_classes)
+    torch.save({"model": model.state_dict(), "config": config_to_dict(cfg), "classes": CLASSES[:num_classes],
+                "preprocess": {"mean": [125.0] * 3, "std": [60.0] * 3, "input_size": input_size,
+                               "eval_resize": 0, "eval_crop": 0}, "epoch": 0}, path)
+    return path

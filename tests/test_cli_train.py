@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from test_cli_data import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def test_train_resume_eval(cifar10_small: Path, tmp_path: Path):
     r = run("eval", str(work / "last.pt"), "--json")
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
-    last = json.loads((work / "log.jsonl").read_text().splitlines()[-1])
+    last = [r for r in map(json.loads, (work / "log.jsonl").read_text().splitlines()) if r["type"] == "val"][-1]
     assert m["top1"] == last["top1"] and m["top5"] == last["top5"]
 
 

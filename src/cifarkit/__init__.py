@@ -24,6 +24,8 @@ _LAZY = {
     "load_config": "cifarkit.config",
     "fit": "cifarkit.engine.train",
     "evaluate_checkpoint": "cifarkit.engine.evaluate",
+    "load": "cifarkit.predict",
+    "show_result": "cifarkit.predict",
 }
 
 

@@ -133,9 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default=None)
     c.set_defaults(fn=cmd_data_check)
 
-    from cifarkit import cli_train
+    from cifarkit import cli_analysis, cli_train, cli_use
 
     cli_train.add_commands(sub)
+    cli_analysis.add_commands(sub, dsub)
+    cli_use.add_commands(sub)
     return p
 
 

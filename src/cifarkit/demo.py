@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import CifarkitError
 
 SAMPLE = "cifar10_sample.tar.gz"
 
@@ -125,6 +126,42 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 8, quick: bool = Fals
     m = evaluate_checkpoint(out / "run" / "last.pt")
     print(f"{m['split']}: top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
     results["eval"] = m
+
+    _step("7. understand: curves, confusion matrix, per-class metrics, calibration, report")
+    from cifarkit.analysis.analyze import analyze
+
+    a = analyze(out / "run" / "best.pt", out / "analysis")
+    print(f"analysis: top1 {a['top1']:.2f}, ECE {a['ece'] * 100:.2f}%, most confused "
+          + ", ".join(f"{p['true']}->{p['predicted']}" for p in a["most_confused"][:3]))
+    print(f"curves: {out / 'run' / 'curves.png'}; report: {out / 'run' / 'report.html'}")
+
+    _step("8. use: predict test images, Grad-CAM, export to ONNX")
+    from cifarkit.predict import load, show_result
+
+    clf = load(out / "run" / "best.pt")
+    picks = sorted((out / "export" / "test").glob("*/*.png"))[::50][:6]
+    (out / "predict").mkdir(exist_ok=True)
+    from cifarkit.analysis.plotting import save
+
+    for pred in clf.predict(picks):
+        print(f"{Path(pred.path).parent.name + '/' + Path(pred.path).name:<28} -> {pred.label:<11} {pred.score:.2f}")
+        save(show_result(pred.path, pred), out / "predict" / f"{Path(pred.path).stem}.png")
+    try:
+        from cifarkit.cam import compute_cam, save_cam_figure
+
+        for p in picks[:3]:
+            res = compute_cam(clf, p)
+            save_cam_figure(p, res, out / "cam" / f"{p.stem}_cam.png")
+        print(f"Grad-CAM images in {out / 'cam'}")
+    except CifarkitError as e:
+        print(f"Grad-CAM skipped: {e}")
+    try:
+        from cifarkit.export import export_model
+
+        r = export_model(out / "run" / "best.pt", "onnx", out / "model.onnx")
+        print(f"exported {r.path}: max abs diff {r.max_abs_diff:.1e}, top-1 agreement {r.top1_agreement:.0%}")
+    except CifarkitError as e:
+        print(f"ONNX export skipped: {e}")
 
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {out}/")
     return results

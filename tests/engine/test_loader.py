@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cifarkit.data.loader import (Augment, Preprocess, TensorLoader, eval_transform, random_crop,
-                                  random_resized_crop)
+from cifarkit.data.loader import Augment, Preprocess, TensorLoader, eval_transform, random_crop, random_resized_crop
 
 
 def _data(n=64):

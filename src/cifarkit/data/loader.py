@@ -56,6 +56,16 @@ def eval_transform(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
         s = prep.eval_resize / min(h, w)
         x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False,
                           antialias=True)
+    elif x.shape[-2] != x.shape[-1] and x.shape[-1] != prep.input_size:
+        # a non-square photo on a model without an explicit eval resize: shorter side to the
+        # input size, then the center crop below (never squash the aspect ratio)
+        h, w = x.shape[-2:]
+        s = prep.input_size / min(h, w)
+        x = F.interpolate(x, size=(max(prep.input_size, round(h * s)), max(prep.input_size, round(w * s))),
+                          mode="bilinear", align_corners=False, antialias=True)
+        h, w = x.shape[-2:]
+        top, left = (h - prep.input_size) // 2, (w - prep.input_size) // 2
+        x = x[..., top:top + prep.input_size, left:left + prep.input_size]
     if prep.eval_crop:
         h, w = x.shape[-2:]
         c = prep.eval_crop

@@ -31,7 +31,8 @@ class RunLog:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash
-                if rec.get("type") == "header" or rec.get("epoch", 0) <= resume_epoch:
+                kind = rec.get("type")
+                if kind == "header" or (kind != "summary" and rec.get("epoch", 0) <= resume_epoch):
                     kept.append(line)
             self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
             self.f = open(self.path, "a", encoding="utf-8")

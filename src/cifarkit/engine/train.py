@@ -429,6 +429,11 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
                "best_top1": state.best_top1, "eval_split": data.eval_name, "seconds": wall,
                "train_seconds": train_seconds, "data_seconds": t_data,
                "train_img_per_s": images_seen / train_seconds if train_seconds else 0.0}
+    with open(run_dir / "log.jsonl", "a", encoding="utf-8") as f:
+        import json
+
+        f.write(json.dumps({"type": "summary", **{k: v for k, v in summary.items() if k != "final"},
+                            "final_top1": last_val.get("top1"), "final_top5": last_val.get("top5")}) + "\n")
     if cfg.log.plots:
         _write_plots(run_dir, quiet)
     if not quiet:
@@ -437,15 +442,19 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
 
 
 def _write_plots(run_dir: Path, quiet: bool) -> None:
-    try:
-        from cifarkit.analysis.curves import plot_runs
-    except ImportError:  # analysis not installed in a stripped-down build
-        return
-    try:
-        plot_runs([run_dir], run_dir / "curves.png")
-    except CifarkitError as e:  # a plot must never cost the user their finished run
-        if not quiet:
-            print(f"warning: curves not written: {e}", file=sys.stderr)
+    """curves.png and report.html at the end of a run; a failure here only warns, since a
+    figure must never cost the user their finished run."""
+    from cifarkit.analysis.curves import plot_runs
+    from cifarkit.analysis.report import write_report
+
+    for what, make in (("curves", lambda: plot_runs([run_dir], run_dir / "curves.png")),
+                       ("report", lambda: write_report(run_dir))):
+        try:
+            out = make()
+            if not quiet:
+                print(f"wrote {out}")
+        except (CifarkitError, OSError, ValueError) as e:
+            print(f"warning: {what} not written: {e}", file=sys.stderr)
 
 
 def format_summary(s: dict[str, Any], cfg: Config) -> str:

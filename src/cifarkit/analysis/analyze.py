@@ -1,0 +1,147 @@
+"""`cifarkit analyze`: everything about a checkpoint on a dataset, from one pass of predictions.
+
+Writes into OUT: predictions.npz (logits, labels, dataset index), confusion_matrix.png/.csv,
+per_class.csv, misclassified.png (highest-loss errors), reliability.png and metrics.json
+(top1, top5, loss, ece, per-class, most-confused pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarkit.analysis.metrics import (
+    calibration,
+    confusion_matrix,
+    most_confused,
+    per_class_table,
+    softmax,
+    topk_accuracy,
+)
+from cifarkit.analysis.plotting import pyplot, save
+
+
+def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
+                    tta: str | None = None) -> dict[str, Any]:
+    """One pass: logits (N, C), labels, the uint8 images (for galleries) and class names."""
+    from cifarkit.engine.evaluate import predict_logits
+    from cifarkit.engine.restore import load_for_inference
+    from cifarkit.engine.train import amp_dtype, load_eval_split, resolve_device
+
+    dev = resolve_device(device)
+    model, ck, cfg, prep = load_for_inference(ckpt, dev)
+    images, labels, name = load_eval_split(cfg, ck["classes"], data, split)
+    logits = predict_logits(model, images, prep, cfg.eval.batch_size, dev, amp_dtype(cfg.train.amp, dev),
+                            tta or cfg.eval.tta, cfg.train.channels_last)
+    return {"logits": logits.numpy(), "labels": labels.numpy(), "images": images, "classes": ck["classes"],
+            "split": name, "model": cfg.model.name}
+
+
+def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
+            device: str = "auto", n_errors: int = 24) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    p = predictions_for(ckpt, data, split, device)
+    logits, labels, classes = p["logits"], p["labels"], p["classes"]
+    np.savez_compressed(out / "predictions.npz", logits=logits, labels=labels, index=np.arange(len(labels)),
+                        classes=np.array(classes))
+    probs = softmax(logits.astype(np.float64))
+    preds = probs.argmax(1)
+    c = len(classes)
+    cm = confusion_matrix(labels, preds, c)
+    table = per_class_table(cm, classes)
+    cal = calibration(probs, labels)
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)),
+               "top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "loss": nll,
+               "ece": cal["ece"], "per_class": table, "most_confused": most_confused(cm, classes),
+               "calibration_bins": cal["bins"]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["true \\ predicted", *classes])
+        for i, row in enumerate(cm.tolist()):
+            w.writerow([classes[i], *row])
+    with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "accuracy", "support"])
+        w.writeheader()
+        for r in table:
+            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+    plot_confusion(cm, classes, out / "confusion_matrix.png")
+    plot_reliability(cal, out / "reliability.png")
+    errors = plot_misclassified(p["images"], labels, probs, classes, out / "misclassified.png", n_errors)
+    metrics["misclassified_index"] = errors
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
+    plt = pyplot()
+    c = len(classes)
+    size = max(5.0, 0.45 * c + 2)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    for ax, mat, title, fmt in ((axes[0], cm, "counts", "d"), (axes[1], norm, "row-normalised (recall)", ".2f")):
+        im = ax.imshow(mat, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ticks = range(c)
+        ax.set_xticks(ticks, classes if c <= 30 else [""] * c, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(ticks, classes if c <= 30 else [""] * c, fontsize=8)
+        if c <= 20:
+            thresh = mat.max() / 2 if mat.max() else 1
+            for i in range(c):
+                for j in range(c):
+                    ax.text(j, i, format(mat[i, j], fmt), ha="center", va="center", fontsize=7,
+                            color="white" if mat[i, j] > thresh else "black")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    save(fig, out)
+
+
+def plot_reliability(cal: dict, out: Path) -> None:
+    plt = pyplot()
+    bins = cal["bins"]
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"]
+    ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, edgecolor="k",
+           alpha=0.8, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {cal['ece'] * 100:.2f}%)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    save(fig, out)
+
+
+def plot_misclassified(images, labels: np.ndarray, probs: np.ndarray, classes: list[str], out: Path,
+                       n: int = 24) -> list[int]:
+    """Grid of the highest-loss errors: true / predicted (score). Returns their dataset indices."""
+    plt = pyplot()
+    preds = probs.argmax(1)
+    wrong = np.flatnonzero(preds != labels)
+    loss = -np.log(np.clip(probs[wrong, labels[wrong]], 1e-12, None))
+    chosen = wrong[np.argsort(-loss)][:n].tolist()
+    cols = 8
+    rows = max(1, int(np.ceil(len(chosen) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.95), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, chosen):
+        img = images[i].permute(1, 2, 0).numpy() if hasattr(images[i], "permute") else images[i]
+        ax.imshow(img, interpolation="nearest")
+        ax.set_title(f"T: {classes[labels[i]]}\nP: {classes[preds[i]]} {probs[i, preds[i]]:.2f}", fontsize=7)
+    if not chosen:
+        axes[0][0].text(0.5, 0.5, "no errors", ha="center")
+    fig.suptitle("highest-loss errors (T = true, P = predicted, score)", fontsize=9)
+    fig.tight_layout()
+    save(fig, out)
+    return chosen

@@ -1,0 +1,79 @@
+"""Metrics from one pass of predictions: confusion matrix, per-class table, calibration.
+
+All functions take plain arrays (logits or probabilities (N, C), labels (N,)), so the same
+numbers come out whether the predictions were just computed or read back from predictions.npz.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts; row = true class, column = predicted class."""
+    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def per_class_table(cm: np.ndarray, classes: list[str]) -> list[dict]:
+    """precision, recall, F1, accuracy (one-vs-rest), support per class + macro and weighted means."""
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(1).astype(float)
+    predicted = cm.sum(0).astype(float)
+    total = cm.sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(support > 0, tp / support, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    tn = total - support - predicted + tp
+    accuracy = (tp + tn) / max(total, 1)
+    rows = [{"class": c, "precision": precision[i], "recall": recall[i], "f1": f1[i], "accuracy": accuracy[i],
+             "support": int(support[i])} for i, c in enumerate(classes)]
+    w = support / max(support.sum(), 1)
+    for name, weights in (("macro avg", np.full(len(classes), 1 / len(classes))), ("weighted avg", w)):
+        rows.append({"class": name, "precision": float(precision @ weights), "recall": float(recall @ weights),
+                     "f1": float(f1 @ weights), "accuracy": float(accuracy @ weights), "support": int(support.sum())})
+    return rows
+
+
+def most_confused(cm: np.ndarray, classes: list[str], k: int = 10) -> list[dict]:
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:k]
+    out = []
+    for flat in order:
+        t, p = divmod(int(flat), cm.shape[0])
+        if off[t, p] == 0:
+            break
+        out.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p]),
+                    "fraction_of_true": float(off[t, p] / max(cm[t].sum(), 1))})
+    return out
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
+    """Expected calibration error over equal-width confidence bins, plus the per-bin table."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        n = int(m.sum())
+        acc = float(correct[m].mean()) if n else 0.0
+        c = float(conf[m].mean()) if n else 0.0
+        ece += n / len(labels) * abs(acc - c) if n else 0.0
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n, "accuracy": acc,
+                      "confidence": c})
+    return {"ece": float(ece), "bins": table}
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(1).mean() * 100)

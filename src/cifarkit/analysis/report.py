@@ -1,0 +1,209 @@
+"""`cifarkit report`: one self-contained HTML file per run (images inlined, no network needed).
+
+Sections: summary, config, curves, confusion matrix, per-class table, calibration, a gallery of
+the highest-loss errors each beside its Grad-CAM overlay, and dataset statistics. The page is
+plain HTML + CSS that reflows to a phone's width. A small inline script records how many of the
+embedded images decoded (`data-images-loaded` on <body>), which the browser test reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarkit.errors import CifarkitError
+from cifarkit.logs import read_records
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:0 12px 40px;color:#222;
+     background:#fafafa;line-height:1.4}
+main{max-width:1100px;margin:auto}
+h1{font-size:1.5em;margin:18px 0 4px} h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
+img{max-width:100%;height:auto;display:block}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:8px}
+.card{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:8px}
+.card b{display:block;font-size:1.35em}
+.scroll{overflow-x:auto} table{border-collapse:collapse;font-size:.9em;background:#fff}
+td,th{border:1px solid #ddd;padding:3px 7px;text-align:right} th:first-child,td:first-child{text-align:left}
+pre{background:#fff;border:1px solid #e3e3e3;padding:8px;overflow-x:auto;font-size:.8em;max-height:420px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(160px,1fr));gap:8px}
+.gallery figure{margin:0;background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:4px}
+.gallery img{image-rendering:pixelated;width:50%;flex:1 1 0;min-width:0} figcaption{font-size:.78em}
+.note{color:#777;font-size:.9em}
+"""
+
+SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+});
+"""
+
+
+def _img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _file_img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f'<p class="note">{html.escape(alt)}: not available</p>'
+    return _img_tag(path.read_bytes(), alt)
+
+
+def _png(arr: np.ndarray, scale: int = 4) -> bytes:
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    if max(im.size) <= 64:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _table(rows: list[dict], cols: list[str], fmt: dict[str, str] | None = None) -> str:
+    fmt = fmt or {}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            text = format(v, fmt[c]) if c in fmt and isinstance(v, (int, float)) else str(v)
+            cells.append(f"<td>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def _gallery(run_dir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12) -> str:
+    from cifarkit.analysis.analyze import predictions_for
+
+    idx = metrics.get("misclassified_index", [])[:n]
+    if not idx:
+        return '<p class="note">no misclassified images</p>'
+    p = predictions_for(ckpt, data)
+    classes = p["classes"]
+    probs = np.exp(p["logits"] - p["logits"].max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    try:
+        from cifarkit.cam import compute_cam, overlay
+        from cifarkit.predict import Classifier
+
+        clf = Classifier.from_checkpoint(ckpt, "cpu")
+    except CifarkitError:
+        clf = None
+    figs = []
+    for i in idx:
+        img = p["images"][i].permute(1, 2, 0).numpy()
+        y, pred = int(p["labels"][i]), int(probs[i].argmax())
+        parts = [_img_tag(_png(img), "image")]
+        if clf is not None:
+            try:
+                res = compute_cam(clf, img)
+                parts.append(_img_tag(_png(overlay(img, res.heatmap)), "Grad-CAM"))
+            except (CifarkitError, ImportError):
+                pass
+        cap = (f"true <b>{html.escape(classes[y])}</b>, predicted <b>{html.escape(classes[pred])}</b> "
+               f"({probs[i, pred]:.2f})")
+        figs.append(f'<figure><div style="display:flex;gap:2px">{"".join(parts)}</div><figcaption>{cap}'
+                    "</figcaption></figure>")
+    note = "" if clf is not None else '<p class="note">Grad-CAM overlays need the grad-cam package.</p>'
+    return note + f'<div class="gallery">{"".join(figs)}</div>'
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, data: str | None = None,
+                 analysis: bool = True) -> Path:
+    from cifarkit.analysis.curves import plot_records
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "log.jsonl").is_file():
+        raise CifarkitError(f"{run_dir}: no log.jsonl here; point at a cifarkit run directory")
+    out = Path(out) if out else run_dir / "report.html"
+    recs = read_records(run_dir)
+    header = recs.header
+    cfg = header.get("config", {})
+    val = recs.val
+    last = val[-1] if val else {}
+    best = max(val, key=lambda v: v["top1"] or -1) if val else {}
+    summary = next((r for r in reversed(_raw(run_dir)) if r.get("type") == "summary"), {})
+    cards = [("model", cfg.get("model", {}).get("name", "?")), ("parameters", f"{header.get('params', 0) / 1e6:.2f}M"),
+             ("final top-1", f"{last.get('top1', float('nan')):.2f}%"),
+             ("final top-5", f"{last.get('top5', float('nan')):.2f}%"),
+             ("best top-1", f"{best.get('top1', float('nan')):.2f}% (epoch {best.get('epoch', '?')})"),
+             ("epochs", str(last.get("epoch", "?"))),
+             ("time", f"{summary.get('seconds', float('nan')):.0f} s"), ("device", header.get("device", "?"))]
+    parts = [f"<h1>{html.escape(cfg.get('name', run_dir.name))}</h1>",
+             f'<p class="note">{html.escape(str(run_dir))} — data {html.escape(str(cfg.get("data", {}).get("root")))}'
+             f" ({header.get('num_train', '?')} train / {header.get('num_eval', '?')} {header.get('eval_split', '')}),"
+             f" classes: {html.escape(', '.join(header.get('classes', [])))}</p>",
+             '<div class="cards">' + "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(v)}</b></div>'
+                                             for k, v in cards) + "</div>"]
+    curves = run_dir / "curves.png"
+    if not curves.is_file():
+        with contextlib.suppress(CifarkitError):
+            plot_records([recs], curves)
+    parts += ["<h2>Curves</h2>", _file_img(curves, "training curves")]
+
+    ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    if analysis and ckpt.is_file():
+        from cifarkit.analysis.analyze import analyze
+
+        adir = run_dir / "analysis"
+        try:
+            m = analyze(ckpt, adir, data=data)
+        except CifarkitError as e:
+            parts.append(f'<h2>Analysis</h2><p class="note">not available: {html.escape(str(e))}</p>')
+        else:
+            parts += [f"<h2>Confusion matrix ({html.escape(m['split'])}, {m['n']} images, {ckpt.name})</h2>",
+                      f"<p>top-1 <b>{m['top1']:.2f}%</b>, top-5 <b>{m['top5']:.2f}%</b>, loss {m['loss']:.4f}</p>",
+                      _file_img(adir / "confusion_matrix.png", "confusion matrix"),
+                      "<h2>Per-class metrics</h2>",
+                      _table(m["per_class"], ["class", "precision", "recall", "f1", "accuracy", "support"],
+                             {"precision": ".3f", "recall": ".3f", "f1": ".3f", "accuracy": ".3f"}),
+                      "<h2>Most confused pairs</h2>",
+                      _table(m["most_confused"], ["true", "predicted", "count", "fraction_of_true"],
+                             {"fraction_of_true": ".2%"}),
+                      f"<h2>Calibration (ECE {m['ece'] * 100:.2f}%)</h2>",
+                      _file_img(adir / "reliability.png", "reliability diagram"),
+                      "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(run_dir, ckpt, m, data)]
+    try:
+        from cifarkit.data.stats import dataset_stats
+
+        s = dataset_stats(data or cfg.get("data", {}).get("root"), run_dir / "data_stats")
+        dup = s["duplicates"]
+        parts += ["<h2>Dataset</h2>", _file_img(run_dir / "data_stats" / "class_balance.png", "class balance"),
+                  f"<p>mean {s['mean']}, std {s['std']} (0..255, {s['mean_std_split']}); sizes "
+                  f"{html.escape(str(s['sizes']))}; exact duplicates within splits "
+                  f"{html.escape(str(dup['within_split'] or 'none'))}, across splits "
+                  f"{html.escape(str(dup['across_splits'] or 'none'))}; unreadable files {len(s['unreadable'])}</p>"]
+    except (CifarkitError, TypeError) as e:
+        parts.append(f'<h2>Dataset</h2><p class="note">not available: {html.escape(str(e))}</p>')
+    parts += ["<h2>Config</h2>", f"<pre>{html.escape(_yaml(cfg))}</pre>",
+              "<h2>Versions</h2>", f"<pre>{html.escape(json.dumps(header.get('versions', {}), indent=1))}</pre>"]
+    page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(cfg.get('name', 'run'))} — cifarkit report</title><style>{CSS}</style>"
+            f"<script>{SCRIPT}</script></head><body><main>{''.join(parts)}</main></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _raw(run_dir: Path) -> list[dict[str, Any]]:
+    from cifarkit.engine.runlog import read_jsonl
+
+    return read_jsonl(run_dir / "log.jsonl")
+
+
+def _yaml(d: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)

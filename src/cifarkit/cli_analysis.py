@@ -1,0 +1,73 @@
+"""CLI handlers for understanding a run: plot, analyze, report, data stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_plot(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.curves import plot_runs
+
+    out = plot_runs(a.logs, a.out, a.keys, a.smooth)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_analyze(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.analyze import analyze
+
+    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device)
+    print(f"{m['split']} ({m['n']} images): top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
+          f"ECE {m['ece'] * 100:.2f}%")
+    for pair in m["most_confused"][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
+    print(f"wrote {a.out}/ (confusion_matrix.png/.csv, per_class.csv, misclassified.png, reliability.png, "
+          "metrics.json, predictions.npz)")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.report import write_report
+
+    out = write_report(a.run_dir, a.out, data=a.data)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from cifarkit.data.stats import dataset_stats, format_stats
+
+    s = dataset_stats(a.path, a.out)
+    print(json.dumps(s) if a.json else format_stats(s))
+    return 1 if s["unreadable"] else 0
+
+
+def add_commands(sub, data_sub=None) -> None:
+    p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
+    p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
+    p.add_argument("--keys", nargs="+", default=["loss", "top1", "top5", "lr"])
+    p.add_argument("--out", default="curves.png")
+    p.add_argument("--smooth", type=int, default=0, help="moving-average window [records] (0 = auto)")
+    p.set_defaults(fn=cmd_plot)
+
+    z = sub.add_parser("analyze", help="confusion matrix, per-class metrics, calibration, errors")
+    z.add_argument("checkpoint")
+    z.add_argument("--data", default=None)
+    z.add_argument("--split", default=None)
+    z.add_argument("--out", default="analysis")
+    z.add_argument("--device", default="auto")
+    z.set_defaults(fn=cmd_analyze)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of a run")
+    r.add_argument("run_dir")
+    r.add_argument("--out", default=None, help="default: RUN_DIR/report.html")
+    r.add_argument("--data", default=None, help="dataset for the analysis (default: the run's)")
+    r.set_defaults(fn=cmd_report)
+
+    if data_sub is not None:
+        s = data_sub.add_parser("stats", help="class balance, mean/std, sizes, duplicates, unreadable files")
+        s.add_argument("path")
+        s.add_argument("--out", default=None, help="folder for stats.json and class_balance.png")
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(fn=cmd_stats)

@@ -1,0 +1,138 @@
+"""CLI handlers for using a model: predict, cam, export."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from cifarkit.predict import expand_inputs, load, show_result
+
+    files, problems = expand_inputs(a.inputs)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    clf = load(a.model, a.device)
+    if a.batch_size:
+        clf.batch_size = a.batch_size
+    out = Path(a.out) if a.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    rows, failed = [], len(problems)
+    if not a.json and files:
+        print(f"{'path':<48} {'label':<14} {'score':>6}  top-{min(a.topk, len(clf.classes))}")
+    for path, pred, err in clf.predict_files(files, a.topk):
+        if pred is None:
+            failed += 1
+            print(f"error: {err}", file=sys.stderr)
+            continue
+        rows.append(pred)
+        if a.json:
+            print(json.dumps(pred.as_dict()), flush=True)
+        else:
+            tops = ", ".join(f"{t['label']} {t['score']:.2f}" for t in pred.topk[1:])
+            print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")
+        if out and len(rows) <= a.draw_limit:
+            fig = show_result(path, pred)
+            from cifarkit.analysis.plotting import save
+
+            save(fig, out / f"{len(rows):05d}_{Path(path).stem}.png")
+    if out:
+        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "label_id", "score", "topk"])
+            for r in rows:
+                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk)])
+        print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
+    if not files and not problems:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"error: {failed} input(s) could not be predicted (listed above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_cam(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cifarkit.cam import compute_cam, default_layer, save_cam_figure, spatial_layers
+    from cifarkit.predict import Classifier, expand_inputs
+
+    clf = Classifier.from_checkpoint(a.checkpoint, a.device)
+    if a.list_layers:
+        best = default_layer(clf.model, clf.config.model.name, clf.prep.input_size)
+        for name, shape in spatial_layers(clf.model, clf.prep.input_size):
+            print(f"{name:<40} {str(shape):<20}{'  <- default' if name == best else ''}")
+        return 0
+    files, problems = expand_inputs(a.inputs)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = len(problems)
+    from cifarkit.errors import DataError
+
+    for i, f in enumerate(files):
+        try:
+            res = compute_cam(clf, f, a.target, a.method, a.layer, a.aug_smooth, a.eigen_smooth)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        path = save_cam_figure(f, res, out / f"{i:04d}_{Path(f).stem}_cam.png")
+        if a.save_npy:
+            np.save(path.with_suffix(".npy"), res.heatmap)
+        print(f"{f}: {res.target_label} {res.score:.3f} ({res.method} on {res.layer}) -> {path}")
+    if not files and not problems:
+        print("error: no image files found in the inputs", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from cifarkit.export import export_model
+
+    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch)
+    print(f"wrote {r.path} ({r.format}); parity on {r.images} real images: max abs diff {r.max_abs_diff:.2e}, "
+          f"top-1 agreement {r.top1_agreement * 100:.1f}%")
+    return 0
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or .onnx file")
+    p.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
+    p.add_argument("inputs", nargs="+", help="image files, folders (recursive), globs, or - for paths on stdin")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="folder for predictions.csv and drawn results")
+    p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=cmd_predict)
+
+    from cifarkit.cam import METHODS
+
+    c = sub.add_parser("cam", help="Grad-CAM heatmaps (original | overlay)")
+    c.add_argument("checkpoint")
+    c.add_argument("inputs", nargs="*")
+    c.add_argument("--target", default=None, help="class name or id (default: the predicted class)")
+    c.add_argument("--method", default="gradcam", choices=list(METHODS))
+    c.add_argument("--layer", default=None, help="module name (default: the last spatial block)")
+    c.add_argument("--list-layers", action="store_true")
+    c.add_argument("--aug-smooth", action="store_true")
+    c.add_argument("--eigen-smooth", action="store_true")
+    c.add_argument("--save-npy", action="store_true", help="also save the raw heatmap as .npy")
+    c.add_argument("--out", default="cam_out")
+    c.add_argument("--device", default="auto")
+    c.set_defaults(fn=cmd_cam)
+
+    e = sub.add_parser("export", help="export to ONNX or TorchScript, with a parity check")
+    e.add_argument("checkpoint")
+    e.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    e.add_argument("--out", default=None)
+    e.add_argument("--dynamic-batch", action="store_true")
+    e.set_defaults(fn=cmd_export)

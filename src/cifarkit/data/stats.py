@@ -1,0 +1,128 @@
+"""`cifarkit data stats`: class balance, per-channel mean/std, sizes, exact duplicates, unreadable files.
+
+Duplicates are exact pixel matches (a hash of the decoded uint8 pixels), within each split and
+across splits: a test image that also sits in train silently inflates the test accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarkit.data.imageset import ImageSet
+
+
+def channel_mean_std(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over all pixels, on the 0..255 scale (what configs expect)."""
+    s = np.zeros(3)
+    ss = np.zeros(3)
+    n = 0
+    for k in range(0, len(images), chunk):
+        x = images[k:k + chunk].reshape(-1, 3).astype(np.float64)
+        s += x.sum(0)
+        ss += (x * x).sum(0)
+        n += len(x)
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean ** 2, 0))
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def pixel_hashes(images: np.ndarray) -> list[bytes]:
+    return [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images]
+
+
+def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
+    where: dict[bytes, list[tuple[str, int]]] = defaultdict(list)
+    for name, ds in splits.items():
+        for i, h in enumerate(pixel_hashes(ds.images)):
+            where[h].append((name, i))
+    within: dict[str, int] = defaultdict(int)
+    across: dict[str, int] = defaultdict(int)
+    examples = []
+    for locs in where.values():
+        if len(locs) < 2:
+            continue
+        names = [n for n, _ in locs]
+        for n in set(names):
+            within[n] += names.count(n) - 1
+        if len(set(names)) > 1:
+            across["/".join(sorted(set(names)))] += 1
+        if len(examples) < 20:
+            examples.append([f"{n}:{splits[n].sources[i]}#{splits[n].indices[i]}" for n, i in locs])
+    return {"within_split": dict(within), "across_splits": dict(across), "examples": examples}
+
+
+def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    from cifarkit.data.folder import check_files, splits_of
+    from cifarkit.data.sources import describe_kind, list_files, load_dataset
+
+    kind = describe_kind(path)
+    names = ["train", "test"] if kind == "cifar" else (splits_of(path) or [None]) if kind == "folder" else [None]
+    splits: dict[str, ImageSet] = {}
+    unreadable: list[str] = []
+    sizes: dict[str, int] = {}
+    for s in names:
+        if kind != "cifar":
+            rep = check_files(list_files(path, s))
+            unreadable += [f"{p}: {e}" for p, e in rep.unreadable]
+            for k, v in rep.sizes.items():
+                sizes[k] = sizes.get(k, 0) + v
+            if rep.unreadable:
+                continue  # decode_files would stop at the first bad file; they are listed instead
+        splits[s or "all"] = load_dataset(path, s)
+    if kind == "cifar":
+        sizes = {"32x32": sum(len(d) for d in splits.values())}
+    ref = splits.get("train") or next(iter(splits.values()))
+    mean, std = channel_mean_std(ref.images)
+    result = {
+        "path": str(path), "kind": kind, "classes": ref.classes,
+        "class_counts": {n: d.class_counts() for n, d in splits.items()},
+        "mean": mean, "std": std, "mean_std_split": "train" if "train" in splits else next(iter(splits)),
+        "sizes": sizes, "duplicates": duplicates(splits), "unreadable": unreadable,
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "stats.json").write_text(json.dumps(result, indent=1))
+        plot_class_balance(result, out / "class_balance.png")
+    return result
+
+
+def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
+    from cifarkit.analysis.plotting import pyplot, save
+
+    plt = pyplot()
+    classes = stats["classes"]
+    splits = list(stats["class_counts"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(classes) + 2), 3.8))
+    w = 0.8 / len(splits)
+    for k, s in enumerate(splits):
+        counts = [stats["class_counts"][s].get(c, 0) for c in classes]
+        ax.bar(np.arange(len(classes)) + k * w - 0.4 + w / 2, counts, width=w, label=s)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title("class balance")
+    ax.legend()
+    save(fig, out)
+
+
+def format_stats(s: dict[str, Any]) -> str:
+    lines = [f"{s['path']} ({s['kind']}, {len(s['classes'])} classes)"]
+    for split, counts in s["class_counts"].items():
+        vals = list(counts.values())
+        lines.append(f"  {split:<6} {sum(vals):>7,} images  per class min {min(vals)} max {max(vals)}")
+    lines.append(f"  mean/std over {s['mean_std_split']} (0..255, paste into a config):")
+    lines.append(f"    data.mean: {s['mean']}")
+    lines.append(f"    data.std:  {s['std']}")
+    lines.append("  sizes: " + ", ".join(f"{k} x{v}" for k, v in s["sizes"].items()))
+    d = s["duplicates"]
+    lines.append(f"  exact duplicates within splits: {d['within_split'] or 'none'}; across splits: "
+                 f"{d['across_splits'] or 'none'}")
+    lines.append(f"  unreadable files: {len(s['unreadable'])}")
+    lines += [f"    {u}" for u in s["unreadable"][:20]]
+    return "\n".join(lines)
