@@ -40,7 +40,7 @@ def test_overrides_are_typed(tmp_path: Path):
     ("lr=1", "did you mean 'optim.lr'"),
     ("train.batch_size=abc", "train.batch_size: 'abc' is not a valid int"),
     ("train.deterministic=3", "not a valid bool"),
-    ("optim.name=sgdd", "optim.name: 'sgdd' is not one of sgd, adamw; did you mean 'sgd'"),
+    ("optim.name=sgdd", "optim.name: 'sgdd' is not one of sgd, adamw, muon; did you mean 'sgd'"),
     ("train.batch_size=0", "train.batch_size: must be at least 1"),
     ("novalue", "expected key.sub=value"),
 ])

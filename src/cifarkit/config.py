@@ -65,7 +65,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = _f("sgd", "sgd | adamw")
+    name: str = _f("sgd", "sgd | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)")
     lr: float = _f(0.1, "learning rate")
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1")
     nesterov: bool = _f(False, "Nesterov momentum (SGD)")
@@ -73,6 +73,12 @@ class OptimConfig:
     no_wd_norm_bias: bool = _f(False, "no weight decay on norm layers and biases")
     norm_bias_lr_mult: float = _f(1.0, "lr multiplier for norm weights/biases and biases (wd divided by it)")
     grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)")
+    head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)")
+    muon_lr: float = _f(0.24, "muon: lr of the conv filters")
+    muon_momentum: float = _f(0.6, "muon: momentum of the conv filters")
+    wd_per_lr: bool = _f(False, "weight_decay is per step: each group gets weight_decay / its lr (airbench)")
+    whiten_bias_decay: bool = _f(False, "airnet: whitening-bias lr decays linearly to 0 over "
+                                        "train.whiten_bias_epochs (airbench94_muon)")
 
 
 @dataclass
@@ -106,6 +112,9 @@ class TrainConfig:
     threads: int = _f(0, "CPU threads (0 = torch default)")
     nan_policy: str = _f("stop", "stop | skip_batch when the loss is NaN/inf")
     whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only")
+    sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
+    micro_batch: int = _f(0, "split each batch into chunks of this size, accumulating gradients (0 = off; "
+                             "BatchNorm then sees chunk statistics)")
 
 
 @dataclass
@@ -218,7 +227,7 @@ def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
 
 def _validate(cfg: Config) -> None:
     choices = {
-        "optim.name": (cfg.optim.name, ["sgd", "adamw"]),
+        "optim.name": (cfg.optim.name, ["sgd", "adamw", "muon"]),
         "schedule.name": (cfg.schedule.name, ["constant", "step", "multistep", "cosine", "linear", "onecycle"]),
         "train.amp": (cfg.train.amp, ["auto", "bf16", "fp16", "none"]),
         "train.loss_reduction": (cfg.train.loss_reduction, ["mean", "sum"]),

@@ -156,12 +156,15 @@ class TensorLoader:
     """Training batches from an in-memory uint8 tensor, or from a streaming source of batches."""
 
     def __init__(self, images: torch.Tensor | None, labels: torch.Tensor, batch_size: int, aug: Augment,
-                 prep: Preprocess, seed: int, drop_last: bool = True, fetch=None):
+                 prep: Preprocess, seed: int, drop_last: bool = True, fetch=None, rank: int = 0, world: int = 1):
         self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
         self.batch_size, self.aug, self.prep, self.seed = batch_size, aug, prep, seed
         self.drop_last = drop_last and len(labels) >= batch_size
         self.fetch = fetch  # callable(list of index batches) -> iterator of uint8 batches (streaming)
         self.epoch = 0
+        # torchrun: every rank draws the same global permutation and keeps its own slice of each
+        # global batch, so each image is seen once per epoch across ranks
+        self.rank, self.world = rank, world
         self.base_flip = torch.rand(len(labels), generator=epoch_generator(seed, 0, 1)) < 0.5
 
     def __len__(self) -> int:
@@ -172,9 +175,10 @@ class TensorLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        g = epoch_generator(self.seed, self.epoch)
-        perm = torch.randperm(len(self.labels), generator=g)
+        perm = torch.randperm(len(self.labels), generator=epoch_generator(self.seed, self.epoch))
         batches = [perm[k:k + self.batch_size] for k in range(0, len(perm), self.batch_size)][: len(self)]
+        batches = [b[self.rank::self.world] for b in batches]
+        g = epoch_generator(self.seed, self.epoch, stream=2 + self.rank)  # this rank's augmentations
         if self.fetch is not None:
             source = self.fetch([b.tolist() for b in batches])
         else:

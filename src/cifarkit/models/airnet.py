@@ -50,7 +50,7 @@ class ConvGroup(nn.Module):
 
 class AirNet(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
-                 whiten_width: int = 24, scale: float = 1 / 9):
+                 whiten_width: int = 24, scale: float = 1 / 9, head_unit_std: bool = False):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
@@ -59,7 +59,10 @@ class AirNet(nn.Module):
         self.layers = nn.Sequential(*[ConvGroup(c[i], c[i + 1]) for i in range(3)])
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(widths[-1], num_classes, bias=False)
-        self.scale = scale
+        self.scale = scale  # airbench94: 1/9; airbench94_muon: 1/256 with a unit-std head
+        if head_unit_std:
+            with torch.no_grad():
+                self.head.weight /= self.head.weight.std()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.whiten(x))  # (B, 24, H-1, W-1)

@@ -1,0 +1,118 @@
+"""The speed recipe end to end vs the pure compute of a plain eager airbench loop, same run.
+
+    python benchmarks/train_speed.py [--data CIFAR_DIR] [--seeds 0 1 2] [--plain-steps 12]
+
+(a) `cifarkit train configs/cifar10_fast.yaml` as a user runs it (a subprocess: start-up, data
+    load, whitening init, 9.9 epochs, TTA evaluation, run directory), once per seed: wall time,
+    per-phase times and TTA top-1 on the test split; mean and sd.
+(b) The baseline from the issue: a plain eager loop of the same network in airbench's style
+    (bf16 weights and activations, fp32 BatchNorm, channels_last, batch 1024, Nesterov SGD) on
+    random data, timed for a fixed number of steps after warm-up and projected to the recipe's
+    476 steps (9.9 epochs of 48 steps). Pure compute: no data pipeline, no evaluation.
+Prints the ratio (a)/(b) and writes benchmarks/results/train_speed.json. (b) runs before and
+after (a); their mean is the denominator, since this machine's speed drifts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import full_cifar10, save
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS_9_9_EPOCHS = math.ceil(9.9 * (50000 // 1024))  # 476
+
+
+def plain_eager_seconds_per_step(steps: int, warmup: int = 3, batch: int = 1024) -> float:
+    from cifarkit.models.airnet import AirNet
+
+    torch.manual_seed(0)
+    net = AirNet(10).to(memory_format=torch.channels_last)
+    net = net.bfloat16()
+    for m in net.modules():  # airbench keeps BatchNorm in fp32
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.float()
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.0015, momentum=0.85, nesterov=True, weight_decay=1e-3)
+    x = torch.randn(batch, 3, 32, 32).bfloat16().contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x).float(), y, label_smoothing=0.2, reduction="sum")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run_recipe(data: Path, seed: int, work: Path) -> dict:
+    run = work / f"seed{seed}"
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "cifarkit", "train", str(ROOT / "configs/cifar10_fast.yaml"),
+                        "--set", f"data.root={data}", "--set", f"train.seed={seed}", "--set", "log.plots=false",
+                        "--work-dir", str(run)], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"training failed:\n{r.stderr[-2000:]}")
+    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    s = next(x for x in recs if x["type"] == "summary")
+    val = [x for x in recs if x["type"] == "val"][-1]
+    return {"seed": seed, "wall_s": wall, "top1_tta": val["top1"], "top5": val["top5"],
+            "phases_s": {"startup_and_other": wall - s["seconds"], "data_load": s["data_seconds"],
+                         "whitening_init": s["init_seconds"], "training": s["train_seconds"],
+                         "tta_eval": s["eval_seconds"]},
+            "train_img_per_s": s["train_img_per_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--plain-steps", type=int, default=12)
+    args = ap.parse_args()
+    data = args.data or full_cifar10(Path(tempfile.gettempdir()) / "cifarkit-bench")
+    if data is None:
+        raise SystemExit("no data: pass --data CIFAR_DIR (../shared/datasets is absent)")
+    work = Path(tempfile.mkdtemp(prefix="cifarkit-speed-"))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {data}", flush=True)
+
+    before = plain_eager_seconds_per_step(args.plain_steps)
+    print(f"(b) plain eager loop: {before:.3f} s/step -> {before * STEPS_9_9_EPOCHS:.0f} s for 9.9 epochs",
+          flush=True)
+    runs = []
+    for seed in args.seeds:
+        r = run_recipe(data, seed, work)
+        runs.append(r)
+        ph = ", ".join(f"{k} {v:.1f}" for k, v in r["phases_s"].items())
+        print(f"(a) seed {seed}: {r['wall_s']:.1f} s wall, top-1 (TTA) {r['top1_tta']:.2f}%  [{ph}]", flush=True)
+    after = plain_eager_seconds_per_step(args.plain_steps)
+    print(f"(b) plain eager loop again: {after:.3f} s/step -> {after * STEPS_9_9_EPOCHS:.0f} s", flush=True)
+
+    plain = (before + after) / 2 * STEPS_9_9_EPOCHS
+    walls = [r["wall_s"] for r in runs]
+    accs = [r["top1_tta"] for r in runs]
+    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    ratio = statistics.mean(walls) / plain
+    print(f"(a) mean wall {statistics.mean(walls):.1f} s; top-1 (TTA) mean {statistics.mean(accs):.2f}% "
+          f"sd {sd:.2f} over {len(accs)} seeds")
+    print(f"(b) plain eager loop, 9.9 epochs projected: {plain:.1f} s")
+    print(f"ratio (a)/(b) = {ratio:.2f}  (target <= 0.80)")
+    save("train_speed", {"runs": runs, "plain_s_per_step": [before, after], "plain_9_9_epochs_s": plain,
+                         "mean_wall_s": statistics.mean(walls), "top1_tta_mean": statistics.mean(accs),
+                         "top1_tta_sd": sd, "ratio": ratio})
+
+
+if __name__ == "__main__":
+    main()
