@@ -84,6 +84,6 @@ def add_commands(sub) -> None:
 
     d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--epochs", type=float, default=8)
+    d.add_argument("--epochs", type=float, default=12)
     d.add_argument("--quick", action="store_true", help="tiny training, for tests")
     d.set_defaults(fn=cmd_demo)
