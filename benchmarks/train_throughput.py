@@ -20,7 +20,8 @@ from cifarkit.engine.train import fit
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PLAN = {  # config -> (warm-up iterations, timed iterations)
-    "cifar10_fast": (3, 10),
+    "cifar10_fast": (2, 6),
+    "cifar10_airbench94": (3, 10),
     "cifar10_resnet18": (3, 20),
     "cifar10_mobilenetv2_finetune": (3, 15),
 }

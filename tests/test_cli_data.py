@@ -78,3 +78,16 @@ def test_help_lists_commands():
     assert r.returncode == 0
     for cmd in ("data", "train", "eval", "models", "demo"):
         assert cmd in r.stdout
+
+
+def test_export_a_plain_class_folder(tmp_path: Path):
+    for c in ("cat", "dog"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 50, 0, 0)).save(tmp_path / "src" / c / f"{i}.png")
+    r = run("data", "export", str(tmp_path / "src"), str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "out" / "all").rglob("*.png"))) == 4
+    r = run("data", "export", str(tmp_path / "out" / "manifest.csv"), str(tmp_path / "again"))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "again" / "all").rglob("*.png"))) == 4

@@ -29,11 +29,16 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+_SUBMODULES = {"logs", "data", "models", "engine", "analysis", "predict", "cam", "export", "config"}
 
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"cifarkit.{name}")
     raise AttributeError(f"module 'cifarkit' has no attribute {name!r}")
 
 

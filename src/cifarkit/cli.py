@@ -50,16 +50,34 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cifarkit.data.export import export_dataset
+    from cifarkit.data.folder import splits_of
     from cifarkit.data.sources import describe_kind, load_dataset
 
-    splits = ["train", "test"] if describe_kind(a.path) == "cifar" else a.splits
-    data = {s: load_dataset(a.path, s) for s in splits}
+    kind = describe_kind(a.path)
+    if kind == "cifar":
+        splits = ["train", "test"]
+    elif kind == "folder":
+        splits = splits_of(a.path) or [None]  # a plain class folder is one split, "all"
+    else:
+        splits = _manifest_splits(a.path) or [None]
+    data = {s or "all": load_dataset(a.path, s) for s in splits}
     with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
         res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
-                             overwrite=a.overwrite, progress=bar.update)
+                             overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0)
     counts = ", ".join(f"{k} {v:,}" for k, v in res.counts.items())
     print(f"wrote {res.out} ({counts}) and {res.manifest}")
     return 0
+
+
+def _manifest_splits(csv_path: str) -> list[str]:
+    """The values of a manifest's `split` column, in first-seen order ([] without the column)."""
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        if "split" not in (reader.fieldnames or []):
+            return []
+        return [v for v in dict.fromkeys(r.get("split") or "" for r in reader) if v]
 
 
 def cmd_data_check(a: argparse.Namespace) -> int:
@@ -126,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100")
     e.add_argument("--workers", type=int, default=None)
     e.add_argument("--overwrite", action="store_true")
-    e.add_argument("--splits", nargs="+", default=["train", "test"], help="for image folders/manifests")
+    e.add_argument("--compress", action="store_true", help="deflate PNGs (~9%% smaller for CIFAR, ~3x slower)")
     e.set_defaults(fn=cmd_data_export)
     c = dsub.add_parser("check", help="decode every image; exit 1 if anything is unusable")
     c.add_argument("path")

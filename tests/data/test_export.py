@@ -85,3 +85,14 @@ def test_jpeg_export(cifar10_dir: Path, tmp_path: Path):
         assert im.format == "JPEG" and im.size == (32, 32)
     with pytest.raises(DataError, match="quality"):
         export_dataset({"test": read_cifar(cifar10_dir, "test")}, tmp_path / "k", fmt="jpg", quality=0)
+
+
+def test_stored_and_deflated_pngs_both_decode_exactly():
+    import io
+
+    for shape in ((32, 32, 3), (300, 400, 3)):  # the second needs several stored blocks
+        img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+        for level in (0, 6):
+            data = encode_png_rgb(img, level)
+            back = np.asarray(Image.open(io.BytesIO(data)))
+            assert np.array_equal(back, img), (shape, level)

@@ -104,3 +104,21 @@ def test_cache_hits_and_invalidates(tmp_path: Path):
     os.utime(f, ns=(1, 1))
     third = cached_decode(scan_folder(tmp_path / "d"), root=cache)
     assert (third.images[0] == [1, 2, 3]).all() and len(list(cache.glob("*.npy"))) == 2
+
+
+def test_duplicates_within_and_across_splits(tmp_path: Path):
+    from cifarkit.data.imageset import ImageSet
+    from cifarkit.data.stats import channel_mean_std, duplicates
+
+    def mk(imgs):
+        n = len(imgs)
+        return ImageSet(np.stack(imgs), np.zeros(n, np.int64), ["a"], ["f"] * n, np.arange(n), ["x"] * n)
+
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = np.full((4, 4, 3), 7, np.uint8)
+    c = np.full((4, 4, 3), 9, np.uint8)
+    d = duplicates({"train": mk([a, a, b]), "test": mk([b, c])})
+    assert d["within_split"] == {"train": 1}
+    assert d["across_splits"] == {"test/train": 1}
+    mean, std = channel_mean_std(np.stack([a, b]))
+    assert mean == [3.5, 3.5, 3.5] and std == [3.5, 3.5, 3.5]

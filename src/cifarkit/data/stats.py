@@ -49,7 +49,8 @@ def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
             continue
         names = [n for n, _ in locs]
         for n in set(names):
-            within[n] += names.count(n) - 1
+            if names.count(n) > 1:
+                within[n] += names.count(n) - 1
         if len(set(names)) > 1:
             across["/".join(sorted(set(names)))] += 1
         if len(examples) < 20:

@@ -302,7 +302,8 @@ class TrainState:
 
 def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg: Config, device, amp,
                     total_steps: int, log: RunLog | None, ema=None, lookahead=None, quiet: bool = False,
-                    dinfo=None) -> dict:
+                    dinfo=None, scaler=None) -> dict:
+    """One pass over the loader (or up to the step limit); returns loss, images, seconds."""
     from cifarkit.engine.dist import DistInfo, all_reduce_sum
 
     dinfo = dinfo or DistInfo()
@@ -340,7 +341,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
             if t.loss_reduction == "mean":
                 part = part * (len(yc) / len(y))
             # DDP averages gradients over ranks; a summed loss must be the sum over the global batch
-            (part * dinfo.world if t.loss_reduction == "sum" else part).backward()
+            scaled = part * dinfo.world if t.loss_reduction == "sum" else part
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()  # fp16: loss scaling
             loss = loss + part.detach().cpu()
         if dinfo.enabled:  # every rank takes the same skip/stop decision
             loss = all_reduce_sum(loss.to(device), dinfo).cpu() / dinfo.world
@@ -357,9 +359,15 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
             state.step += 1
             scheduler.step()
             continue
+        if scaler is not None:
+            scaler.unscale_(optimizer)
         if cfg.optim.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         state.step += 1
         if ema is not None:
@@ -513,7 +521,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
                 train_model, trainable = wrap_ddp(), now
             data.loader.set_epoch(state.epoch)
             ep = train_one_epoch(train_model, data.loader, optimizer, scheduler, state, cfg, dev, amp, total,
-                                 log, ema, lookahead, quiet, dinfo)
+                                 log, ema, lookahead, quiet, dinfo, scaler)
             train_seconds += ep["seconds"]
             images_seen += ep["images"]
             done = state.step >= stop_at
