@@ -68,6 +68,21 @@ def test_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     assert strip(log_a) == strip(log_b)
 
 
+def test_resume_mid_epoch_after_max_iters_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
+    fit(small_cfg(cifar10_small), work_dir=tmp_path / "a", quiet=True)
+    fit(small_cfg(cifar10_small, "train.max_iters=7"), work_dir=tmp_path / "b", quiet=True)  # inside epoch 2
+    ck = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert (ck["epoch"], ck["iter"]) == (1, 7)
+    s = fit(small_cfg(cifar10_small), work_dir=tmp_path / "b", resume=True, quiet=True)
+    assert s["iters"] == 15 and s["epochs"] == 3
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    last = [r for r in map(json.loads, (tmp_path / "b" / "log.jsonl").read_text().splitlines()) if r["type"] == "val"]
+    ref = [r for r in map(json.loads, (tmp_path / "a" / "log.jsonl").read_text().splitlines()) if r["type"] == "val"]
+    assert last[-1]["top1"] == ref[-1]["top1"] and last[-1]["loss"] == ref[-1]["loss"]
+
+
 def test_val_fraction_and_ema_and_resnet(cifar10_small: Path, tmp_path: Path):
     cfg = load_config(None, [f"data.root={cifar10_small}", "model.name=resnet18_cifar", "train.batch_size=50",
                              "train.max_iters=2", "train.ema=true", "data.val_fraction=0.2", "log.plots=false",

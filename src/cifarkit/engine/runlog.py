@@ -20,9 +20,9 @@ def _clean(v: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, path: str | Path, header: dict[str, Any] | None = None, resume_epoch: int | None = None):
+    def __init__(self, path: str | Path, header: dict[str, Any] | None = None, resume_iter: int | None = None):
         self.path = Path(path)
-        if resume_epoch is not None and self.path.is_file():
+        if resume_iter is not None and self.path.is_file():
             # keep the header and every record up to the checkpoint we resume from, so the log of
             # a resumed run reads exactly like an uninterrupted one
             kept = []
@@ -32,7 +32,7 @@ class RunLog:
                 except json.JSONDecodeError:
                     continue  # a torn last line from a crash
                 kind = rec.get("type")
-                if kind == "header" or (kind != "summary" and rec.get("epoch", 0) <= resume_epoch):
+                if kind == "header" or (kind != "summary" and rec.get("iter", 0) <= resume_iter):
                     kept.append(line)
             self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
             self.f = open(self.path, "a", encoding="utf-8")

@@ -313,7 +313,11 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
     model.train()
     t = cfg.train
     stop_at = min(total_steps, t.max_iters) if t.max_iters else total_steps
-    n_batches = min(len(loader), stop_at - state.step)
+    # batches of this epoch already trained (a run stopped mid-epoch by train.max_iters and resumed):
+    # the epoch's batches are a pure function of (seed, epoch), so skipping them replays exactly
+    first = state.step - state.epoch * len(loader)
+    end = min(len(loader), stop_at - state.epoch * len(loader))
+    n_batches = end - first
     losses, seen, skipped = [], 0, 0
     t_epoch = time.perf_counter()
     t_last = t_data = time.perf_counter()
@@ -321,7 +325,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
     bar = tqdm(total=n_batches, desc=f"epoch {state.epoch + 1}", unit="it", leave=False,
                disable=True if quiet else None)
     for i, (x, y) in enumerate(loader):
-        if i >= n_batches:
+        if i < first:
+            continue
+        if i >= end:
             break
         data_time += time.perf_counter() - t_data
         if t.channels_last:
@@ -505,7 +511,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
               "num_eval": len(data.eval_labels), "eval_split": data.eval_name, "steps_per_epoch": spe,
               "total_steps": total}
     header["world_size"] = dinfo.world
-    log = RunLog(run_dir / "log.jsonl", header, resume_epoch=state.epoch if resume_path else None) \
+    log = RunLog(run_dir / "log.jsonl", header, resume_iter=state.step if resume_path else None) \
         if dinfo.main else None
 
     epochs = math.ceil(total / spe)
@@ -525,9 +531,9 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
             train_seconds += ep["seconds"]
             images_seen += ep["images"]
             done = state.step >= stop_at
-            if state.step % spe == 0 or done:
+            if state.step % spe == 0 or state.step >= total:  # a max_iters stop mid-epoch stays open
                 state.epoch += 1
-            if done and lookahead is not None:
+            if state.step >= total and lookahead is not None:
                 ema_update(lookahead, model, 1.0, copy_back=True)  # final net = the lookahead average
             if not dinfo.main:
                 continue  # the other ranks go on to the next epoch; DDP's all-reduce waits for rank 0
