@@ -112,3 +112,14 @@ def test_http_error_and_unknown_name(server, tmp_path: Path):
         fetch("cifar10", tmp_path, base_url=server + "missing/", md5=MD5, quiet=True)
     with pytest.raises(DataError, match="unknown dataset"):
         fetch("mnist", tmp_path)
+
+
+def test_fetch_cli_end_to_end(server, tmp_path: Path):
+    from test_cli_data import run
+
+    r = run("data", "fetch", "cifar10", "--root", str(tmp_path), "--url", server)
+    # the served bytes are not the official archive: the md5 check must catch it, leave nothing
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "md5" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+    r = run("data", "fetch", "cifar10", "--root", str(tmp_path), "--url", "http://127.0.0.1:9/")
+    assert r.returncode == 2 and "cannot connect" in r.stderr

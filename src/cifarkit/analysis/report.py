@@ -83,16 +83,22 @@ def _table(rows: list[dict], cols: list[str], fmt: dict[str, str] | None = None)
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
-def _gallery(run_dir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12) -> str:
-    from cifarkit.analysis.analyze import predictions_for
+def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12) -> str:
+    """The worst errors beside their Grad-CAM; reuses analyze's predictions.npz (no second pass)."""
+    from cifarkit.analysis.metrics import softmax
+    from cifarkit.engine.checkpoint import load_checkpoint
+    from cifarkit.engine.restore import config_of
+    from cifarkit.engine.train import load_eval_split
 
     idx = metrics.get("misclassified_index", [])[:n]
     if not idx:
         return '<p class="note">no misclassified images</p>'
-    p = predictions_for(ckpt, data)
-    classes = p["classes"]
-    probs = np.exp(p["logits"] - p["logits"].max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    pred = np.load(adir / "predictions.npz")
+    ck = load_checkpoint(ckpt)
+    images, _, _ = load_eval_split(config_of(ck, ckpt), ck["classes"], data)
+    p = {"images": images, "labels": pred["labels"]}
+    classes = [str(c) for c in pred["classes"]]
+    probs = softmax(pred["logits"].astype(np.float64))
     try:
         from cifarkit.cam import compute_cam, overlay
         from cifarkit.predict import Classifier
@@ -173,7 +179,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
                              {"fraction_of_true": ".2%"}),
                       f"<h2>Calibration (ECE {m['ece'] * 100:.2f}%)</h2>",
                       _file_img(adir / "reliability.png", "reliability diagram"),
-                      "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(run_dir, ckpt, m, data)]
+                      "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(adir, ckpt, m, data)]
     try:
         from cifarkit.data.stats import dataset_stats
 
