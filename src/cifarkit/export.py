@@ -82,7 +82,7 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
 
     # ---- parity check on real images ------------------------------------------------------------
     if check_images is None:
-        from cifarkit.engine.train import load_eval_split
+        from cifarkit.engine.setup import load_eval_split
 
         try:
             images, _, _ = load_eval_split(cfg, ck["classes"])

@@ -73,7 +73,7 @@ class Classifier:
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Classifier:
         from cifarkit.engine.evaluate import autocast_ctx
         from cifarkit.engine.restore import load_for_inference
-        from cifarkit.engine.train import amp_dtype, resolve_device
+        from cifarkit.engine.setup import amp_dtype, resolve_device
 
         dev = resolve_device(device)
         model, ck, cfg, prep = load_for_inference(path, dev)

@@ -12,7 +12,8 @@ import torch
 from cifarkit.config import load_config
 from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.engine.evaluate import evaluate_checkpoint
-from cifarkit.engine.train import TrainingDiverged, fit, lr_factor
+from cifarkit.engine.setup import lr_factor
+from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import ConfigError
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"

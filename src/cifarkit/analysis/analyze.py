@@ -30,7 +30,7 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
     """One pass: logits (N, C), labels, the uint8 images (for galleries) and class names."""
     from cifarkit.engine.evaluate import predict_logits
     from cifarkit.engine.restore import load_for_inference
-    from cifarkit.engine.train import amp_dtype, load_eval_split, resolve_device
+    from cifarkit.engine.setup import amp_dtype, load_eval_split, resolve_device
 
     dev = resolve_device(device)
     model, ck, cfg, prep = load_for_inference(ckpt, dev)

@@ -88,7 +88,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     from cifarkit.analysis.metrics import softmax
     from cifarkit.engine.checkpoint import load_checkpoint
     from cifarkit.engine.restore import config_of
-    from cifarkit.engine.train import load_eval_split
+    from cifarkit.engine.setup import load_eval_split
 
     idx = metrics.get("misclassified_index", [])[:n]
     if not idx:

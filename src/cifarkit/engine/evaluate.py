@@ -84,7 +84,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | 
                         tta: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Numbers for a checkpoint on its own evaluation data (or `data`/`split`)."""
     from cifarkit.engine.restore import load_for_inference
-    from cifarkit.engine.train import amp_dtype, load_eval_split, resolve_device
+    from cifarkit.engine.setup import amp_dtype, load_eval_split, resolve_device
 
     dev = resolve_device(device)
     model, ck, cfg, prep = load_for_inference(ckpt, dev)
