@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.plotting import save
     from cifarkit.predict import expand_inputs, load, show_result
 
     files, problems = expand_inputs(a.inputs)
@@ -37,8 +38,6 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")
         if out and len(rows) <= a.draw_limit:
             fig = show_result(path, pred)
-            from cifarkit.analysis.plotting import save
-
             save(fig, out / f"{len(rows):05d}_{Path(path).stem}.png")
     if out:
         with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:

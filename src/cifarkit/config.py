@@ -8,6 +8,7 @@ checkpoint, so nothing later needs the original file again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -278,7 +279,7 @@ def _nest(d: dict, key: str, value: Any, where: str) -> None:
 
 
 def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "") -> Config:
-    d = _deepcopy(d or {})
+    d = copy.deepcopy(d or {})
     for item in overrides or []:
         key, value = parse_override(item)
         if key not in all_keys() and not key.startswith("model.kwargs."):
@@ -287,12 +288,6 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
     cfg = _build(Config, d, "", where)
     _validate(cfg)
     return cfg
-
-
-def _deepcopy(d: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(d)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

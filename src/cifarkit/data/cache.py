@@ -31,7 +31,7 @@ def cache_key(files: FileList, size: int | None) -> str:
 
 
 def cached_decode(files: FileList, size: int | None = None, root: Path | None = None) -> ImageSet:
-    """`decode_files` with an on-disk cache; the first call decodes, later calls memory-map."""
+    """`decode_files` with an on-disk cache; the first call decodes, later calls load the array."""
     root = root or cache_dir()
     path = root / f"{cache_key(files, size)}.npy"
     if path.is_file():

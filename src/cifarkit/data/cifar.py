@@ -185,6 +185,16 @@ class CifarSource:
         except (OSError, tarfile.TarError, EOFError) as e:
             raise DataError(f"{self.display(name)}: cannot be read ({e}); re-download it") from None
 
+    def close(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    def __enter__(self) -> CifarSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def display(self, name: str) -> str:
         return f"{self.path}:{name}" if self._tar is not None else str(Path(self._members.get(name, name)))
 
@@ -288,7 +298,8 @@ def open_cifar(path: str | Path) -> CifarSource:
 
 def read_cifar(path: str | Path, split: str = "train", label_kind: str = "fine") -> ImageSet:
     """Read a CIFAR-10/100 split ("train", "test" or "all") as uint8 (N, 32, 32, 3) + labels."""
-    return CifarSource(path).read(split, label_kind)
+    with CifarSource(path) as src:
+        return src.read(split, label_kind)
 
 
 def is_cifar(path: str | Path) -> bool:

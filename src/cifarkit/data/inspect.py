@@ -14,8 +14,8 @@ from cifarkit.data.sources import describe_kind
 def inspect_path(path: str | Path) -> dict[str, Any]:
     kind = describe_kind(path)
     if kind == "cifar":
-        src = open_cifar(path)
-        batches = [src.batch_info(name) for name in src.files("all")]
+        with open_cifar(path) as src:
+            batches = [src.batch_info(name) for name in src.files("all")]
         totals: Counter = Counter()
         for b in batches:
             totals[b.split] += b.count

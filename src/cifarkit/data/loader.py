@@ -127,7 +127,7 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 7919 + stream)
 
 
-def train_batch(x: torch.Tensor, idx: torch.Tensor, epoch: int, seed: int, aug: Augment, prep: Preprocess,
+def train_batch(x: torch.Tensor, idx: torch.Tensor, epoch: int, aug: Augment, prep: Preprocess,
                 g: torch.Generator, base_flip: torch.Tensor | None) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> augmented, normalised float (B, 3, S, S)."""
     if aug.crop_padding:
@@ -185,7 +185,7 @@ class TensorLoader:
             source = (self.images[b.to(self.images.device)] for b in batches)
         for idx, xb in zip(batches, source):
             yb = self.labels[idx.to(self.labels.device)]
-            yield train_batch(xb, idx, self.epoch, self.seed, self.aug, self.prep, g, self.base_flip), yb
+            yield train_batch(xb, idx, self.epoch, self.aug, self.prep, g, self.base_flip), yb
 
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, prep: Preprocess, batch_size: int,
