@@ -115,7 +115,7 @@ class TrainConfig:
     whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only")
     sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
     micro_batch: int = _f(0, "split each batch into chunks of this size, accumulating gradients (0 = off; "
-                             "BatchNorm then sees chunk statistics)")
+                             "BatchNorm then normalises per chunk, its running-stat momentum rescaled per step)")
 
 
 @dataclass

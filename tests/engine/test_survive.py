@@ -146,6 +146,28 @@ def test_nan_stop_names_epoch_and_iteration_and_keeps_last_good(cifar10_small: P
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+def test_deferred_nan_check_names_the_same_iteration(cifar10_small: Path, tmp_path: Path, monkeypatch):
+    """The GPU path (losses checked at log records/epoch end, not per step), forced on the CPU:
+    same error, same last good checkpoint, and the same logged losses as the per-step path."""
+    import cifarkit.engine.train as train_mod
+
+    ok = fit(tiny(cifar10_small, "log.interval=2"), work_dir=tmp_path / "sync", quiet=True)
+    monkeypatch.setattr(train_mod, "defer_loss_sync", lambda device: True)
+    deferred = fit(tiny(cifar10_small, "log.interval=2"), work_dir=tmp_path / "defer", quiet=True)
+    assert deferred["final"] == ok["final"]
+
+    def losses(run):
+        return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                if r["type"] == "train"]
+
+    assert losses(tmp_path / "defer") == losses(tmp_path / "sync") and len(losses(tmp_path / "sync")) == 7
+    _poison(monkeypatch, 8)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, iteration 8"):
+        fit(tiny(cifar10_small), work_dir=tmp_path / "n", quiet=True)
+    ck = load_checkpoint(tmp_path / "n" / "last.pt")
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
 def test_nan_skip_batch_finishes(cifar10_small: Path, tmp_path: Path, monkeypatch):
     _poison(monkeypatch, 3)
     s = fit(tiny(cifar10_small, "train.nan_policy=skip_batch"), work_dir=tmp_path / "s", quiet=True)

@@ -146,3 +146,20 @@ def test_muon_recipe_runs_and_resumes(cifar10_small: Path, tmp_path: Path):
     kinds = [g["kind"] for g in ck["optimizer"]["param_groups"]]
     assert kinds == ["filters", "head", "norm_bias", "whiten"] and s["iters"] == 10
     assert ck["optimizer"]["param_groups"][0]["muon"] is True
+
+
+def test_micro_batches_keep_bn_running_stats_forgetting_per_step():
+    from cifarkit.engine.train import micro_batches, rescale_bn_momentum
+
+    assert micro_batches(2000, 250) == 8 and micro_batches(2000, 0) == 1 and micro_batches(100, 250) == 1
+    assert micro_batches(1000, 300) == 4
+    chunk = torch.randn(50, 4, 5, 5) * 3 + 2
+    whole = torch.nn.BatchNorm2d(4, momentum=0.4)
+    whole(chunk.repeat(8, 1, 1, 1))  # one update from the whole batch
+    split = torch.nn.BatchNorm2d(4, momentum=0.4)
+    rescale_bn_momentum(split, 8)
+    assert (1 - split.momentum) ** 8 == pytest.approx(0.6)
+    for _ in range(8):  # eight chunk updates of the same statistics
+        split(chunk)
+    assert torch.allclose(split.running_mean, whole.running_mean, atol=1e-5)
+    assert torch.allclose(split.running_var, whole.running_var, rtol=0.02)
