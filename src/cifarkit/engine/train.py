@@ -129,7 +129,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
         for (it, _, n), v in zip(pending, values):
             if not math.isfinite(v):
                 raise _diverged(v, state.epoch, it)
-            losses.append(v / (n if t.loss_reduction == "sum" else 1))
+            losses.append(v / (n if t.loss_reduction == "sum" else 1))  # per image
         pending.clear()
 
     t_epoch = time.perf_counter()
@@ -196,10 +196,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
             # airbench94: every 5 steps pull the weights to an EMA whose decay ramps up as
             # 0.95^5 * (progress)^3, i.e. late training is averaged hardest
             ema_update(lookahead, raw, 0.95 ** 5 * (state.step / total_steps) ** 3, copy_back=True)
+        pending.append((state.step, loss, len(y)))
         if sync_each_step:
-            losses.append(value / (len(y) if t.loss_reduction == "sum" else 1))  # per image
-        else:
-            pending.append((state.step, loss, len(y)))
+            flush()
         seen += len(y)
         bar.update(1)
         if log is not None and state.step % cfg.log.interval == 0:
