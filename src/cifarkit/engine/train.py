@@ -32,6 +32,7 @@ from cifarkit.engine.setup import (
     build_optimizer,
     check_resume_compatible,
     check_work_dir,
+    hold_freed_memory,
     lr_lambdas,
     resolve_device,
 )
@@ -148,10 +149,9 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
         optimizer.zero_grad(set_to_none=True)
         # a skipped batch must not leave NaN in BatchNorm's running statistics either
         saved = [b.detach().clone() for b in raw.buffers()] if t.nan_policy == "skip_batch" else None
-        # micro-batches: the same summed gradient from smaller chunks, which run faster per image
-        # on a 2-core CPU whose caches hold a small chunk's activations (airnet, bf16, this loop,
-        # sizes alternating in one process: s per 2000-image step with chunks of 1000 2.36-2.38,
-        # of 500 2.16, of 250 1.95-2.04; 2000 in one piece is 20-40% slower than 1000)
+        # micro-batches: the same summed gradient from smaller chunks, for batches that do not fit
+        # in memory. Not a CPU speed-up once freed memory is held (hold_freed_memory): airnet at
+        # 2000 per step took 1.73-1.97 s in one piece, 1.92 in chunks of 500 (fresh processes)
         mb = t.micro_batch if 0 < t.micro_batch < len(y) else len(y)
         loss = torch.zeros((), device=device)
         for xc, yc in zip(x.split(mb), y.split(mb)):
@@ -313,7 +313,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         if not quiet:
             print(f"resumed from {resume_path} (epoch {state.epoch}, iteration {state.step})")
 
-    compiled = torch.compile(model) if cfg.train.compile else model
+    compiled = torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
 
     def wrap_ddp() -> torch.nn.Module:
         # DDP fixes its set of gradient-carrying parameters when built: rebuild it when that set
@@ -338,6 +338,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     stop_at = min(total, cfg.train.max_iters) if cfg.train.max_iters else total
     last_val: dict[str, Any] = {}
     train_seconds, eval_seconds, images_seen = 0.0, 0.0, 0
+    release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else None
     try:
         while state.step < stop_at:
             if hasattr(model, "set_whiten_bias_trainable") and cfg.train.whiten_bias_epochs:
@@ -388,6 +389,8 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     finally:
         if log is not None:
             log.close()
+        if release_memory is not None:
+            release_memory()
     barrier(dinfo)
     if not dinfo.main:
         cleanup(dinfo)
