@@ -10,9 +10,10 @@
     Per seed: timed seconds, wall of the whole fit call, TTA top-1; mean and sd over seeds.
 (b) Tutorial-recipe throughput (configs/cifar10_mobilenetv2_finetune.yaml: MobileNetV2 at
     224 px, batch 32): our engine (uint8 train set on the GPU, batched RandomResizedCrop/flip
-    there, bf16 autocast, channels_last) vs the tutorial's per-image pipeline (PIL image ->
-    RandomResizedCrop(224) -> RandomHorizontalFlip -> ToTensor -> Normalize in DataLoader
-    workers, fp32 model), same model, optimiser and batch, images/s after warm-up.
+    there, bf16 autocast, channels_last, compiled with CUDA graphs as the config ships) vs the
+    tutorial's per-image pipeline (PIL image -> RandomResizedCrop(224) -> RandomHorizontalFlip
+    -> ToTensor -> Normalize in DataLoader workers, fp32 model), same model, optimiser and batch,
+    images/s after warm-up.
 Writes benchmarks/results/gpu_speed.json (or --out).
 """
 

@@ -26,6 +26,7 @@ def test_tutorial_recipe_field_for_field():
     assert (c.data.rrc_size, c.data.eval_resize, c.data.eval_crop) == (224, 256, 224)
     assert (c.eval.interval, c.checkpoint.interval, c.log.interval) == (1, 5, 10)
     assert c.data.mean == [123.675, 116.28, 103.53]
+    assert (c.train.compile, c.train.compile_mode) == ("cuda", "reduce-overhead")  # ours, GPU only
 
 
 def test_overrides_are_typed(tmp_path: Path):
@@ -33,6 +34,9 @@ def test_overrides_are_typed(tmp_path: Path):
                              "data.mean=[1, 2, 3]", "data.root=some/path"])
     assert cfg.optim.lr == 0.3 and isinstance(cfg.train.epochs, float) and cfg.train.deterministic is True
     assert cfg.data.mean == [1.0, 2.0, 3.0] and cfg.data.root == "some/path"
+    # train.compile was a bool: true/false (and YAML's on/off) still work, next to "cuda"
+    assert [load_config(None, [f"train.compile={v}"]).train.compile for v in ("true", "false", "on", "cuda")] == \
+        ["on", "off", "on", "cuda"]
 
 
 @pytest.mark.parametrize("item, message", [
@@ -42,6 +46,7 @@ def test_overrides_are_typed(tmp_path: Path):
     ("train.deterministic=3", "not a valid bool"),
     ("optim.name=sgdd", "optim.name: 'sgdd' is not one of sgd, adamw, muon; did you mean 'sgd'"),
     ("train.batch_size=0", "train.batch_size: must be at least 1"),
+    ("train.compile=gpu", "train.compile: 'gpu' is not one of off, on, cuda"),
     ("novalue", "expected key.sub=value"),
 ])
 def test_bad_overrides(item: str, message: str):

@@ -108,7 +108,8 @@ class TrainConfig:
     lookahead: bool = _f(False, "airbench lookahead: every 5 steps pull weights to a scheduled EMA")
     amp: str = _f("auto", "auto | bf16 | fp16 | none (auto: bf16 on CPU, bf16/fp16 on CUDA)")
     channels_last: bool = _f(True, "channels_last memory format")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f("off", "torch.compile the model: off | on | cuda (only when training on a GPU; "
+                             "true/false read as on/off)")
     compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: small batches "
                                       "on a GPU) | max-autotune")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -213,6 +214,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     raise bad
 
 
+_SWITCHES = {"train.compile"}  # str options that also take a YAML boolean
+
+
 def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -226,6 +230,8 @@ def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
                 raise ConfigError(f"{where}{key}: expected a mapping of {tp.__name__} fields, got {v!r}")
             kwargs[k] = _build(tp, v, key + ".", where)
         else:
+            if key in _SWITCHES and isinstance(v, bool):  # was a bool; YAML also reads on/off as bools
+                v = "on" if v else "off"
             kwargs[k] = _coerce(v, tp, key, where)
     return cls(**kwargs)
 
@@ -237,6 +243,7 @@ def _validate(cfg: Config) -> None:
         "train.amp": (cfg.train.amp, ["auto", "bf16", "fp16", "none"]),
         "train.loss_reduction": (cfg.train.loss_reduction, ["mean", "sum"]),
         "train.nan_policy": (cfg.train.nan_policy, ["stop", "skip_batch"]),
+        "train.compile": (cfg.train.compile, ["off", "on", "cuda"]),
         "train.compile_mode": (cfg.train.compile_mode, ["default", "reduce-overhead", "max-autotune",
                                                         "max-autotune-no-cudagraphs"]),
         "eval.tta": (cfg.eval.tta, ["none", "flip", "flip_translate"]),

@@ -83,3 +83,20 @@ def test_fit_holds_memory_for_the_run_only_and_when_asked(cifar10_small, tmp_pat
                        "eval.tta=none", "train.device=cpu", f"train.hold_memory={hold}"])
     train.fit(cfg, work_dir=tmp_path / "run", quiet=True)
     assert calls == (["hold", "release"] if hold else [])
+
+
+def test_compile_cuda_leaves_a_cpu_run_eager(cifar10_small, tmp_path, monkeypatch):
+    import torch
+
+    import cifarkit.engine.train as train
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(kw) or m)
+    base = [f"data.root={cifar10_small}", "train.batch_size=100", "train.max_iters=1", "log.plots=false",
+            "eval.tta=none", "train.device=cpu"]
+    fast = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
+    train.fit(load_config(fast, [*base, "train.compile=cuda"]), work_dir=tmp_path / "a", quiet=True)
+    assert compiled == []
+    train.fit(load_config(fast, [*base, "train.compile=true", "train.compile_mode=max-autotune"]),
+              work_dir=tmp_path / "b", quiet=True)
+    assert compiled == [{"mode": "max-autotune"}]

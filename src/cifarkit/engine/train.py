@@ -313,7 +313,8 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         if not quiet:
             print(f"resumed from {resume_path} (epoch {state.epoch}, iteration {state.step})")
 
-    compiled = torch.compile(model, mode=cfg.train.compile_mode) if cfg.train.compile else model
+    use_compile = cfg.train.compile == "on" or (cfg.train.compile == "cuda" and dev.type == "cuda")
+    compiled = torch.compile(model, mode=cfg.train.compile_mode) if use_compile else model
 
     def wrap_ddp() -> torch.nn.Module:
         # DDP fixes its set of gradient-carrying parameters when built: rebuild it when that set
