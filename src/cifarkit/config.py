@@ -115,7 +115,7 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     threads: int = _f(0, "CPU threads (0 = torch default)")
     hold_memory: bool = _f(True, "CPU: keep freed memory in the process while training instead of returning it "
-                                 "to the OS after every step (glibc; ~25% faster steps for large batches)")
+                                 "to the OS after every step (glibc; airnet batch 2000: 1.73 vs 2.92 s/step)")
     nan_policy: str = _f("stop", "stop | skip_batch when the loss is NaN/inf")
     whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only")
     sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
