@@ -33,11 +33,12 @@ def machine() -> dict:
     return info
 
 
-def save(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def save(name: str, result: dict, path: Path | None = None) -> Path:
+    """Write `result` with the machine's facts to benchmarks/results/<name>.json (or `path`)."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **result}, indent=1))
-    print(f"results -> {path}")
+    print(f"results -> {path}", flush=True)
     return path
 
 

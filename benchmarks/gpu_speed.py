@@ -20,14 +20,15 @@ Writes benchmarks/results/gpu_speed.json (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import machine
+from _common import machine, save
+
+from cifarkit.engine.runlog import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,7 @@ def engine_throughput(data: str, steps: int, work: Path, device: str, extra: lis
                        "log.interval=20", "log.plots=false", "eval.interval=100", *extra])
     run = Path(tempfile.mkdtemp(dir=work, prefix="mnv2_"))
     fit(cfg, run, quiet=True)
-    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
-    times = [r["time"] for r in recs if r.get("type") == "train"]
+    times = [r["time"] for r in read_jsonl(run / "log.jsonl") if r.get("type") == "train"]
     times = times[min(3, len(times) - 1):]  # skip the warm-up/autotune records
     return cfg.train.batch_size / statistics.median(times)
 
@@ -132,8 +132,8 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this benchmark measures the GPU figures")
     work = Path(tempfile.mkdtemp(prefix="cifarkit-gpu-"))
-    result: dict = {"machine": machine()}
-    print(f"{result['machine'].get('gpu')}  torch {torch.__version__}", flush=True)
+    result: dict = {}
+    print(f"{machine().get('gpu')}  torch {torch.__version__}", flush=True)
 
     if not args.skip_fast:
         _fast(args, work, result)
@@ -158,7 +158,7 @@ def _fast(args: argparse.Namespace, work: Path, result: dict) -> None:
                       "top1_tta_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0}
     print(f"(a) mean {statistics.mean(timed):.2f} s timed; top-1 (TTA) mean {statistics.mean(accs):.2f}% "
           f"sd {result['fast']['top1_tta_sd']:.2f} over {len(accs)} seeds  (target <= 3 s on an H100)", flush=True)
-    _save(result, args.out)
+    save("gpu_speed", result, args.out)
 
 
 def _mnv2(args: argparse.Namespace, work: Path, result: dict) -> None:
@@ -183,14 +183,7 @@ def _mnv2(args: argparse.Namespace, work: Path, result: dict) -> None:
             "cifarkit_img_s": headline, "cifarkit_variants_img_s": variants,
             "tutorial_pipeline_img_s": {str(k): v for k, v in base.items()},
             "ratio_vs_2_workers": headline / base[2], "ratio_vs_8_workers": headline / base[8]}
-        _save(result, args.out)  # after each variant, so a timed-out device run keeps what it measured
-
-
-def _save(result: dict, out: Path | None) -> None:
-    path = out or ROOT / "benchmarks/results/gpu_speed.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
-    print(f"results -> {path}", flush=True)
+        save("gpu_speed", result, args.out)  # after each variant, so a timed-out device run keeps what it measured
 
 
 if __name__ == "__main__":

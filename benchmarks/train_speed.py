@@ -20,7 +20,6 @@ Writes benchmarks/results/train_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import torch
 from _common import full_cifar10, save
+
+from cifarkit.engine.runlog import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_9_9_EPOCHS = math.ceil(9.9 * (50000 // 1024))  # 476
@@ -88,7 +89,7 @@ def run_recipe(data: Path, seed: int, work: Path) -> dict:
     wall = time.perf_counter() - t
     if r.returncode != 0:
         raise SystemExit(f"training failed:\n{r.stderr[-2000:]}")
-    recs = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    recs = read_jsonl(run / "log.jsonl")
     s = next(x for x in recs if x["type"] == "summary")
     val = [x for x in recs if x["type"] == "val"][-1]
     return {"seed": seed, "wall_s": wall, "top1_tta": val["top1"], "top5": val["top5"],

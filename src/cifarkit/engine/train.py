@@ -339,7 +339,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     stop_at = min(total, cfg.train.max_iters) if cfg.train.max_iters else total
     last_val: dict[str, Any] = {}
     train_seconds, eval_seconds, images_seen = 0.0, 0.0, 0
-    release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else None
+    release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else lambda: None
     try:
         while state.step < stop_at:
             if hasattr(model, "set_whiten_bias_trainable") and cfg.train.whiten_bias_epochs:
@@ -390,8 +390,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     finally:
         if log is not None:
             log.close()
-        if release_memory is not None:
-            release_memory()
+        release_memory()
     barrier(dinfo)
     if not dinfo.main:
         cleanup(dinfo)
