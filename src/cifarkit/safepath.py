@@ -1,0 +1,64 @@
+"""Names from input become one safe path component; outputs stay inside the folder the user named.
+
+Class names (`batches.meta`, a manifest's `label_name`), split names (a manifest's `split`) and
+per-image file names (a batch's `filenames`) come from files nobody vouches for. Before any of
+them touches the filesystem, `safe_component` maps it to one path component:
+
+- injective: different names give different components, so nothing silently overwrites
+  anything (two classes `a/b` and `a%2Fb` stay two folders);
+- `%` and every character that is a separator, reserved on Windows or a control character
+  become `%XX` (their UTF-8 bytes, upper-case hex), as in URL encoding;
+- a leading `.` becomes `%2E` (so `.` / `..` / hidden names cannot appear; our folder reader
+  skips hidden entries), a trailing `.` or space too (Windows drops them);
+- the empty name becomes `%` alone (no encoded name is a bare `%`);
+- longer than `MAX_COMPONENT` bytes: the first bytes plus `~` and 16 hex of the name's SHA-256
+  (a literal `~` is always escaped, so a short name can never spell a shortened one).
+
+Names that are already safe (every CIFAR-10/100 class, ordinary file names) come back unchanged.
+The original name is always kept where it matters (the export's manifest has `label_name` and
+`split` as given), so nothing is lost. `inside` is the last line of defence: it refuses any path
+that would resolve outside its base folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cifarkit.errors import DataError
+
+MAX_COMPONENT = 120  # bytes; ext4/APFS/NTFS allow 255, leave room for suffixes such as "_12.png"
+_RESERVED = set('/\\:*?"<>|%~') | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+def _quote(ch: str) -> str:
+    return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+
+
+def safe_component(name: object) -> str:
+    """One safe, non-empty path component for `name` (see the module docstring); injective."""
+    s = str(name)
+    if s == "":
+        return "%"
+    out = [_quote(ch) if ch in _RESERVED or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in s]
+    if out[0] == ".":
+        out[0] = "%2E"
+    if out[-1] in (".", " "):
+        out[-1] = _quote(out[-1])
+    safe = "".join(out)
+    raw = safe.encode("utf-8")
+    if len(raw) > MAX_COMPONENT:
+        digest = hashlib.sha256(s.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        head = raw[:MAX_COMPONENT - 17].decode("utf-8", "ignore")
+        head = head[:head.rfind("%")] if "%" in head[-2:] else head  # never cut an escape in half
+        safe = f"{head}~{digest}"
+    return safe
+
+
+def inside(base: str | Path, *parts: str) -> Path:
+    """`base / parts...`, refused with a DataError if it would resolve outside `base`."""
+    base_r = Path(base).resolve()
+    p = base_r.joinpath(*parts).resolve()
+    if p != base_r and base_r not in p.parents:
+        raise DataError(f"{Path(*parts)}: would be written outside {base}; refused")
+    return p
