@@ -25,25 +25,49 @@ def exported(cifar10_small: Path, tmp_path_factory) -> Path:
     return out
 
 
-def test_predict_folder_matches_eval_image_for_image(trained_run: Path, exported: Path):
-    from cifarkit.analysis.analyze import predictions_for
-
-    r = run("predict", str(trained_run / "last.pt"), str(exported / "test"), "--json")
-    assert r.returncode == 0, r.stderr
-    rows = [json.loads(x) for x in r.stdout.splitlines()]
-    assert len(rows) == 100 and set(rows[0]) >= {"path", "label", "label_id", "score", "topk"}
-    assert len(rows[0]["topk"]) == 5 and rows[0]["topk"][0]["label"] == rows[0]["label"]
-    # map back to the CIFAR test batch row through the manifest, compare with eval's predictions
+@pytest.mark.parametrize("tta", ["none", "flip_translate", None])
+def test_predict_folder_matches_eval_image_for_image(trained_run: Path, exported: Path, tmp_path: Path, tta):
+    """predict == eval by construction: every exported test image gets eval's own prediction,
+    with TTA off, on, and as the checkpoint says (None: the default both take from it)."""
     import csv
 
+    ckpt = str(trained_run / "last.pt")
+    flag = [] if tta is None else ["--tta", tta]
+    r = run("predict", ckpt, str(exported / "test"), "--json", *flag)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(rows) == 100 and set(rows[0]) >= {"path", "label", "label_id", "score", "topk", "tta", "precision"}
+    assert rows[0]["tta"] == (tta or "none") and rows[0]["precision"] == "bf16"
+    assert len(rows[0]["topk"]) == 5 and rows[0]["topk"][0]["label"] == rows[0]["label"]
+    r = run("eval", ckpt, "--json", "--predictions", str(tmp_path / "eval.csv"), *flag)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert ev["tta"] == (tta or "none") and ev["precision"] == "bf16"
+    eval_pred = [int(row["predicted_id"]) for row in csv.DictReader(open(tmp_path / "eval.csv"))]
+    # map each file back to its CIFAR test-batch row through the export's manifest
     index = {str(exported / m["path"]): int(m["index"]) for m in csv.DictReader(open(exported / "manifest.csv"))}
-    p = predictions_for(trained_run / "last.pt")
-    eval_pred = p["logits"].argmax(1)
-    for row in rows:
-        assert row["label_id"] == eval_pred[index[row["path"]]], row["path"]
+    assert [row["label_id"] for row in rows] == [eval_pred[index[row["path"]]] for row in rows]
     acc = np.mean([row["label"] == Path(row["path"]).parent.name for row in rows]) * 100
-    ev = json.loads(run("eval", str(trained_run / "last.pt"), "--json").stdout)
     assert acc == pytest.approx(ev["top1"], abs=1e-6)
+
+
+def test_tta_changes_logits_and_is_reported(trained_run: Path, exported: Path):
+    """The TTA switch really switches (else the parity test above would prove nothing)."""
+    files = sorted((exported / "test").rglob("*.png"))[:20]
+    plain = cifarkit.load(trained_run / "last.pt", tta="none")
+    tta = cifarkit.load(trained_run / "last.pt", tta="flip_translate")
+    a, b = plain.predict(files), tta.predict(files)
+    assert {p.tta for p in a} == {"none"} and {p.tta for p in b} == {"flip_translate"}
+    assert max(abs(x.score - y.score) for x, y in zip(a, b)) > 1e-4
+
+
+def test_one_image_alone_gets_the_same_logits_as_in_a_batch(trained_run: Path, exported: Path):
+    files = sorted((exported / "test").rglob("*.png"))[:16]
+    clf = cifarkit.load(trained_run / "last.pt", tta="flip")
+    together = clf.predict(files)
+    for f, p in zip(files[:4], together[:4]):
+        alone = clf.predict(f)
+        assert alone.topk == p.topk
 
 
 def _odd_images(d: Path) -> list[Path]:
@@ -137,8 +161,8 @@ def test_export_onnx_and_torchscript_then_predict(trained_run: Path, exported: P
 def test_predict_throughput_path_uses_batches(trained_run: Path, exported: Path, monkeypatch):
     model = cifarkit.load(trained_run / "last.pt")
     calls = []
-    orig = model._forward
-    monkeypatch.setattr(model, "_forward", lambda x: (calls.append(len(x)), orig(x))[1])
+    orig = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (calls.append(len(x)), orig(x))[1])
     files = sorted((exported / "test").rglob("*.png"))
     out = list(model.predict_files(files))
     assert len(out) == 100 and max(calls) > 1  # not one image at a time

@@ -23,7 +23,7 @@ _LAZY = {
     "list_models": "cifarkit.models",
     "load_config": "cifarkit.config",
     "fit": "cifarkit.engine.train",
-    "evaluate_checkpoint": "cifarkit.engine.evaluate",
+    "evaluate_checkpoint": "cifarkit.engine.inference",
     "load": "cifarkit.predict",
     "show_result": "cifarkit.predict",
 }

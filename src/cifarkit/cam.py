@@ -99,7 +99,10 @@ def _resolve_target(target: str | int | None, classes: list[str]) -> int | None:
 
 def compute_cam(classifier: Any, image: Any, target: str | int | None = None, method: str = "gradcam",
                 layer: str | None = None, aug_smooth: bool = False, eigen_smooth: bool = False) -> CamResult:
-    """Heatmap for one image (path, PIL image or array) with a checkpoint-loaded `Classifier`."""
+    """Heatmap for one image (path, PIL image or array) with a checkpoint-loaded `Classifier`.
+
+    The predicted class and the target's score come from `classifier.logits` (its TTA and
+    precision, as `predict` reports them); the heatmap is computed in fp32 on the plain view."""
     import torch
 
     try:
@@ -108,13 +111,23 @@ def compute_cam(classifier: Any, image: Any, target: str | int | None = None, me
     except ImportError:
         raise CifarkitError("Grad-CAM needs the grad-cam package: pip install 'cifarkit[cam]'") from None
     from cifarkit.data.loader import eval_transform
+    from cifarkit.engine.evaluate import ranked
     from cifarkit.predict import to_uint8_chw
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     model = getattr(classifier, "model", None)
     if model is None:
-        raise CifarkitError("Grad-CAM needs a PyTorch checkpoint, not an exported model")
+        raise CifarkitError(f"{classifier.source}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
+                            "exported from; an exported .onnx file has no gradients to read")
+    img = to_uint8_chw(image)  # (3, H, W)
+    # predicted class and score from the one inference path (TTA, precision): what predict says
+    logits = classifier.logits([img])  # (1, C)
+    probs = torch.softmax(logits, 1)[0]
+    pred = int(ranked(logits, 1)[0, 0])
+    t = _resolve_target(target, classifier.classes)
+    t = pred if t is None else t
+    # the heatmap itself in fp32 on the plain evaluation view
     model = model.float().eval().to(memory_format=torch.contiguous_format)
     device = next(model.parameters()).device
     name = classifier.config.model.name
@@ -122,13 +135,10 @@ def compute_cam(classifier: Any, image: Any, target: str | int | None = None, me
     modules = dict(model.named_modules())
     if layer not in modules:
         raise ConfigError(f"--layer {layer!r}: no such module; see --list-layers")
-    img = to_uint8_chw(image)  # (3, H, W)
+    if layer not in dict(spatial_layers(model, classifier.prep.input_size)):
+        raise ConfigError(f"--layer {layer!r}: its output is not a spatial map (B, C, H, W) with H, W > 1, "
+                          "which Grad-CAM needs; pick one from --list-layers")
     x = eval_transform(img[None], classifier.prep).to(device)  # (1, 3, S, S)
-    with torch.no_grad():
-        probs = torch.softmax(model(x).float(), 1)[0]
-    pred = int(probs.argmax())
-    t = _resolve_target(target, classifier.classes)
-    t = pred if t is None else t
     cam_cls = getattr(pgc, METHODS[method])
     with cam_cls(model=model, target_layers=[modules[layer]]) as cam:
         if method == "scorecam":

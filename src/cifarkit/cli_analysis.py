@@ -17,8 +17,9 @@ def cmd_plot(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     from cifarkit.analysis.analyze import analyze
 
-    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device)
-    print(f"{m['split']} ({m['n']} images): top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
+    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite)
+    print(f"{m['split']} ({m['n']} images, tta {m['tta']}, {m['precision']}): "
+          f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
     for pair in m["most_confused"][:5]:
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
@@ -44,6 +45,8 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub, data_sub=None) -> None:
+    from cifarkit.cli_use import add_tta_option
+
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
     p.add_argument("--keys", nargs="+", default=["loss", "top1", "top5", "lr"])
@@ -55,7 +58,9 @@ def add_commands(sub, data_sub=None) -> None:
     z.add_argument("checkpoint")
     z.add_argument("--data", default=None)
     z.add_argument("--split", default=None)
-    z.add_argument("--out", default="analysis")
+    z.add_argument("--out", default="analysis", help="output folder (new or empty)")
+    z.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    add_tta_option(z)
     z.add_argument("--device", default="auto")
     z.set_defaults(fn=cmd_analyze)
 

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import sys
+from pathlib import Path
+
+from cifarkit.errors import CifarkitError
+from cifarkit.recipes import resolve_config
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -30,22 +36,50 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.config is None:
         from cifarkit.errors import ConfigError
 
-        raise ConfigError("cifarkit train needs a CONFIG file (see configs/), or --list-keys")
-    cfg = load_config(a.config, a.set)
+        raise ConfigError("cifarkit train needs a CONFIG file or a shipped recipe name (`cifarkit configs` "
+                          "lists them), or --list-keys")
+    cfg = load_config(resolve_config(a.config), a.set)
     resume = True if a.resume == "" else a.resume
     fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device)
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from cifarkit.engine.evaluate import evaluate_checkpoint
+    from cifarkit.engine.inference import evaluate_checkpoint
 
-    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, "flip_translate" if a.tta else None, a.device)
+    if a.predictions and Path(a.predictions).exists():
+        raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
+    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device)
+    predicted = m.pop("predictions")
+    if a.predictions:
+        with open(a.predictions, "x", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "predicted_id", "predicted"])
+            w.writerows([i, p, m["classes"][p]] for i, p in enumerate(predicted))
+    m.pop("classes")
     if a.json:
         print(json.dumps(m))
     else:
-        print(f"{m['checkpoint']}  {m['split']} ({m['n']} images, tta {m['tta']}): top1 {m['top1']:.2f}  "
-              f"top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
+        print(f"{m['checkpoint']}  {m['split']} ({m['n']} images, tta {m['tta']}, {m['precision']}): "
+              f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
+    return 0
+
+
+def cmd_configs(a: argparse.Namespace) -> int:
+    from cifarkit.recipes import describe, resolve_config, shipped_configs
+
+    if a.action == "show":
+        if not a.name:
+            raise CifarkitError("cifarkit configs show needs a recipe NAME (`cifarkit configs` lists them)")
+        sys.stdout.write(resolve_config(a.name).read_text(encoding="utf-8"))
+        return 0
+    if a.action != "list":
+        raise CifarkitError(f"cifarkit configs {a.action!r}: use `cifarkit configs` or `cifarkit configs show NAME`")
+    shipped = shipped_configs()
+    width = max(map(len, shipped))
+    for name, path in shipped.items():
+        print(f"{name:<{width}}  {describe(path)}")
+    print("\nrun one: cifarkit train NAME [--set key=value]; copy one: cifarkit configs show NAME > my.yaml")
     return 0
 
 
@@ -57,6 +91,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    from cifarkit.cli_use import add_tta_option
+
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
     m.add_argument("--input-size", type=int, default=None, help="input size for MACs [px]")
     m.add_argument("--num-classes", type=int, default=10)
@@ -64,7 +100,7 @@ def add_commands(sub) -> None:
     m.set_defaults(fn=cmd_models)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config", nargs="?")
+    t.add_argument("config", nargs="?", help="a YAML file, or a shipped recipe's name (see `cifarkit configs`)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--work-dir", default=None, help="run directory (default work_dirs/<config name>)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
@@ -77,10 +113,17 @@ def add_commands(sub) -> None:
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help="dataset path (default: the run's data.root)")
     e.add_argument("--split", default=None, help="split (default: the run's evaluation split)")
-    e.add_argument("--tta", action="store_true", help="flip + translate test-time augmentation")
+    add_tta_option(e)
+    e.add_argument("--predictions", default=None, metavar="CSV",
+                   help="also write each image's predicted class (index in the split, id, name) to a new CSV")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
+
+    c = sub.add_parser("configs", help="list the shipped recipes, or print one (configs show NAME)")
+    c.add_argument("action", nargs="?", default="list", help="list (default) | show")
+    c.add_argument("name", nargs="?", help="recipe name for show, e.g. fast")
+    c.set_defaults(fn=cmd_configs)
 
     d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit")
     d.add_argument("--out", default="demo_out")

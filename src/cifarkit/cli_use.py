@@ -8,22 +8,42 @@ import json
 import sys
 from pathlib import Path
 
+from cifarkit.errors import CifarkitError, DataError
+from cifarkit.safepath import inside, output_dir, safe_component
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (so `--topk 0` or `--batch-size -1` fail with one line)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def add_tta_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", nargs="?", const="flip_translate", default=None,
+                   choices=["none", "flip", "flip_translate"],
+                   help="test-time augmentation (default: the checkpoint's eval.tta; --tta alone = flip_translate)")
+
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from cifarkit.analysis.plotting import save
     from cifarkit.predict import expand_inputs, load, show_result
 
+    clf = load(a.model, a.device, a.tta)
+    if a.batch_size:
+        clf.batch_size = a.batch_size
+    out = output_dir(a.out, a.overwrite) if a.out else None
     files, problems = expand_inputs(a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
-    clf = load(a.model, a.device)
-    if a.batch_size:
-        clf.batch_size = a.batch_size
-    out = Path(a.out) if a.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
     rows, failed = [], len(problems)
     if not a.json and files:
+        s = clf.settings()
+        print(f"# {clf.source}: tta {s['tta']}, {s['precision']}", file=sys.stderr)
         print(f"{'path':<48} {'label':<14} {'score':>6}  top-{min(a.topk, len(clf.classes))}")
     for path, pred, err in clf.predict_files(files, a.topk):
         if pred is None:
@@ -38,13 +58,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")
         if out and len(rows) <= a.draw_limit:
             fig = show_result(path, pred)
-            save(fig, out / f"{len(rows):05d}_{Path(path).stem}.png")
+            save(fig, inside(out, f"{len(rows):05d}_{safe_component(Path(path).stem)}.png"))
     if out:
         with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "label_id", "score", "topk"])
+            w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision"])
             for r in rows:
-                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk)])
+                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta, r.precision])
         print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)
@@ -59,22 +79,22 @@ def cmd_cam(a: argparse.Namespace) -> int:
     import numpy as np
 
     from cifarkit.cam import compute_cam, default_layer, save_cam_figure, spatial_layers
-    from cifarkit.predict import Classifier, expand_inputs
+    from cifarkit.predict import expand_inputs, load
 
-    clf = Classifier.from_checkpoint(a.checkpoint, a.device)
+    clf = load(a.checkpoint, a.device, a.tta)
+    if clf.model is None:
+        raise CifarkitError(f"{a.checkpoint}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
+                            "exported from; an exported .onnx file has no gradients to read")
     if a.list_layers:
         best = default_layer(clf.model, clf.config.model.name, clf.prep.input_size)
         for name, shape in spatial_layers(clf.model, clf.prep.input_size):
             print(f"{name:<40} {str(shape):<20}{'  <- default' if name == best else ''}")
         return 0
+    out = output_dir(a.out, a.overwrite)
     files, problems = expand_inputs(a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = len(problems)
-    from cifarkit.errors import DataError
-
     for i, f in enumerate(files):
         try:
             res = compute_cam(clf, f, a.target, a.method, a.layer, a.aug_smooth, a.eigen_smooth)
@@ -82,7 +102,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        path = save_cam_figure(f, res, out / f"{i:04d}_{Path(f).stem}_cam.png")
+        path = save_cam_figure(f, res, inside(out, f"{i:04d}_{safe_component(Path(f).stem)}_cam.png"))
         if a.save_npy:
             np.save(path.with_suffix(".npy"), res.heatmap)
         print(f"{f}: {res.target_label} {res.score:.3f} ({res.method} on {res.layer}) -> {path}")
@@ -95,9 +115,9 @@ def cmd_cam(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from cifarkit.export import export_model
 
-    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch)
-    print(f"wrote {r.path} ({r.format}); parity on {r.images} real images: max abs diff {r.max_abs_diff:.2e}, "
-          f"top-1 agreement {r.top1_agreement * 100:.1f}%")
+    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite)
+    print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
+          f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
     return 0
 
 
@@ -105,9 +125,11 @@ def add_commands(sub) -> None:
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or .onnx file")
     p.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive), globs, or - for paths on stdin")
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--out", default=None, help="folder for predictions.csv and drawn results")
+    p.add_argument("--topk", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=None)
+    add_tta_option(p)
+    p.add_argument("--out", default=None, help="folder for predictions.csv and drawn results (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.add_argument("--device", default="auto")
@@ -125,7 +147,9 @@ def add_commands(sub) -> None:
     c.add_argument("--aug-smooth", action="store_true")
     c.add_argument("--eigen-smooth", action="store_true")
     c.add_argument("--save-npy", action="store_true", help="also save the raw heatmap as .npy")
-    c.add_argument("--out", default="cam_out")
+    c.add_argument("--out", default="cam_out", help="output folder (new or empty)")
+    c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    add_tta_option(c)
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=cmd_cam)
 
@@ -134,4 +158,6 @@ def add_commands(sub) -> None:
     e.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     e.add_argument("--out", default=None)
     e.add_argument("--dynamic-batch", action="store_true")
+    e.add_argument("--data", default=None, help="images for the parity check (default: the run's data.root)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(fn=cmd_export)

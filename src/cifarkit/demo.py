@@ -19,6 +19,7 @@ from PIL import Image
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import CifarkitError
+from cifarkit.recipes import shipped_configs
 
 SAMPLE = "cifar10_sample.tar.gz"
 
@@ -50,9 +51,7 @@ def demo_config(data_root: Path, epochs: float, quick: bool):
     """The airbench94 recipe, scaled to the 2,000-image sample."""
     from cifarkit.config import load_config
 
-    cfg_path = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yaml"
-    if not cfg_path.is_file():
-        raise CifarkitError(f"{cfg_path}: the demo needs the repository's configs/ folder; run it from a clone")
+    cfg_path = shipped_configs()["airbench94"]  # package data: works from a wheel as from a clone
     overrides = [
         f"data.root={data_root}", f"train.epochs={epochs}",
         # 2,000 training images: batch 256 gives 7 steps per epoch. airbench's per-example lr is
@@ -75,7 +74,7 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     from cifarkit.data.inspect import format_inspect, inspect_path
     from cifarkit.data.show import show_grid
     from cifarkit.data.sources import load_dataset
-    from cifarkit.engine.evaluate import evaluate_checkpoint
+    from cifarkit.engine.inference import evaluate_checkpoint
     from cifarkit.engine.train import fit
 
     t0 = time.perf_counter()

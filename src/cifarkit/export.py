@@ -2,21 +2,25 @@
 
 Class names and preprocessing (input size, mean, std, eval resize/crop) travel inside the file
 as metadata, so `cifarkit predict model.onnx ...` needs nothing else. After writing, the
-exported model and PyTorch run the same batch of real images; the max abs logit difference and
-top-1 agreement are reported, and a disagreement fails the export.
+exported model and the checkpoint (fp32) run the same images through the one inference path:
+real evaluation images of `--data` or the run's data root, or, when that data is not on this
+machine, random pixels, and the report says which. The max abs logit difference and top-1
+agreement are reported, and a disagreement fails the export. The file is written under a
+temporary name and renamed, and an existing one is only replaced with `overwrite`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from cifarkit.errors import CheckpointError, CifarkitError
+from cifarkit.engine.inference import Inference, eval_data, load_onnx  # noqa: F401  (load_onnx: public here too)
+from cifarkit.errors import CifarkitError
 
 
 @dataclass
@@ -26,85 +30,83 @@ class ExportReport:
     max_abs_diff: float
     top1_agreement: float
     images: int
+    image_source: str = "real images"  # what the parity check ran on
 
 
-def _metadata(ck: dict[str, Any]) -> dict[str, str]:
-    return {"cifarkit": json.dumps({"classes": ck["classes"], "preprocess": ck["preprocess"],
-                                    "model": ck.get("model_name", "")})}
+def _metadata(inf: Inference) -> str:
+    """What `Inference.from_onnx` needs: classes, preprocessing, the run's TTA, the model's name."""
+    return json.dumps({"classes": inf.classes, "preprocess": inf.prep.as_dict(), "model": inf.config.model.name,
+                       "tta": inf.config.eval.tta})
 
 
-def load_onnx(path: str | Path):
+def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tensor, str]:
+    """Up to `n` evaluation images of `data` (default: the run's data.root), or, when that data is
+    not there, random pixels, said so."""
     try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CifarkitError("ONNX needs onnxruntime: pip install 'cifarkit[onnx]'") from None
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such ONNX file")
-    try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own exception types for bad files
-        raise CheckpointError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
-    meta = session.get_modelmeta().custom_metadata_map
-    if "cifarkit" not in meta:
-        raise CheckpointError(f"{path}: has no cifarkit metadata (classes, preprocessing); export it with "
-                              "`cifarkit export`")
-    return session, json.loads(meta["cifarkit"])
+        images, _, name = eval_data(inf, data)
+        return images[:n], f"real images ({data or inf.config.data.root} [{name}])"
+    except CifarkitError as e:
+        if data is not None:
+            raise
+        g = torch.Generator().manual_seed(0)
+        s = inf.prep.input_size
+        return (torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g),
+                f"random-pixel images (the run's data is not readable here: {e}; pass --data)")
 
 
 def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, dynamic_batch: bool = False,
-                 check_images: torch.Tensor | None = None, tol: float = 1e-3) -> ExportReport:
-    from cifarkit.data.loader import Preprocess, eval_transform
-    from cifarkit.engine.restore import load_for_inference
+                 check_images: torch.Tensor | None = None, tol: float = 1e-3, data: str | None = None,
+                 overwrite: bool = False) -> ExportReport:
+    """Write `ckpt` as ONNX (opset 17) or TorchScript to `out` (default: next to it) and check it.
 
-    model, ck, cfg, prep = load_for_inference(ckpt, torch.device("cpu"))
-    model = model.float().eval().to(memory_format=torch.contiguous_format)
-    s = prep.input_size
+    The parity check runs the exported file and the checkpoint (fp32, no TTA) through the one
+    inference path on `check_images`, else on 8 images of `data` / the run's evaluation split;
+    it raises `CifarkitError` when top-1 differs or logits differ by more than `tol` (relative)."""
     ext = {"onnx": ".onnx", "torchscript": ".ts"}.get(fmt)
     if ext is None:
         raise CifarkitError(f"--format {fmt!r}: use onnx or torchscript")
+    ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32")
+    model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
+    s = ref.prep.input_size
     out = Path(out) if out else Path(ckpt).with_suffix(ext)
+    if out.is_dir():
+        raise CifarkitError(f"{out}: is a folder; give --out a file name ending in {ext}")
+    if out.exists() and not overwrite:
+        raise CifarkitError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     batch = 8 if dynamic_batch else 1  # a fixed-shape export takes one image at a time
     dummy = torch.zeros(batch, 3, s, s)
-    if fmt == "onnx":
-        import onnx
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        if fmt == "onnx":
+            import onnx
 
-        torch.onnx.export(model, (dummy,), str(out), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
-                          opset_version=17, dynamo=False)
-        m = onnx.load(str(out))
-        for k, v in _metadata(ck).items():
-            m.metadata_props.add(key=k, value=v)
-        onnx.save(m, str(out))
-    else:
-        traced = torch.jit.trace(model, dummy)
-        torch.jit.save(traced, str(out), _extra_files={"cifarkit.json": _metadata(ck)["cifarkit"]})
+            torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
+                              opset_version=17, dynamo=False)
+            m = onnx.load(str(tmp))
+            m.metadata_props.add(key="cifarkit", value=_metadata(ref))
+            onnx.save(m, str(tmp))
+        else:
+            traced = torch.jit.trace(model, dummy)
+            torch.jit.save(traced, str(tmp), _extra_files={"cifarkit.json": _metadata(ref)})
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    # ---- parity check on real images ------------------------------------------------------------
+    # ---- parity check: both through the one inference path -----------------------------------
+    source = "the given images"
     if check_images is None:
-        from cifarkit.engine.setup import load_eval_split
-
-        try:
-            images, _, _ = load_eval_split(cfg, ck["classes"])
-            check_images = images[:8]
-        except CifarkitError:
-            g = torch.Generator().manual_seed(0)  # data moved away: fall back to random pixels
-            check_images = torch.randint(0, 256, (batch, 3, s, s), dtype=torch.uint8, generator=g)
-    x = eval_transform(check_images[:8], Preprocess(**ck["preprocess"]))  # (8, 3, S, S) real images
-    with torch.no_grad():
-        ref = model(x).float().numpy()
-    chunks = [x[i:i + batch] for i in range(0, len(x), batch)]
+        check_images, source = _parity_images(ref, data, 8)
     if fmt == "onnx":
-        session, _ = load_onnx(out)
-        got = np.concatenate([session.run(None, {"input": c.numpy()})[0] for c in chunks])
+        exported = Inference.from_onnx(out, tta="none")
     else:
         loaded = torch.jit.load(str(out))
-        with torch.no_grad():
-            got = np.concatenate([loaded(c).float().numpy() for c in chunks])
-    diff = float(np.abs(ref - got).max())
-    agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    report = ExportReport(out, fmt, diff, agree, len(x))
-    if agree < 1.0 or diff > tol * max(1.0, float(np.abs(ref).max())):
+        exported = Inference(torch.no_grad()(lambda x: loaded(x).float()), ref.classes, ref.prep, "none")
+    want, got = ref.logits(check_images).numpy(), exported.logits(check_images).numpy()
+    diff = float(np.abs(want - got).max())
+    agree = float((want.argmax(1) == got.argmax(1)).mean())
+    report = ExportReport(out, fmt, diff, agree, len(check_images), source)
+    if agree < 1.0 or diff > tol * max(1.0, float(np.abs(want).max())):
         raise CifarkitError(f"{out}: the exported model disagrees with PyTorch (max abs diff {diff:.2e}, "
                             f"top-1 agreement {agree * 100:.1f}%); do not deploy it")
     return report

@@ -4,10 +4,11 @@
     result = model.predict("cat.jpg")          # Prediction(label='cat', score=0.93, topk=[...])
     fig = cifarkit.show_result("cat.jpg", result)
 
-The preprocessing comes from the checkpoint and is the evaluation transform itself
-(`data.loader.eval_transform`), so predicting an exported test folder gives, image for image,
-the predictions `cifarkit eval` scores. Files are decoded in a thread pool and the network runs
-on batches (bf16 on CPU), which is what makes a folder fast.
+Logits come from `engine.inference.Inference`, the one path that `cifarkit eval` uses too: the
+checkpoint's evaluation transform, its TTA (`eval.tta`, overridable) and its precision (bf16
+autocast on a CPU), so predicting an exported test folder gives, image for image, the
+predictions `cifarkit eval` scores. Files are decoded in a thread pool and the network runs on
+batches, which is what makes a folder fast.
 """
 
 from __future__ import annotations
@@ -24,17 +25,20 @@ import numpy as np
 import torch
 
 from cifarkit.data.decode import is_image_name, load_rgb
-from cifarkit.data.loader import Preprocess, eval_transform
-from cifarkit.errors import CifarkitError, DataError
+from cifarkit.engine.evaluate import ranked
+from cifarkit.engine.inference import Inference
+from cifarkit.errors import CifarkitError, ConfigError, DataError
 
 
 @dataclass
 class Prediction:
     label: str
     label_id: int
-    score: float
+    score: float  # softmax probability of `label`
     topk: list[dict[str, Any]] = field(default_factory=list)
     path: str | None = None
+    tta: str = "none"  # what the logits were computed with
+    precision: str = "fp32"
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": self.path, **{k: v for k, v in asdict(self).items() if k != "path"}}
@@ -58,97 +62,36 @@ def to_uint8_chw(img: Any) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
-class Classifier:
-    """A trained model plus everything needed to use it: classes and preprocessing."""
+class Classifier(Inference):
+    """`Inference` (the one checkpoint/ONNX -> logits path) plus prediction records."""
 
-    def __init__(self, forward, classes: list[str], prep: Preprocess, batch_size: int = 256, source: str = ""):
-        self._forward = forward  # float (B, 3, S, S) -> logits (B, C) float32 CPU tensor
-        self.classes = list(classes)
-        self.prep = prep
-        self.batch_size = batch_size
-        self.source = source
-
-    # ---- construction -----------------------------------------------------------------------
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Classifier:
-        from cifarkit.engine.evaluate import autocast_ctx
-        from cifarkit.engine.restore import load_for_inference
-        from cifarkit.engine.setup import amp_dtype, resolve_device
-
-        dev = resolve_device(device)
-        model, ck, cfg, prep = load_for_inference(path, dev)
-        amp = amp_dtype(cfg.train.amp, dev)
-
-        @torch.no_grad()
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            x = x.to(dev)
-            if cfg.train.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_ctx(dev, amp):
-                return model(x).float().cpu()
-
-        c = cls(forward, ck["classes"], prep, cfg.eval.batch_size, str(path))
-        c.model = model  # type: ignore[attr-defined]  # for Grad-CAM and export
-        c.config = cfg  # type: ignore[attr-defined]
-        return c
-
-    @classmethod
-    def from_onnx(cls, path: str | Path) -> Classifier:
-        from cifarkit.export import load_onnx
-
-        session, meta = load_onnx(path)
-        name = session.get_inputs()[0].name
-        fixed = session.get_inputs()[0].shape[0]
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            arr = x.numpy().astype(np.float32)
-            if isinstance(fixed, int):  # exported without --dynamic-batch: fixed-size batches, last one padded
-                n = len(arr)
-                pad = (-n) % fixed
-                arr = np.concatenate([arr, np.zeros((pad, *arr.shape[1:]), np.float32)]) if pad else arr
-                outs = [session.run(None, {name: arr[i:i + fixed]})[0] for i in range(0, len(arr), fixed)]
-                return torch.from_numpy(np.concatenate(outs)[:n])
-            return torch.from_numpy(session.run(None, {name: arr})[0])
-
-        prep = Preprocess(**meta["preprocess"])
-        return cls(forward, meta["classes"], prep, 256, str(path))
-
-    # ---- prediction -------------------------------------------------------------------------
-    def logits(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 (3, H, W) images of any sizes -> logits (N, C), in batches."""
-        out = []
-        for k in range(0, len(images), self.batch_size):
-            chunk = images[k:k + self.batch_size]
-            if all(t.shape == chunk[0].shape for t in chunk):
-                x = eval_transform(torch.stack(chunk), self.prep)  # the exact evaluation transform
-            else:
-                x = torch.cat([eval_transform(t[None], self.prep) for t in chunk])
-            out.append(self._forward(x))
-        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
-
-    def _results(self, logits: torch.Tensor, topk: int, paths: list[str | None]) -> list[Prediction]:
+    def _results(self, logits: torch.Tensor, topk: int, paths: list[str | None], tta: str | None = None
+                 ) -> list[Prediction]:
         probs = torch.softmax(logits.float(), dim=1)
         k = min(topk, len(self.classes))
-        scores, ids = probs.topk(k, dim=1)
+        ids = ranked(logits, k)  # the same order (and tie-break) as eval's top-1 / top-5
+        settings = self.settings(tta)
         res = []
         for i in range(len(probs)):
-            top = [{"label": self.classes[j], "label_id": int(j), "score": float(s)}
-                   for s, j in zip(scores[i].tolist(), ids[i].tolist())]
-            res.append(Prediction(top[0]["label"], top[0]["label_id"], top[0]["score"], top, paths[i]))
+            top = [{"label": self.classes[j], "label_id": int(j), "score": float(probs[i, j])} for j in ids[i].tolist()]
+            res.append(Prediction(top[0]["label"], top[0]["label_id"], top[0]["score"], top, paths[i], **settings))
         return res
 
-    def predict(self, inputs: Any, topk: int = 5) -> Prediction | list[Prediction]:
+    def predict(self, inputs: Any, topk: int = 5, tta: str | None = None) -> Prediction | list[Prediction]:
         """One image (path, PIL image or array) -> Prediction; a list -> list of Predictions."""
+        check_topk(topk)
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         tensors = [to_uint8_chw(x) for x in items]
         paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
-        res = self._results(self.logits(tensors), topk, paths)
+        res = self._results(self.logits(tensors, tta), topk, paths, tta)
         return res[0] if single else res
 
-    def predict_files(self, paths: Iterable[Path], topk: int = 5, workers: int = 4,
-                      chunk: int = 1024) -> Iterator[tuple[Path, Prediction | None, str | None]]:
+    def predict_files(self, paths: Iterable[Path], topk: int = 5, workers: int = 4, chunk: int = 1024,
+                      tta: str | None = None) -> Iterator[tuple[Path, Prediction | None, str | None]]:
         """Yield (path, prediction, None) or (path, None, error) for each file, in order."""
+        check_topk(topk)
+
         def decode(p: Path):
             try:
                 return to_uint8_chw(p), None
@@ -161,18 +104,26 @@ class Classifier:
                 part = paths[k:k + chunk]
                 decoded = list(pool.map(decode, part))
                 ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
-                preds = self._results(self.logits([decoded[i][0] for i in ok]), topk, [str(part[i]) for i in ok])
-                by_index = dict(zip(ok, preds))
+                logits = self.logits([decoded[i][0] for i in ok], tta)
+                by_index = dict(zip(ok, self._results(logits, topk, [str(part[i]) for i in ok], tta)))
                 for i, p in enumerate(part):
                     yield p, by_index.get(i), decoded[i][1]
 
 
-def load(path: str | Path, device: str = "auto") -> Classifier:
-    """`cifarkit.load`: a checkpoint (.pt) or an exported model (.onnx) ready to predict."""
-    p = Path(path)
-    if p.suffix.lower() == ".onnx":
-        return Classifier.from_onnx(p)
-    return Classifier.from_checkpoint(p, device)
+def check_topk(topk: int) -> int:
+    if not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"--topk {topk}: must be a whole number >= 1")
+    return topk
+
+
+def load(path: str | Path, device: str = "auto", tta: str | None = None) -> Classifier:
+    """`cifarkit.load`: a checkpoint (.pt) or an exported model (.onnx) ready to predict.
+
+    `tta` (none | flip | flip_translate) defaults to the model's own (its run's `eval.tta`), so
+    predictions match `cifarkit eval` image for image."""
+    if Path(path).suffix.lower() == ".onnx":
+        return Classifier.from_onnx(path, tta)
+    return Classifier.from_checkpoint(path, device, tta)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

@@ -62,3 +62,17 @@ def inside(base: str | Path, *parts: str) -> Path:
     if p != base_r and base_r not in p.parents:
         raise DataError(f"{Path(*parts)}: would be written outside {base}; refused")
     return p
+
+
+def output_dir(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Create the output folder `path`; an existing non-empty one is refused unless `overwrite`,
+    so no earlier result in it is silently replaced."""
+    from cifarkit.errors import CifarkitError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CifarkitError(f"{path}: exists and is not a folder; choose another output folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CifarkitError(f"{path}: folder is not empty; pass {flag} to write into it or choose another")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from cifarkit.analysis.metrics import calibration, confusion_matrix, most_confused, per_class_table, topk_accuracy
+from cifarkit.analysis.metrics import calibration, confusion_matrix, most_confused, per_class_table
+from cifarkit.engine.evaluate import metrics_from_logits, ranked
 
 
 def test_confusion_and_per_class():
@@ -32,7 +34,17 @@ def test_ece_of_perfect_and_overconfident():
 
 
 def test_topk_capped_at_classes():
-    probs = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]])
-    assert topk_accuracy(probs, np.array([2, 2]), 1) == 0
-    assert topk_accuracy(probs, np.array([2, 2]), 2) == 50
-    assert topk_accuracy(probs, np.array([2, 2]), 5) == 100
+    logits = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]]).log()
+    labels = torch.tensor([2, 2])
+    m = metrics_from_logits(logits, labels)  # 3 classes: top-5 is top-3
+    assert m["top1"] == 0 and m["top5"] == 100 and m["predicted"] == [1, 0]
+
+
+def test_ties_go_to_the_lowest_class_id_everywhere():
+    logits = torch.tensor([[1.0, 3.0, 3.0, 3.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 5.0, 5.0]])
+    assert ranked(logits, 2).tolist() == [[1, 2], [0, 1], [2, 3]]
+    assert metrics_from_logits(logits, torch.tensor([2, 0, 3]))["predicted"] == [1, 0, 2]
+    # the predicted ids given to calibration win over the probabilities' own argmax
+    probs = np.array([[0.5, 0.5]])
+    assert calibration(probs, np.array([1]), preds=np.array([1]))["bins"][7]["accuracy"] == 1.0
+    assert calibration(probs, np.array([1]))["bins"][7]["accuracy"] == 0.0

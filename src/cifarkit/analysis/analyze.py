@@ -13,51 +13,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from cifarkit.analysis.metrics import (
-    calibration,
-    confusion_matrix,
-    most_confused,
-    per_class_table,
-    softmax,
-    topk_accuracy,
-)
+from cifarkit.analysis.metrics import calibration, confusion_matrix, most_confused, per_class_table, softmax
 from cifarkit.analysis.plotting import pyplot, save
+from cifarkit.engine.evaluate import metrics_from_logits, ranked
+from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.safepath import output_dir
 
 
 def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
                     tta: str | None = None) -> dict[str, Any]:
-    """One pass: logits (N, C), labels, the uint8 images (for galleries) and class names."""
-    from cifarkit.engine.evaluate import predict_logits
-    from cifarkit.engine.restore import load_for_inference
-    from cifarkit.engine.setup import amp_dtype, load_eval_split, resolve_device
-
-    dev = resolve_device(device)
-    model, ck, cfg, prep = load_for_inference(ckpt, dev)
-    images, labels, name = load_eval_split(cfg, ck["classes"], data, split)
-    logits = predict_logits(model, images, prep, cfg.eval.batch_size, dev, amp_dtype(cfg.train.amp, dev),
-                            tta or cfg.eval.tta, cfg.train.channels_last)
-    return {"logits": logits.numpy(), "labels": labels.numpy(), "images": images, "classes": ck["classes"],
-            "split": name, "model": cfg.model.name}
+    """One pass through the one inference path (`engine.inference`, as `cifarkit eval` and
+    `predict`): logits (N, C), labels, predicted ids, the uint8 images (for galleries), class names."""
+    inf = Inference.from_checkpoint(ckpt, device, tta)
+    images, labels, name = eval_data(inf, data, split)
+    logits = inf.logits(images)
+    return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
+            "images": images, "classes": inf.classes, "split": name, "model": inf.config.model.name,
+            **inf.settings()}
 
 
 def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
-            device: str = "auto", n_errors: int = 24) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    p = predictions_for(ckpt, data, split, device)
-    logits, labels, classes = p["logits"], p["labels"], p["classes"]
+            device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True) -> dict[str, Any]:
+    """Confusion matrix, per-class metrics, calibration and the worst errors of `ckpt` on its
+    evaluation split (or `data`/`split`), written into the folder `out`; returns metrics.json's dict.
+
+    top1/top5/loss are computed exactly as `cifarkit eval` computes them (same logits, same
+    tie-break). `overwrite=False` refuses a non-empty `out`."""
+    out = output_dir(out, overwrite)
+    p = predictions_for(ckpt, data, split, device, tta)
+    logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
+    m = metrics_from_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     np.savez_compressed(out / "predictions.npz", logits=logits, labels=labels, index=np.arange(len(labels)),
                         classes=np.array(classes))
     probs = softmax(logits.astype(np.float64))
-    preds = probs.argmax(1)
     c = len(classes)
     cm = confusion_matrix(labels, preds, c)
     table = per_class_table(cm, classes)
-    cal = calibration(probs, labels)
-    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)),
-               "top1": topk_accuracy(probs, labels, 1), "top5": topk_accuracy(probs, labels, 5), "loss": nll,
+    cal = calibration(probs, labels, preds=preds)
+    metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)), "tta": p["tta"],
+               "precision": p["precision"], "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
                "ece": cal["ece"], "per_class": table, "most_confused": most_confused(cm, classes),
                "calibration_bins": cal["bins"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -73,7 +69,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
             w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
     plot_confusion(cm, classes, out / "confusion_matrix.png")
     plot_reliability(cal, out / "reliability.png")
-    errors = plot_misclassified(p["images"], labels, probs, classes, out / "misclassified.png", n_errors)
+    errors = plot_misclassified(p["images"], labels, probs, preds, classes, out / "misclassified.png", n_errors)
     metrics["misclassified_index"] = errors
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
@@ -122,11 +118,10 @@ def plot_reliability(cal: dict, out: Path) -> None:
     save(fig, out)
 
 
-def plot_misclassified(images, labels: np.ndarray, probs: np.ndarray, classes: list[str], out: Path,
-                       n: int = 24) -> list[int]:
+def plot_misclassified(images, labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: list[str],
+                       out: Path, n: int = 24) -> list[int]:
     """Grid of the highest-loss errors: true / predicted (score). Returns their dataset indices."""
     plt = pyplot()
-    preds = probs.argmax(1)
     wrong = np.flatnonzero(preds != labels)
     loss = -np.log(np.clip(probs[wrong, labels[wrong]], 1e-12, None))
     chosen = wrong[np.argsort(-loss)][:n].tolist()

@@ -55,10 +55,11 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 10) -> list[dict]
     return out
 
 
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
-    """Expected calibration error over equal-width confidence bins, plus the per-bin table."""
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15, preds: np.ndarray | None = None) -> dict:
+    """Expected calibration error over equal-width confidence bins, plus the per-bin table.
+    `preds`: the predicted ids when they come from elsewhere (the logits' tie-break)."""
     conf = probs.max(1)
-    correct = probs.argmax(1) == labels
+    correct = (probs.argmax(1) if preds is None else preds) == labels
     edges = np.linspace(0, 1, bins + 1)
     idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
     table, ece = [], 0.0
@@ -72,8 +73,3 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
                       "confidence": c})
     return {"ece": float(ece), "bins": table}
 
-
-def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, probs.shape[1])
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float((top == labels[:, None]).any(1).mean() * 100)

@@ -85,8 +85,11 @@ def _table(rows: list[dict], cols: list[str], fmt: dict[str, str] | None = None)
 
 def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12) -> str:
     """The worst errors beside their Grad-CAM; reuses analyze's predictions.npz (no second pass)."""
+    import torch
+
     from cifarkit.analysis.metrics import softmax
     from cifarkit.engine.checkpoint import load_checkpoint
+    from cifarkit.engine.evaluate import ranked
     from cifarkit.engine.restore import config_of
     from cifarkit.engine.setup import load_eval_split
 
@@ -99,6 +102,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     p = {"images": images, "labels": pred["labels"]}
     classes = [str(c) for c in pred["classes"]]
     probs = softmax(pred["logits"].astype(np.float64))
+    predicted = ranked(torch.from_numpy(pred["logits"]), 1)[:, 0].tolist()  # eval's tie-break
     try:
         from cifarkit.cam import compute_cam, overlay
         from cifarkit.predict import Classifier
@@ -109,7 +113,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     figs = []
     for i in idx:
         img = p["images"][i].permute(1, 2, 0).numpy()
-        y, pred = int(p["labels"][i]), int(probs[i].argmax())
+        y, pred = int(p["labels"][i]), predicted[i]
         parts = [_img_tag(_png(img), "image")]
         if clf is not None:
             try:

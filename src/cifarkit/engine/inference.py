@@ -1,0 +1,164 @@
+"""The one inference path: checkpoint or ONNX file -> evaluation transform -> optional TTA -> logits.
+
+`cifarkit eval`, `predict`, `analyze`, `report`, `cam` and the export's parity check all get their
+logits from `Inference.logits`, so a test folder exported from a dataset is predicted exactly as
+`eval` scores that dataset: same transform (`data.loader.eval_transform`), same TTA, same
+precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a tie).
+
+Defaults come from the model file: TTA from the checkpoint's `eval.tta` (an ONNX file's
+metadata), precision from `train.amp` (bf16 autocast on a CPU, fp32 logits out; an ONNX file
+runs in fp32). Both can be overridden per call; every result says which were used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifarkit.config import Config
+from cifarkit.data.loader import Preprocess
+from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
+from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
+from cifarkit.engine.setup import amp_dtype, load_eval_split, resolve_device
+from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
+
+PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def check_tta(tta: str | None) -> str | None:
+    if tta is not None and tta not in TTA_MODES:
+        raise ConfigError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+@dataclass
+class Inference:
+    """A trained model with everything needed to turn uint8 pixels into logits."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]  # normalised float (B, 3, S, S) -> float32 logits (B, C)
+    classes: list[str]
+    prep: Preprocess
+    tta: str = "none"  # default test-time augmentation (from the model file)
+    precision: str = "fp32"
+    batch_size: int = 256
+    source: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    model: torch.nn.Module | None = None  # PyTorch checkpoints only: Grad-CAM needs the module
+    config: Config | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # checkpoint epoch etc.
+
+    # ---- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
+                        precision: str | None = None) -> Inference:
+        """`precision`: None = the run's `train.amp`, or one of auto | bf16 | fp16 | none (fp32)."""
+        dev = resolve_device(device)
+        model, ck, cfg, prep = load_for_inference(path, dev)
+        if precision is not None and precision not in ("auto", "bf16", "fp16", "none", "fp32"):
+            raise ConfigError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
+        amp = amp_dtype({"fp32": "none"}.get(precision, precision) or cfg.train.amp, dev)
+        forward = model_forward(model, dev, amp, cfg.train.channels_last)
+        return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
+                   cfg.eval.batch_size, str(path), dev, model, cfg, {"epoch": ck.get("epoch")})
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:
+        session, meta = load_onnx(path)
+        name = session.get_inputs()[0].name
+        fixed = session.get_inputs()[0].shape[0]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            arr = x.detach().cpu().numpy().astype(np.float32)
+            if isinstance(fixed, int):  # exported without --dynamic-batch: fixed-size batches, last one padded
+                n = len(arr)
+                pad = (-n) % fixed
+                arr = np.concatenate([arr, np.zeros((pad, *arr.shape[1:]), np.float32)]) if pad else arr
+                outs = [session.run(None, {name: arr[i:i + fixed]})[0] for i in range(0, len(arr), fixed)]
+                return torch.from_numpy(np.concatenate(outs)[:n]).float()
+            return torch.from_numpy(session.run(None, {name: arr})[0]).float()
+
+        return cls(forward, meta["classes"], meta["preprocess"], check_tta(tta) or meta.get("tta", "none"),
+                   "fp32", 256, str(path))
+
+    # ---- inference --------------------------------------------------------------------------
+    def logits(self, images: torch.Tensor | Sequence[torch.Tensor], tta: str | None = None) -> torch.Tensor:
+        """uint8 images, (N, 3, H, W) or a list of (3, H, W) of any sizes -> float32 logits (N, C) on the CPU."""
+        return predict_logits(self.forward, images, self.prep, self.batch_size, check_tta(tta) or self.tta,
+                              self.device)
+
+    def settings(self, tta: str | None = None) -> dict[str, str]:
+        """What a result was computed with: printed by every command and in every --json record."""
+        return {"tta": check_tta(tta) or self.tta, "precision": self.precision}
+
+
+def load_inference(path: str | Path, device: str = "auto", tta: str | None = None) -> Inference:
+    """A checkpoint (.pt) or an exported model (.onnx), ready for inference."""
+    if Path(path).suffix.lower() == ".onnx":
+        return Inference.from_onnx(path, tta)
+    return Inference.from_checkpoint(path, device, tta)
+
+
+def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(onnxruntime session, validated cifarkit metadata: classes, Preprocess, tta)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CifarkitError("ONNX needs onnxruntime: pip install 'cifarkit[onnx]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for bad files
+        raise CheckpointError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:160]})") from None
+    raw = session.get_modelmeta().custom_metadata_map.get("cifarkit")
+    if raw is None:
+        raise CheckpointError(f"{path}: has no cifarkit metadata (classes, preprocessing); export it with "
+                              "`cifarkit export`")
+    try:
+        meta = json.loads(raw) if len(raw) < 1 << 20 else None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its cifarkit metadata is not a JSON object; re-export it with "
+                              "`cifarkit export`")
+    classes = check_classes(meta.get("classes"), path)
+    prep = check_preprocess(meta.get("preprocess"), path)
+    out = session.get_outputs()[0].shape
+    if len(out) == 2 and isinstance(out[1], int) and out[1] != len(classes):
+        raise CheckpointError(f"{path}: the model gives {out[1]} logits but its metadata names {len(classes)} "
+                              "classes; re-export it with `cifarkit export`")
+    tta = meta.get("tta", "none")
+    if tta not in TTA_MODES:
+        raise CheckpointError(f"{path}: metadata tta {tta!r} is not one of {', '.join(TTA_MODES)}")
+    return session, {"classes": classes, "preprocess": prep, "tta": tta, "model": str(meta.get("model", ""))}
+
+
+def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,
+                        tta: str | None = None, device: str = "auto") -> dict[str, Any]:
+    """Loss, top-1 and top-5 [%] of a checkpoint on its own evaluation split (or `data`/`split`).
+
+    Returns also `split`, `n`, `tta`, `precision`, `checkpoint`, `epoch` and `classes`;
+    `predictions` holds the per-image predicted class ids, in the split's order."""
+    inf = Inference.from_checkpoint(ckpt, device, tta)
+    images, labels, name = eval_data(inf, data, split)
+    logits = inf.logits(images)
+    m = metrics_from_logits(logits, labels)
+    predicted = m.pop("predicted")
+    return {**m, "split": name, **inf.settings(), "checkpoint": str(ckpt), "epoch": inf.meta.get("epoch"),
+            "classes": inf.classes, "predictions": predicted}
+
+
+def eval_data(inf: Inference, data: str | None = None, split: str | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The evaluation images of a checkpoint's run (or of `data`/`split`): uint8 (N, 3, H, W), labels, name."""
+    if inf.config is None:
+        raise CifarkitError(f"{inf.source}: evaluating on a dataset needs the PyTorch checkpoint")
+    return load_eval_split(inf.config, inf.classes, data, split)
+
