@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cifarkit.config import all_keys, config_to_dict, describe_keys, load_config
 from cifarkit.errors import ConfigError
@@ -67,9 +68,38 @@ def test_bad_yaml_key_names_file(tmp_path: Path):
 
 
 def test_every_key_documented():
-    text = describe_keys()
-    for key in all_keys():
-        assert key in text
-    assert "data.val_fraction" in all_keys() and "train.max_iters" in all_keys()
+    """Every key has a real help line in --list-keys, and every key a shipped recipe sets is a key."""
+    import dataclasses
+    import typing
+
+    from cifarkit.config import Config
+    from cifarkit.recipes import shipped_configs
+
+    helps: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                helps[prefix + f.name] = f.metadata.get("help", "")
+
+    walk(Config, "")
+    empty = [k for k, h in helps.items() if len(h.split()) < 2]
+    assert not empty, f"keys without a help line: {empty}"
+    lines = describe_keys().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(helps) == all_keys()
+    for line, (key, text) in zip(lines, helps.items()):
+        assert line.rstrip().endswith(text), key  # the help is printed, not just the key
+    assert {"data.val_fraction", "train.max_iters", "eval.tta", "optim.lr"} <= set(helps)
+
+    def flat(d: dict, prefix: str = "") -> list[str]:
+        return [k for key, v in d.items() for k in
+                (flat(v, f"{prefix}{key}.") if isinstance(v, dict) and key != "kwargs" else [prefix + key])]
+
+    for name, path in shipped_configs().items():
+        unknown = set(flat(yaml.safe_load(path.read_text()))) - set(helps)
+        assert not unknown, f"{name}: {unknown}"
     d = config_to_dict(load_config(None))
     assert d["checkpoint"]["interval"] == 1

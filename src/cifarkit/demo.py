@@ -7,6 +7,7 @@ epochs, and evaluate the checkpoint. Runs in well under 3 minutes on a 2-core CP
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import tarfile
@@ -109,8 +110,9 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
 
     _step("6. evaluate the checkpoint on its own")
     m = evaluate_checkpoint(out / "run" / "last.pt")
-    print(f"{m['split']}: top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
-    results["eval"] = m
+    print(f"{m['split']} (tta {m['tta']}, {m['precision']}): top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  "
+          f"loss {m['loss']:.4f}")
+    results["eval"] = {k: v for k, v in m.items() if k != "predictions"}
 
     _step("7. understand: curves, confusion matrix, per-class metrics, calibration, report")
     from cifarkit.analysis.analyze import analyze
@@ -123,7 +125,15 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     _step("8. use: predict test images, Grad-CAM, export to ONNX")
     from cifarkit.predict import load, show_result
 
-    clf = load(out / "run" / "best.pt")
+    clf = load(out / "run" / "last.pt")
+    # predict == eval: every exported test PNG gets the label eval gave the same image
+    with open(res.manifest, newline="", encoding="utf-8") as f:
+        index = {str(out / "export" / r["path"]): int(r["index"]) for r in csv.DictReader(f) if r["split"] == "test"}
+    preds = [p for _, p, _ in clf.predict_files(sorted(index))]
+    same = sum(p.label_id == m["predictions"][index[p.path]] for p in preds)
+    print(f"predicted the {len(preds)} exported test images (tta {clf.tta}, {clf.precision}): {same} of "
+          f"{len(preds)} labels equal to eval's")
+    results["predict_equals_eval"] = {"same": same, "n": len(preds), "tta": clf.tta}
     picks = sorted((out / "export" / "test").glob("*/*.png"))[::50][:6]
     (out / "predict").mkdir(exist_ok=True)
     from cifarkit.analysis.plotting import save

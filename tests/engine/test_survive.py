@@ -60,7 +60,7 @@ def test_truncated_and_mismatched_checkpoints(trained_run: Path, tmp_path: Path,
     ck["config"]["model"]["num_classes"] = 5
     torch.save(ck, tmp_path / "five.pt")
     r = run("eval", str(tmp_path / "five.pt"))
-    assert r.returncode == 2 and "do not fit model 'airnet' with 5 classes" in r.stderr
+    assert r.returncode == 2 and "names 10 classes but the model has 5 outputs" in r.stderr
     with pytest.raises(CheckpointError, match="model.name='airnet', the config asks for 'resnet18_cifar'"):
         fit(tiny(cifar10_small, "model.name=resnet18_cifar"), work_dir=tmp_path / "x",
             resume=str(trained_run / "last.pt"), quiet=True)

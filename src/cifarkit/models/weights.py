@@ -48,6 +48,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of a weights file and the name of the layout they came in."""
     from cifarkit.engine.checkpoint import safe_torch_load
 
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"{path}: no such weights file; model.pretrained takes a local file (e.g. the MMClassification "
+            "tutorial's mobilenet_v2_batch256_imagenet_*.pth from download.openmmlab.com, or a timm/torchvision "
+            ".pth you downloaded), or `model.pretrained=torchvision` for torchvision's own ImageNet weights")
     obj = safe_torch_load(path)
     layout = "plain"
     if isinstance(obj, dict):
