@@ -191,7 +191,8 @@ class CifarSource:
                     self._members[name] = m
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             # tarfile's own message lists every compression it tried, one per line
-            why = str(e).splitlines()[-1].lstrip("- ") if str(e).strip() else type(e).__name__
+            lines = str(e).splitlines()
+            why = lines[0] if len(lines) == 1 else "not a gzip, bzip2, xz or plain tar file"
             raise DataError(f"{self.path}: not a readable tar archive ({why}); re-download it") from None
 
     def _open_folder(self) -> None:
