@@ -109,12 +109,14 @@ def _check_opcodes(data: bytes, name: str) -> None:
     """
     import pickletools
 
-    for k, (op, arg, _pos) in enumerate(pickletools.genops(data)):
-        if k >= _MAX_PICKLE_OPS:
-            raise DataError(f"{name}: more than {_MAX_PICKLE_OPS:,} pickle opcodes, far more than a CIFAR "
-                            "batch holds; the file is corrupt or hostile, re-download it")
-        if op.name in _MEMO_PUTS and int(arg) > k:
-            raise DataError(f"{name}: corrupt pickle (memo slot {arg} at opcode {k}); re-download the dataset")
+    with warnings.catch_warnings():  # genops warns on odd escapes in a text-protocol STRING
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for k, (op, arg, _pos) in enumerate(pickletools.genops(data)):
+            if k >= _MAX_PICKLE_OPS:
+                raise DataError(f"{name}: more than {_MAX_PICKLE_OPS:,} pickle opcodes, far more than a CIFAR "
+                                "batch holds; the file is corrupt or hostile, re-download it")
+            if op.name in _MEMO_PUTS and int(arg) > k:
+                raise DataError(f"{name}: corrupt pickle (memo slot {arg} at opcode {k}); re-download the dataset")
 
 
 def safe_load_pickle(data: bytes, name: str) -> Any:
@@ -129,7 +131,8 @@ def safe_load_pickle(data: bytes, name: str) -> Any:
                             "needs; refusing to load it (the file may be tampered with)") from None
         raise DataError(f"{name}: truncated or corrupt pickle ({e}); re-download the dataset") from None
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
-            MemoryError, UnicodeDecodeError, struct.error) as e:
+            MemoryError, UnicodeDecodeError, struct.error,
+            RuntimeError, SystemError) as e:  # numpy's dtype __setstate__ on corrupt state raises these
         raise DataError(f"{name}: truncated or corrupt pickle ({type(e).__name__}: {e}); "
                         "re-download the dataset") from None
 
