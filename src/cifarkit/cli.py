@@ -50,34 +50,23 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cifarkit.data.export import export_dataset
-    from cifarkit.data.folder import splits_of
+    from cifarkit.data.folder import manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, load_dataset
 
     kind = describe_kind(a.path)
     if kind == "cifar":
-        splits = ["train", "test"]
+        splits: list[str | None] = ["train", "test"]
     elif kind == "folder":
         splits = splits_of(a.path) or [None]  # a plain class folder is one split, "all"
     else:
-        splits = _manifest_splits(a.path) or [None]
-    data = {s or "all": load_dataset(a.path, s) for s in splits}
+        splits = manifest_splits(a.path) or [None]  # "" is a split too: its rows are not dropped
+    data = {"all" if s is None else s: load_dataset(a.path, s) for s in splits}
     with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
         res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
                              overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0)
     counts = ", ".join(f"{k} {v:,}" for k, v in res.counts.items())
     print(f"wrote {res.out} ({counts}) and {res.manifest}")
     return 0
-
-
-def _manifest_splits(csv_path: str) -> list[str]:
-    """The values of a manifest's `split` column, in first-seen order ([] without the column)."""
-    import csv
-
-    with open(csv_path, newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        if "split" not in (reader.fieldnames or []):
-            return []
-        return [v for v in dict.fromkeys(r.get("split") or "" for r in reader) if v]
 
 
 def cmd_data_check(a: argparse.Namespace) -> int:
@@ -167,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except CifarkitError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)  # one line, whatever the message
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -9,7 +9,9 @@ them touches the filesystem, `safe_component` maps it to one path component:
 - `%` and every character that is a separator, reserved on Windows or a control character
   become `%XX` (their UTF-8 bytes, upper-case hex), as in URL encoding;
 - a leading `.` becomes `%2E` (so `.` / `..` / hidden names cannot appear; our folder reader
-  skips hidden entries), a trailing `.` or space too (Windows drops them);
+  skips hidden entries), a trailing `.` or space too (Windows drops them); a leading `__`
+  becomes `%5F_`, because the folder reader also skips `__pycache__`-style names, so a class
+  called `__init__` would vanish when an export is read back;
 - the empty name becomes `%` alone (no encoded name is a bare `%`);
 - longer than `MAX_COMPONENT` bytes: the first bytes plus `~` and 16 hex of the name's SHA-256
   (a literal `~` is always escaped, so a short name can never spell a shortened one).
@@ -41,8 +43,8 @@ def safe_component(name: object) -> str:
     if s == "":
         return "%"
     out = [_quote(ch) if ch in _RESERVED or 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in s]
-    if out[0] == ".":
-        out[0] = "%2E"
+    if out[0] == "." or s.startswith("__"):
+        out[0] = _quote(out[0])
     if out[-1] in (".", " "):
         out[-1] = _quote(out[-1])
     safe = "".join(out)

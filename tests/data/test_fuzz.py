@@ -98,3 +98,55 @@ def test_fuzz_targets_accept_the_valid_inputs(tmp_path: Path):
     assert pickle.loads(_valid_batch(d), encoding="latin1")["labels"] == [0, 1, 2, 3]
     (d / "a.png").write_bytes(_png_bytes())
     assert load_rgb(d / "a.png").shape == (16, 16, 3)
+
+
+# ---- issue 12: names from input -> one safe path component; validators never expand input --------
+_NAMES = st.text(st.characters(codec="utf-8"), max_size=200) | st.sampled_from(
+    ["", ".", "..", "...", "__init__", "_x", "a/b", "a%2Fb", "a~b", "~", "%", "CON", " ", "a.", "\x00"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=_NAMES, b=_NAMES)
+def test_safe_component_is_one_safe_injective_component(a: str, b: str):
+    from cifarkit.safepath import MAX_COMPONENT, safe_component
+
+    for name in (a, b):
+        s = safe_component(name)
+        assert s not in ("", ".", "..") and not s.startswith((".", "__"))
+        assert not set(s) & {"/", "\\", "\x00"} and len(s.encode("utf-8")) <= MAX_COMPONENT
+        assert safe_component(name) == s  # deterministic
+    if a != b:
+        assert safe_component(a) != safe_component(b)
+
+
+_VALUES = st.recursive(st.integers(-3, 12) | st.floats(allow_nan=True) | st.text(max_size=3) | st.binary(max_size=3)
+                       | st.none() | st.booleans(), lambda inner: st.lists(inner, max_size=4), max_leaves=30)
+
+
+@FAST
+@given(value=_VALUES | st.lists(st.integers(-(2 ** 80), 2 ** 80), max_size=6), n=st.integers(0, 6))
+def test_int_labels_accepts_only_flat_in_range_ints(value, n: int):
+    from cifarkit.data.validate import int_labels
+
+    try:
+        out = int_labels(value, "f", "labels", n, 10)
+    except DataError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(value, list) and len(value) == n
+    assert all(type(v) is int and 0 <= v < 10 for v in value)
+    assert out.dtype == np.int64 and out.tolist() == value
+
+
+@FAST
+@given(value=_VALUES | st.lists(st.text(max_size=1100), max_size=5), n=st.none() | st.integers(0, 5))
+def test_name_list_returns_bounded_flat_text(value, n):
+    from cifarkit.data.validate import MAX_NAME_BYTES, name_list
+
+    try:
+        out = name_list(value, "f", "names", n=n)
+    except DataError as e:
+        assert "\n" not in str(e)
+        return
+    assert isinstance(value, list) and (n is None or len(out) == n) and len(out) == len(value)
+    assert all(isinstance(s, str) and len(s.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES for s in out)

@@ -7,15 +7,22 @@ hostile file fails with `DataError` before any of its code can run.
 
 Accepted locations: the `cifar-10-batches-py` / `cifar-100-python` folder, its parent, or the
 downloaded `.tar.gz` itself (members are read straight from the archive).
+
+Every size that comes from the file is bounded before memory is spent (see `validate`): a batch
+file or tar member over `MAX_BATCH_BYTES` is refused from its size alone (the tar header or the
+file's stat), and labels, file names and class names are checked for type and length before any
+array or string is built from them.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import tarfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +30,13 @@ from typing import Any
 import numpy as np
 
 from cifarkit.data.imageset import ImageSet
+from cifarkit.data.validate import MAX_BATCH_BYTES, check_file_size, int_labels, name_list, name_text
 from cifarkit.errors import DataError
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
+
+_MAX_TAR_MEMBERS = 10_000  # the official archives hold 8 (CIFAR-10) and 5 (CIFAR-100) entries
 
 # The layouts we know: folder name, train files, test files, meta file, label key per kind.
 LAYOUTS = {
@@ -85,9 +95,34 @@ class SafeUnpickler(pickle.Unpickler):
         return make()
 
 
+_MAX_PICKLE_OPS = 2_000_000  # CIFAR-100's `train` (the biggest batch) has ~200,000 opcodes
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_opcodes(data: bytes, name: str) -> None:
+    """Refuse pickles whose opcodes alone would make the C unpickler spend memory or time.
+
+    Why: a `LONG_BINPUT 2**31` makes the C unpickler grow its memo table to that index (tens of
+    GB zeroed; a 1-byte fuzz edit of a real batch took 37 s and gigabytes). Genuine pickles
+    number memo slots in order, so an index beyond the opcodes seen so far is refused. The scan
+    costs ~0.3 s for CIFAR-100's train file, 1.4x its load time.
+    """
+    import pickletools
+
+    with warnings.catch_warnings():  # genops warns on odd escapes in a text-protocol STRING
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for k, (op, arg, _pos) in enumerate(pickletools.genops(data)):
+            if k >= _MAX_PICKLE_OPS:
+                raise DataError(f"{name}: more than {_MAX_PICKLE_OPS:,} pickle opcodes, far more than a CIFAR "
+                                "batch holds; the file is corrupt or hostile, re-download it")
+            if op.name in _MEMO_PUTS and int(arg) > k:
+                raise DataError(f"{name}: corrupt pickle (memo slot {arg} at opcode {k}); re-download the dataset")
+
+
 def safe_load_pickle(data: bytes, name: str) -> Any:
     """Unpickle `data` (the contents of file `name`) with the allow-list; errors name the file."""
     try:
+        _check_opcodes(data, name)
         # latin1: Python-2 `str` pickled by cPickle holds raw bytes; numpy needs them 1:1.
         return SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:
@@ -96,7 +131,8 @@ def safe_load_pickle(data: bytes, name: str) -> Any:
                             "needs; refusing to load it (the file may be tampered with)") from None
         raise DataError(f"{name}: truncated or corrupt pickle ({e}); re-download the dataset") from None
     except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
-            MemoryError, UnicodeDecodeError, struct.error) as e:
+            MemoryError, UnicodeDecodeError, struct.error,
+            RuntimeError, SystemError) as e:  # numpy's dtype __setstate__ on corrupt state raises these
         raise DataError(f"{name}: truncated or corrupt pickle ({type(e).__name__}: {e}); "
                         "re-download the dataset") from None
 
@@ -145,13 +181,22 @@ class CifarSource:
 
     # ---- locating files -------------------------------------------------------------------
     def _open_tar(self) -> None:
+        known = {f for lay in LAYOUTS.values() for f in (*lay["train"], *lay["test"], lay["meta"])}
         try:
             self._tar = tarfile.open(self.path, "r:*")
-            for m in self._tar.getmembers():
-                if m.isfile():
-                    self._members[Path(m.name).name] = m
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise DataError(f"{self.path}: not a readable tar archive ({e}); re-download it") from None
+            for k, m in enumerate(self._tar):  # one header at a time: a member is judged before its data
+                if k >= _MAX_TAR_MEMBERS:
+                    raise DataError(f"{self.path}: more than {_MAX_TAR_MEMBERS:,} entries, far more than a CIFAR "
+                                    "archive holds; re-download it")
+                name = Path(m.name).name
+                if m.isfile() and name in known:
+                    check_file_size(m.size, f"{self.path}:{name}")
+                    self._members[name] = m
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            # tarfile's own message lists every compression it tried, one per line
+            lines = str(e).splitlines()
+            why = lines[0] if len(lines) == 1 else "not a gzip, bzip2, xz or plain tar file"
+            raise DataError(f"{self.path}: not a readable tar archive ({why}); re-download it") from None
 
     def _open_folder(self) -> None:
         for layout in LAYOUTS.values():
@@ -178,11 +223,16 @@ class CifarSource:
                             "re-download or re-extract it")
         try:
             if self._tar is not None:
+                check_file_size(m.size, self.display(name))  # header size; extractfile reads exactly that
                 f = self._tar.extractfile(m)
                 assert f is not None
-                return f.read()
-            return Path(m).read_bytes()
-        except (OSError, tarfile.TarError, EOFError) as e:
+                return f.read(MAX_BATCH_BYTES + 1)
+            with open(m, "rb") as fh:
+                check_file_size(os.fstat(fh.fileno()).st_size, self.display(name))
+                data = fh.read(MAX_BATCH_BYTES + 1)  # a file still growing cannot pass the bound either
+            check_file_size(len(data), self.display(name))
+            return data
+        except (OSError, tarfile.TarError, EOFError, zlib.error) as e:
             raise DataError(f"{self.display(name)}: cannot be read ({e}); re-download it") from None
 
     def close(self) -> None:
@@ -218,10 +268,12 @@ class CifarSource:
         meta = _normalise_keys(safe_load_pickle(self.read_bytes(meta_name), self.display(meta_name)),
                                self.display(meta_name))
         key = "label_names" if self.variant == "cifar10" else "fine_label_names"
+        shown = self.display(meta_name)
         if key not in meta:
-            raise DataError(f"{self.display(meta_name)}: has no {key!r} entry; re-download the dataset")
-        classes = [str(_text(c)) for c in meta[key]]
-        coarse = [str(_text(c)) for c in meta["coarse_label_names"]] if "coarse_label_names" in meta else None
+            raise DataError(f"{shown}: has no {key!r} entry; re-download the dataset")
+        classes = name_list(meta[key], shown, key, unique=True)
+        coarse = (name_list(meta["coarse_label_names"], shown, "coarse_label_names", unique=True)
+                  if "coarse_label_names" in meta else None)
         return classes, coarse
 
     # ---- batches ------------------------------------------------------------------------
@@ -243,24 +295,18 @@ class CifarSource:
             label_key = "coarse_labels" if label_kind == "coarse" else "fine_labels"
         if label_key not in d:
             raise DataError(f"{shown}: has no {label_key!r} entry; this batch is incomplete")
-        try:
-            labels = np.asarray(d[label_key], dtype=np.int64).reshape(-1)
-        except (TypeError, ValueError):
-            raise DataError(f"{shown}: {label_key!r} is not a list of integers") from None
-        if len(labels) != n:
-            raise DataError(f"{shown}: {len(labels)} labels for {n} images; the file is corrupt")
         num = len(self.coarse_classes or []) if label_kind == "coarse" else len(self.classes)
-        if n and (labels.min() < 0 or labels.max() >= num):
-            raise DataError(f"{shown}: label {int(labels.max() if labels.max() >= num else labels.min())}"
-                            f" is outside 0..{num - 1} for {num} classes; the file does not match its meta")
+        labels = int_labels(d[label_key], shown, label_key, n, num)
         names = d.get("filenames")
-        if names is None or len(names) != n:
-            names = [f"{name}_{i:05d}.png" for i in range(n)]
+        # absent in some re-packed copies: name rows after the batch; present, it must be right
+        names = [f"{name}_{i:05d}.png" for i in range(n)] if names is None else \
+            name_list(names, shown, "filenames", n=n)
         extra = {}
         if self.variant == "cifar100" and "coarse_labels" in d and label_kind != "coarse":
-            extra["coarse_labels"] = np.asarray(d["coarse_labels"], dtype=np.int64)
-        return dict(data=data, labels=labels, filenames=[str(_text(x)) for x in names],
-                    batch_label=str(_text(d.get("batch_label", name))), extra=extra)
+            extra["coarse_labels"] = int_labels(d["coarse_labels"], shown, "coarse_labels", n,
+                                                len(self.coarse_classes or []) or 1 << 62)
+        batch_label = name_text(d.get("batch_label", name), shown, "batch_label")
+        return dict(data=data, labels=labels, filenames=names, batch_label=batch_label, extra=extra)
 
     def batch_info(self, name: str) -> BatchInfo:
         b = self.read_batch(name)

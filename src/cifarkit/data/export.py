@@ -9,15 +9,23 @@ per-image Python work holds the GIL, so threads scale worse). JPEG goes through 
 
 Safety: everything is written into a hidden temporary folder next to OUT and renamed into place
 at the end, so an interrupted export never looks complete; a non-empty OUT is refused unless
-`overwrite=True`.
+`overwrite=True`. Split names, class names and file stems come from the input, so each becomes
+one `safe_component` (folders are checked with `inside`); files are created with O_EXCL, so two
+images can never land on one path, and the manifest keeps the original split and label names
+with the path actually written. Those temporary folders carry the exporting pid
+(`.OUT.partial-<pid>-*`, `.OUT.old-<pid>`); one whose pid is dead (a killed run) is removed by
+the next export. Forked workers die with the exporting process (Linux: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
+import signal
 import struct
+import sys
 import tempfile
 import zlib
 from collections.abc import Callable
@@ -29,6 +37,7 @@ import numpy as np
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import DataError
+from cifarkit.safepath import inside, safe_component
 
 MANIFEST_COLUMNS = ["split", "source", "index", "path", "label_id", "label_name"]
 
@@ -66,16 +75,26 @@ def encode_png_rgb(image: np.ndarray, level: int = 0) -> bytes:
             + _chunk(b"IEND", b""))
 
 
-def _unique_names(ds: ImageSet, ext: str) -> list[str]:
-    """Per-image file names: the dataset's own, with `ext`, made unique within each class."""
-    used: set[tuple[int, str]] = set()
+def _stem(name: str) -> str:
+    """The file name without its extension, as one safe component ("image" when nothing is left)."""
+    stem, dot, _ext = name.rpartition(".")
+    return safe_component(stem if dot and stem else name or "image")
+
+
+def _relative_paths(split_dir: str, ds: ImageSet, class_dirs: list[str], ext: str,
+                    used: set[str]) -> list[str]:
+    """`split/class/file` per image from safe components, unique across the whole export.
+
+    Unique after case folding, so two images never share a file even on a case-insensitive
+    file system (macOS, Windows), and even when two classes share one folder name.
+    """
     out = []
     for y, name in zip(ds.labels.tolist(), ds.filenames):
-        stem = Path(name).stem or "image"
-        cand, k = f"{stem}{ext}", 1
-        while (y, cand) in used:
-            cand, k = f"{stem}_{k}{ext}", k + 1
-        used.add((y, cand))
+        folder, stem = f"{split_dir}/{class_dirs[y]}", _stem(name)
+        cand, k = f"{folder}/{stem}{ext}", 1
+        while cand.casefold() in used:
+            cand, k = f"{folder}/{stem}_{k}{ext}", k + 1
+        used.add(cand.casefold())
         out.append(cand)
     return out
 
@@ -111,14 +130,36 @@ def _encoder(fmt: str, quality: int, png_level: int = 0) -> Callable[[list[np.nd
 # children (copy-on-write), so no pixel array is pickled through a pipe.
 _JOBS: list[tuple[np.ndarray, list[str]]] = []
 _JOB_CTX: dict = {}
+# O_EXCL: a path is never written twice (names are unique by construction; this proves it) and
+# never through a symlink; O_NOFOLLOW is absent on Windows.
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker gets SIGKILL when the exporting process dies (even by kill -9).
+
+    Without it, a killed export leaves its workers writing into the abandoned folder and blocked
+    on the pool's pipes. prctl is Linux-only, so elsewhere only the parent-pid check remains
+    (`_write_job` repeats it before each job).
+    """
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):  # no prctl in this libc: pid checks remain
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _write_job(i: int) -> int:
     images, rels = _JOBS[i]
-    tmp, encode = _JOB_CTX["tmp"], _JOB_CTX["encode"]
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    tmp, encode, parent = _JOB_CTX["tmp"], _JOB_CTX["encode"], _JOB_CTX["parent"]
+    if parent != os.getpid() and os.getppid() != parent:  # a forked worker whose exporter is gone
+        os._exit(1)
     for data, r in zip(encode(list(images)), rels):
-        fd = os.open(tmp / r, flags, 0o644)  # os.write: no buffered-file object per image
+        fd = os.open(tmp / r, _CREATE, 0o644)  # os.write: no buffered-file object per image
         try:
             os.write(fd, data)
         finally:
@@ -133,13 +174,38 @@ def _run_jobs(n_jobs: int, workers: int, progress: Callable[[int], None] | None)
     from concurrent.futures import ProcessPoolExecutor
 
     if workers > 1 and "fork" in mp.get_all_start_methods():
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_die_with_parent,
+                                   initargs=(os.getpid(),))
     else:
         pool = ThreadPoolExecutor(workers)
     with pool:
         for n in pool.map(_write_job, range(n_jobs)):
             if progress:
                 progress(n)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's live process, or no valid pid: leave its folder alone
+    return True
+
+
+def remove_stale_leftovers(out: Path) -> list[Path]:
+    """Remove `.OUT.partial-<pid>-*` / `.OUT.old-<pid>` folders whose exporting process is dead."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:partial|old)-(\d+)(?:-.*)?")
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for p in out.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
 
 
 def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png", quality: int = 95,
@@ -156,21 +222,28 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
         raise DataError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another")
     if not 0 <= png_level <= 9:
         raise DataError(f"PNG compression level {png_level} is outside 0..9")
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers {workers}: use 1 or more (or leave it out for one per core, up to 8)")
+    split_dirs = {split: safe_component(split) for split in splits}
+    if "manifest.csv" in {d.casefold() for d in split_dirs.values()}:
+        raise DataError("a split named 'manifest.csv' would clash with the export's manifest; rename that split")
     encode = _encoder(fmt, quality, png_level)
     ext = ".jpg" if fmt in ("jpg", "jpeg") else ".png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    remove_stale_leftovers(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     workers = workers or min(8, os.cpu_count() or 1)
-    if fmt not in ("png", "jpg", "jpeg"):
-        raise DataError(f"unknown export format {fmt!r}; use png or jpg")
     rows: list[list] = []
+    used: set[str] = set()
     try:
         jobs = []
         for split, ds in splits.items():
-            names = _unique_names(ds, ext)
-            for c in ds.classes:
-                (tmp / split / c).mkdir(parents=True, exist_ok=True)
-            rel = [f"{split}/{ds.classes[y]}/{n}" for y, n in zip(ds.labels.tolist(), names)]
+            class_dirs = [safe_component(c) for c in ds.classes]
+            for c in class_dirs:
+                # safe components cannot climb out; inside() is the last check. Files below are
+                # safe components too, created with O_EXCL|O_NOFOLLOW in this fresh folder.
+                inside(tmp, split_dirs[split], c).mkdir(parents=True, exist_ok=True)
+            rel = _relative_paths(split_dirs[split], ds, class_dirs, ext, used)
             rows += [[split, s, int(i), r, int(y), ds.classes[y]]
                      for s, i, r, y in zip(ds.sources, ds.indices.tolist(), rel, ds.labels.tolist())]
             # one class folder per job: parallel workers then create files in different
@@ -183,7 +256,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
                     jobs.append((ds.images[part], [rel[i] for i in part]))
 
         _JOBS[:] = jobs
-        _JOB_CTX.update(tmp=tmp, encode=encode)
+        _JOB_CTX.update(tmp=tmp, encode=encode, parent=os.getpid())
         try:
             _run_jobs(len(jobs), workers, progress)
         finally:

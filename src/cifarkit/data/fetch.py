@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -39,13 +40,19 @@ def fetch(name: str, root: str | Path = "data", base_url: str | None = None,
     filename, expected = ARCHIVES[name]
     expected = md5 or expected
     root = Path(root)
+    mirror = base_url or os.environ.get("CIFARKIT_MIRROR") or BASE_URL
+    parsed = urllib.parse.urlsplit(mirror)
+    # http(s) only: urllib would also open file:// and ftp:// and fail with a traceback on "notaurl"
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise DataError(f"--url {mirror!r}: not an http:// or https:// address; give a mirror such as "
+                        f"{BASE_URL}, or put {filename} in {root} yourself")
     root.mkdir(parents=True, exist_ok=True)
     final = root / filename
     if final.is_file():
         if md5_of(final) == expected:
             return final
         raise DataError(f"{final}: exists but its md5 is not {expected}; delete it and fetch again")
-    url = (base_url or os.environ.get("CIFARKIT_MIRROR") or BASE_URL).rstrip("/") + "/" + filename
+    url = mirror.rstrip("/") + "/" + filename
     part = final.with_name(filename + ".part")
     have = part.stat().st_size if part.is_file() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})

@@ -4,6 +4,10 @@ Scanning only lists files; `decode_files` turns the list into an `ImageSet` (dec
 optionally cached on disk by `cache.py`). Hidden entries such as `.ipynb_checkpoints` and
 `.DS_Store` are skipped rather than becoming classes, and non-image files are counted, not fed
 to the decoder.
+
+Manifests are read as `utf-8-sig` (Excel starts its CSVs with a byte-order mark), and label ids
+must be 0..MAX_CLASSES-1 with one name per id: a negative or huge id, or one name for two ids,
+is refused when the manifest is read rather than crashing training or misfiling an export.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 
 from cifarkit.data.decode import is_image_name, load_rgb
 from cifarkit.data.imageset import ImageSet
+from cifarkit.data.validate import MAX_CLASSES
 from cifarkit.errors import DataError
 
 
@@ -92,27 +97,50 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
     return FileList(paths, labels, list(names), str(root), split or "", non_images)
 
 
-def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
-    """A CSV with `path,label` (names or ids), or the export's columns, as a dataset.
-
-    Paths are relative to the CSV's folder unless absolute. With a `split` column and `split`
-    given, only those rows are kept.
-    """
-    csv_path = Path(csv_path)
+def _manifest_rows(csv_path: Path) -> list[dict[str, str]]:
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            return list(csv.DictReader(f))
     except FileNotFoundError:
         raise DataError(f"{csv_path}: no such manifest") from None
     except (UnicodeDecodeError, csv.Error, OSError) as e:
         raise DataError(f"{csv_path}: not a readable CSV manifest ({e})") from None
+
+
+def manifest_splits(csv_path: str | Path) -> list[str]:
+    """The values of a manifest's `split` column in first-seen order, "" included ([] without one)."""
+    rows = _manifest_rows(Path(csv_path))
+    if not rows or "split" not in rows[0]:
+        return []
+    return list(dict.fromkeys(r.get("split") or "" for r in rows))
+
+
+def _label_id(value: str, csv_path: Path, row: int, key: str) -> int:
+    try:
+        i = int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{csv_path}: row {row}: {key} {value!r} is not an integer") from None
+    if not 0 <= i < MAX_CLASSES:
+        raise DataError(f"{csv_path}: row {row}: {key} {i} is outside 0..{MAX_CLASSES - 1}; class ids count "
+                        "from 0, fix that row")
+    return i
+
+
+def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
+    """A CSV with `path,label` (names or ids), or the export's columns, as a dataset.
+
+    Paths are relative to the CSV's folder unless absolute. With a `split` column and `split`
+    given (not None; "" selects rows with an empty split), only those rows are kept.
+    """
+    csv_path = Path(csv_path)
+    rows = _manifest_rows(csv_path)
     if not rows:
         raise DataError(f"{csv_path}: the manifest has no rows")
     cols = set(rows[0])
     if "path" not in cols or not cols & {"label", "label_name", "label_id"}:
         raise DataError(f"{csv_path}: a manifest needs a 'path' column and a 'label' (or label_name/"
                         f"label_id) column; found {sorted(c for c in cols if c)}")
-    if split and "split" in cols:
+    if split is not None and "split" in cols:
         rows = [r for r in rows if r.get("split") == split]
         if not rows:
             raise DataError(f"{csv_path}: no rows with split {split!r}")
@@ -120,25 +148,26 @@ def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
         if not r.get("path"):
             raise DataError(f"{csv_path}: row {i + 2} has an empty path")
     if "label_id" in cols and "label_name" in cols:
-        pairs = {}
+        pairs: dict[int, str] = {}
+        labels = []
         for i, r in enumerate(rows):
-            try:
-                pairs[int(r["label_id"])] = r["label_name"]
-            except (TypeError, ValueError):
-                raise DataError(f"{csv_path}: row {i + 2}: label_id {r['label_id']!r} is not an integer") from None
+            y, name = _label_id(r["label_id"], csv_path, i + 2, "label_id"), r["label_name"] or ""
+            if pairs.setdefault(y, name) != name:
+                raise DataError(f"{csv_path}: row {i + 2}: label_id {y} is named {name!r} here but "
+                                f"{pairs[y]!r} before; give each id one label_name")
+            labels.append(y)
         classes = [pairs.get(i, str(i)) for i in range(max(pairs) + 1)]
-        labels = [int(r["label_id"]) for r in rows]
+        if len(set(classes)) != len(classes):
+            dup = Counter(classes).most_common(1)[0][0]
+            raise DataError(f"{csv_path}: label_name {dup!r} belongs to two label_ids; give each class one id")
     else:
         key = "label" if "label" in cols else ("label_name" if "label_name" in cols else "label_id")
         values = [(r.get(key) or "").strip() for r in rows]
         if any(v == "" for v in values):
             raise DataError(f"{csv_path}: row {values.index('') + 2} has an empty {key!r}")
         if all(v.lstrip("-").isdigit() for v in values):
-            ids = [int(v) for v in values]
-            if min(ids) < 0:
-                raise DataError(f"{csv_path}: negative label {min(ids)}")
-            classes = [str(i) for i in range(max(ids) + 1)]
-            labels = ids
+            labels = [_label_id(v, csv_path, i + 2, key) for i, v in enumerate(values)]
+            classes = [str(i) for i in range(max(labels) + 1)]
         else:
             classes = sorted(set(values))
             labels = [classes.index(v) for v in values]

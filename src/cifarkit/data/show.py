@@ -1,6 +1,7 @@
 """`cifarkit data show`: sample grids with the class name under each image.
 
 32 px images are drawn with nearest-neighbour upscaling so they stay sharp at a readable size.
+The output is the file the user named; class names only appear as titles, never in paths.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    for flag, v in (("--first", first), ("--per-class", per_class)):
+        if v is not None and v < 1:
+            raise DataError(f"{flag} {v}: use 1 or more images")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
         raise DataError(f"{out}: unsupported image type; use .png, .jpg, .pdf or .svg")
     if per_class:

@@ -2,6 +2,9 @@
 
 Duplicates are exact pixel matches (a hash of the decoded uint8 pixels), within each split and
 across splits: a test image that also sits in train silently inflates the test accuracy.
+An unreadable file is listed and counted, and the rest of its split is still measured (dropping
+the split would hide its duplicates and class counts). Output files have fixed names inside
+`--out`; nothing is named after the input.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import DataError
 
 
 def channel_mean_std(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -59,7 +63,8 @@ def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
 
 
 def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    from cifarkit.data.folder import check_files, splits_of
+    from cifarkit.data.cache import cached_decode
+    from cifarkit.data.folder import FileList, check_files, splits_of
     from cifarkit.data.sources import describe_kind, list_files, load_dataset
 
     kind = describe_kind(path)
@@ -68,14 +73,23 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
     unreadable: list[str] = []
     sizes: dict[str, int] = {}
     for s in names:
-        if kind != "cifar":
-            rep = check_files(list_files(path, s))
-            unreadable += [f"{p}: {e}" for p, e in rep.unreadable]
-            for k, v in rep.sizes.items():
-                sizes[k] = sizes.get(k, 0) + v
-            if rep.unreadable:
-                continue  # decode_files would stop at the first bad file; they are listed instead
-        splits[s or "all"] = load_dataset(path, s)
+        if kind == "cifar":
+            splits[s or "all"] = load_dataset(path, s)
+            continue
+        files = list_files(path, s)
+        rep = check_files(files)
+        unreadable += [f"{p}: {e}" for p, e in rep.unreadable]
+        for k, v in rep.sizes.items():
+            sizes[k] = sizes.get(k, 0) + v
+        bad = {p for p, _ in rep.unreadable}  # decode_files would stop at the first bad file
+        keep = [i for i, p in enumerate(files.paths) if str(p) not in bad]
+        if keep:
+            splits[s or "all"] = cached_decode(FileList(
+                [files.paths[i] for i in keep], [files.labels[i] for i in keep], files.classes,
+                files.origin, files.split))
+    if not splits:
+        raise DataError(f"{path}: no readable images ({len(unreadable)} unreadable files); "
+                        f"`cifarkit data check {path}` lists them")
     if kind == "cifar":
         sizes = {"32x32": sum(len(d) for d in splits.values())}
     ref = splits.get("train") or next(iter(splits.values()))

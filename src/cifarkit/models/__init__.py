@@ -126,14 +126,28 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+MAX_INPUT_SIZE = 4096  # px; (1, 3, 4096, 4096) float32 is 200 MB of input, far past any classifier
+
+
 def count_macs(model: nn.Module, input_size: int) -> int:
-    """Multiply-accumulates of one forward pass on a (1, 3, S, S) input (FLOPs / 2)."""
+    """Multiply-accumulates of one forward pass on a (1, 3, S, S) input (FLOPs / 2).
+
+    `input_size` comes from the user (`cifarkit models --input-size`): a size the model cannot
+    take (e.g. 1 px through stride-2 stages) is a ConfigError line, not a traceback.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    if not 1 <= input_size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"--input-size {input_size}: use 1..{MAX_INPUT_SIZE} px (32 for CIFAR models)")
     was = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.zeros(1, 3, input_size, input_size))
-    model.train(was)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            model(torch.zeros(1, 3, input_size, input_size))
+    except RuntimeError as e:  # the forward on zeros can only fail on the shape
+        raise ConfigError(f"--input-size {input_size}: too small for {type(model).__name__} "
+                          f"({str(e).splitlines()[0]}); try 32") from None
+    finally:
+        model.train(was)
     return fc.get_total_flops() // 2
