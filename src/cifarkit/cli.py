@@ -8,6 +8,7 @@ share the same code path. User errors (`CifarkitError`) become one `error:` line
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -148,6 +149,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# what to do about each kind of OS error on a path the user gave (an output folder, a file)
+_OS_FIXES = {
+    errno.EACCES: "choose a place you may write to, or fix its permissions",
+    errno.EPERM: "choose a place you may write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only; choose another place",
+    errno.ENOSPC: "the disk is full; free some space or choose another place",
+    errno.EDQUOT: "the disk quota is used up; free some space or choose another place",
+    errno.EEXIST: "something is already there (a file where a folder is needed?); choose another place",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another place",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "use a shorter name",
+}
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line naming the path and what to do, for an OSError about a path (None without one:
+    those are not about the user's input and keep their traceback)."""
+    if e.filename is None:
+        return None
+    paths = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+    fix = _OS_FIXES.get(e.errno or 0, "check the path")
+    return f"{paths}: {e.strerror or type(e).__name__}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -163,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:  # a path the user named cannot be written or read (read-only, full, a file, ...)
+        line = os_error_line(e)
+        if line is None or args.debug:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                           "lists them), or --list-keys")
     cfg = load_config(resolve_config(a.config), a.set)
     resume = True if a.resume == "" else a.resume
-    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device)
+    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force)
     return 0
 
 
@@ -105,6 +105,8 @@ def add_commands(sub) -> None:
     t.add_argument("--work-dir", default=None, help="run directory (default work_dirs/<config name>)")
     t.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from CKPT, or the newest valid checkpoint of the run directory")
+    t.add_argument("--force", action="store_true", help="start afresh in a run directory that holds an earlier "
+                   "run, moving its files into RUN_DIR/.replaced-<UTC time>/ (nothing is deleted)")
     t.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)

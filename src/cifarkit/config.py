@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import operator
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import yaml
 
 from cifarkit.errors import ConfigError
+from cifarkit.models import accepted_kwargs
 
 CIFAR_MEAN = [125.307, 122.961, 113.8575]  # CIFAR-10 train set, 0..255 scale
 CIFAR_STD = [62.9932, 62.0887, 66.7048]
@@ -26,10 +29,19 @@ IMAGENET_MEAN = [123.675, 116.28, 103.53]
 IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
-def _f(default: Any, help: str) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB; a bound keeps a 50 MB YAML from eating RAM for minutes
+MAX_INT = 2**31 - 1  # no count, size or seed of a run needs more; larger ones overflow torch's C ints
+
+
+def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+       lt: float | None = None, length: int | None = None) -> Any:
+    """A config field: default, help line, and its valid range (checked by `_check_values`; for a
+    list the bounds apply to every item and `length` is its required length). Every float must
+    be finite, every int at most MAX_INT, whatever the field declares."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "length": length}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -37,28 +49,30 @@ class DataConfig:
     root: str = _f("", "dataset path: CIFAR batches folder/.tar.gz, image folder, or manifest .csv")
     train_split: str = _f("train", "split used for training")
     test_split: str = _f("test", "split used for evaluation")
-    val_fraction: float = _f(0.0, "fraction of train held out for validation instead of test (0 = use test)")
-    val_seed: int = _f(0, "seed of the train/val split")
-    subset_per_class: int = _f(0, "keep only the first N images per class of each split (0 = all)")
-    image_size: int = _f(0, "decode folder images to this size [px] (0 = their own size)")
-    mean: list[float] = _f(list(CIFAR_MEAN), "per-channel mean on the 0..255 scale")
-    std: list[float] = _f(list(CIFAR_STD), "per-channel std on the 0..255 scale")
+    val_fraction: float = _f(0.0, "fraction of train held out for validation instead of test (0 = use test)",
+                             ge=0, lt=1)
+    val_seed: int = _f(0, "seed of the train/val split", ge=0)
+    subset_per_class: int = _f(0, "keep only the first N images per class of each split (0 = all)",
+                               ge=0)
+    image_size: int = _f(0, "decode folder images to this size [px] (0 = their own size)", ge=0)
+    mean: list[float] = _f(list(CIFAR_MEAN), "per-channel mean on the 0..255 scale", length=3)
+    std: list[float] = _f(list(CIFAR_STD), "per-channel std on the 0..255 scale", gt=0, length=3)
     in_memory: bool = _f(True, "keep the train set as one uint8 tensor on the device (False: stream files)")
-    workers: int = _f(2, "DataLoader workers when streaming")
-    crop_padding: int = _f(4, "random-crop padding [px] (0 = off)")
+    workers: int = _f(2, "DataLoader workers when streaming", ge=0)
+    crop_padding: int = _f(4, "random-crop padding [px] (0 = off)", ge=0)
     pad_mode: str = _f("reflect", "random-crop padding: reflect | zero")
     flip: str = _f("random", "horizontal flip: random | alternate | none")
-    rrc_size: int = _f(0, "random-resized-crop output size [px] (0 = off)")
-    rrc_scale: list[float] = _f([0.08, 1.0], "random-resized-crop area range")
-    cutout: int = _f(0, "cutout square side [px] (0 = off)")
-    eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)")
-    eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)")
+    rrc_size: int = _f(0, "random-resized-crop output size [px] (0 = off)", ge=0)
+    rrc_scale: list[float] = _f([0.08, 1.0], "random-resized-crop area range", gt=0, le=1, length=2)
+    cutout: int = _f(0, "cutout square side [px] (0 = off)", ge=0)
+    eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0)
+    eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0)
 
 
 @dataclass
 class ModelConfig:
     name: str = _f("resnet18_cifar", "registered model name (see `cifarkit models`)")
-    num_classes: int = _f(10, "number of classes; must match the dataset")
+    num_classes: int = _f(10, "number of classes; must match the dataset", ge=1)
     pretrained: str = _f("", "weights file to start from ('' = none, 'torchvision' = torchvision's own)")
     cifar_stem: bool = _f(False, "torchvision models: 3x3 stride-1 stem for 32 px inputs")
     kwargs: dict = _f({}, "extra keyword arguments for the model constructor")
@@ -67,16 +81,17 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = _f("sgd", "sgd | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)")
-    lr: float = _f(0.1, "learning rate")
-    momentum: float = _f(0.9, "SGD momentum / AdamW beta1")
+    lr: float = _f(0.1, "learning rate", ge=0)
+    momentum: float = _f(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
     nesterov: bool = _f(False, "Nesterov momentum (SGD)")
-    weight_decay: float = _f(5e-4, "weight decay")
+    weight_decay: float = _f(5e-4, "weight decay", ge=0)
     no_wd_norm_bias: bool = _f(False, "no weight decay on norm layers and biases")
-    norm_bias_lr_mult: float = _f(1.0, "lr multiplier for norm weights/biases and biases (wd divided by it)")
-    grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)")
-    head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)")
-    muon_lr: float = _f(0.24, "muon: lr of the conv filters")
-    muon_momentum: float = _f(0.6, "muon: momentum of the conv filters")
+    norm_bias_lr_mult: float = _f(1.0, "lr multiplier for norm weights/biases and biases (wd divided by it)",
+                                   gt=0)
+    grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)", ge=0)
+    head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)", ge=0)
+    muon_lr: float = _f(0.24, "muon: lr of the conv filters", ge=0)
+    muon_momentum: float = _f(0.6, "muon: momentum of the conv filters", ge=0, lt=1)
     wd_per_lr: bool = _f(False, "weight_decay is per step: each group gets weight_decay / its lr (airbench)")
     whiten_bias_decay: bool = _f(False, "airnet: whitening-bias lr decays linearly to 0 over "
                                         "train.whiten_bias_epochs (airbench94_muon)")
@@ -85,26 +100,27 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     name: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
-    warmup_epochs: float = _f(0.0, "linear warm-up length [epochs]")
-    warmup_start: float = _f(0.1, "lr factor at the start of warm-up")
-    gamma: float = _f(0.1, "step/multistep decay factor")
-    step: int = _f(30, "step: decay every this many epochs")
-    milestones: list[int] = _f([], "multistep: epochs at which to decay")
-    final_factor: float = _f(0.0, "cosine/linear/onecycle: lr factor at the end")
-    peak_fraction: float = _f(0.25, "onecycle/linear: where the peak lr is [fraction of training]")
+    warmup_epochs: float = _f(0.0, "linear warm-up length [epochs]", ge=0)
+    warmup_start: float = _f(0.1, "lr factor at the start of warm-up", ge=0)
+    gamma: float = _f(0.1, "step/multistep decay factor", gt=0)
+    step: int = _f(30, "step: decay every this many epochs", ge=1)
+    milestones: list[int] = _f([], "multistep: epochs at which to decay", ge=0)
+    final_factor: float = _f(0.0, "cosine/linear/onecycle: lr factor at the end", ge=0)
+    peak_fraction: float = _f(0.25, "onecycle/linear: where the peak lr is [fraction of training]",
+                               ge=0, le=1)
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = _f(10, "training length [epochs]; fractional allowed")
-    batch_size: int = _f(128, "batch size [images]")
-    max_iters: int = _f(0, "stop after this many iterations (0 = no limit; for smoke runs)")
-    seed: int = _f(0, "random seed")
+    epochs: float = _f(10, "training length [epochs]; fractional allowed", gt=0, le=1e6)
+    batch_size: int = _f(128, "batch size [images]", ge=1)
+    max_iters: int = _f(0, "stop after this many iterations (0 = no limit; for smoke runs)", ge=0)
+    seed: int = _f(0, "random seed", ge=0)
     deterministic: bool = _f(False, "use deterministic algorithms (identical runs on CPU)")
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing", ge=0, le=1)
     loss_reduction: str = _f("mean", "mean | sum over the batch")
     ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it")
-    ema_decay: float = _f(0.999, "EMA decay per iteration")
+    ema_decay: float = _f(0.999, "EMA decay per iteration", ge=0, le=1)
     lookahead: bool = _f(False, "airbench lookahead: every 5 steps pull weights to a scheduled EMA")
     amp: str = _f("auto", "auto | bf16 | fp16 | none (auto: bf16 on CPU, bf16/fp16 on CUDA)")
     channels_last: bool = _f(True, "channels_last memory format")
@@ -113,32 +129,32 @@ class TrainConfig:
     compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: small batches "
                                       "on a GPU) | max-autotune")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _f(0, "CPU threads (0 = torch default)")
+    threads: int = _f(0, "CPU threads (0 = torch default)", ge=0)
     hold_memory: bool = _f(True, "CPU: keep freed memory in the process while training instead of returning it "
                                  "to the OS after every step (glibc; airnet batch 2000: 1.73 vs 2.92 s/step)")
     nan_policy: str = _f("stop", "stop | skip_batch when the loss is NaN/inf")
-    whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only")
+    whiten_bias_epochs: float = _f(0, "airnet: train the whitening bias for this many epochs only", ge=0)
     sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
     micro_batch: int = _f(0, "split each batch into chunks of this size, accumulating gradients (0 = off; "
-                             "BatchNorm then normalises per chunk, its running-stat momentum rescaled per step)")
+                             "BatchNorm then normalises per chunk, its running-stat momentum rescaled per step)", ge=0)
 
 
 @dataclass
 class EvalConfig:
-    interval: int = _f(1, "evaluate every N epochs (and always at the end)")
-    batch_size: int = _f(512, "evaluation batch size")
+    interval: int = _f(1, "evaluate every N epochs (and always at the end)", ge=1)
+    batch_size: int = _f(512, "evaluation batch size", ge=1)
     tta: str = _f("none", "none | flip | flip_translate")
 
 
 @dataclass
 class LogConfig:
-    interval: int = _f(10, "log a train record every N iterations")
+    interval: int = _f(10, "log a train record every N iterations", ge=1)
     plots: bool = _f(True, "write curves at the end of training")
 
 
 @dataclass
 class CheckpointConfig:
-    interval: int = _f(1, "write epoch_N.pt every N epochs (last.pt is written every epoch)")
+    interval: int = _f(1, "write epoch_N.pt every N epochs (last.pt is written every epoch)", ge=1)
     save_best: bool = _f(True, "keep best.pt by validation top-1")
 
 
@@ -188,19 +204,19 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
             raise bad
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # YAML 1.1 reads "1e-3" as a str
             raise bad
-        return float(value)
+        try:
+            return float(value)
+        except (ValueError, OverflowError):  # "abc"; an int too large for a float
+            raise bad from None
     if tp is str:
         if value is None:
             return ""
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise bad
+        if "\x00" in str(value):  # no path or name can hold a NUL byte; open() would fail much later
+            raise ConfigError(f"{where}{key}: contains a NUL character")
         return str(value)
     if origin is list:
         (inner,) = typing.get_args(tp)
@@ -236,6 +252,47 @@ def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_values(obj: Any, prefix: str = "") -> None:
+    """Every field against the range declared next to it (`_f`): one central pass, so a new
+    field gets its check where it is defined. Floats must be finite: NaN, inf and 1e400 (which
+    YAML reads as inf) pass every comparison or none, and would train silently wrong."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            _check_values(value, key + ".")
+            continue
+        m = f.metadata
+        if m.get("length") is not None and len(value) != m["length"]:
+            raise ConfigError(f"{key}: needs {m['length']} values, got {len(value)} ({value!r})")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key}: {v} is not a finite number")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise ConfigError(f"{key}: {v} is out of range (at most {MAX_INT})")
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            for name, fails, words in (("ge", operator.lt, "at least"), ("gt", operator.le, "greater than"),
+                                       ("le", operator.gt, "at most"), ("lt", operator.ge, "less than")):
+                bound = m.get(name)
+                if bound is not None and fails(v, bound):
+                    raise ConfigError(f"{key}: must be {words} {bound:g}, got {v!r}")
+
+
+def _check_model_kwargs(cfg: Config) -> None:
+    """model.kwargs against the constructor's own keyword arguments, so a typo fails at load
+    rather than as a TypeError traceback once the data is loaded."""
+    if not cfg.model.kwargs:
+        return
+    valid = accepted_kwargs(cfg.model.name)
+    if valid is None:  # timm or an unknown name: create_model reports those itself
+        return
+    bad = sorted(str(k) for k in cfg.model.kwargs if k not in valid)
+    if bad:
+        raise ConfigError(f"model.kwargs: {', '.join(bad)} not accepted by {cfg.model.name}; valid: "
+                          f"{', '.join(valid) or 'none'}")
+
+
 def _validate(cfg: Config) -> None:
     choices = {
         "optim.name": (cfg.optim.name, ["sgd", "adamw", "muon"]),
@@ -255,18 +312,28 @@ def _validate(cfg: Config) -> None:
             near = difflib.get_close_matches(val, ok, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"{key}: {val!r} is not one of {', '.join(ok)}{hint}")
-    positive = {"train.batch_size": cfg.train.batch_size, "model.num_classes": cfg.model.num_classes,
-                "eval.interval": cfg.eval.interval, "log.interval": cfg.log.interval,
-                "checkpoint.interval": cfg.checkpoint.interval, "eval.batch_size": cfg.eval.batch_size}
-    for key, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{key}: must be at least 1, got {v}")
-    if cfg.train.epochs <= 0:
-        raise ConfigError(f"train.epochs: must be positive, got {cfg.train.epochs}")
-    if not 0.0 <= cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {cfg.data.val_fraction}")
-    if len(cfg.data.mean) != 3 or len(cfg.data.std) != 3:
-        raise ConfigError("data.mean / data.std: need three values (R, G, B) on the 0..255 scale")
+    _check_values(cfg)
+    if cfg.data.rrc_scale[0] > cfg.data.rrc_scale[1]:
+        raise ConfigError(f"data.rrc_scale: {cfg.data.rrc_scale} is not a [min, max] range")
+    _check_model_kwargs(cfg)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without anchors/aliases (`*name`): no config needs them, and nested aliases
+    ("billion laughs") expand a few hundred bytes into more objects than memory holds."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a config; "
+                                              "write the value out", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def _yaml_load(text: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # thousands of nested brackets
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -274,7 +341,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: expected key.sub=value")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -292,6 +359,10 @@ def _nest(d: dict, key: str, value: Any, where: str) -> None:
 
 
 def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "") -> Config:
+    """A validated `Config` from a plain dict (a YAML file's, or the one a checkpoint stores)."""
+    if d is not None and not isinstance(d, dict):
+        raise ConfigError(f"{where}the config must be a mapping of sections (data, model, ...), got "
+                          f"{type(d).__name__}")
     d = copy.deepcopy(d or {})
     for item in overrides or []:
         key, value = parse_override(item)
@@ -303,6 +374,26 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
     return cfg
 
 
+def _read_config_text(p: Path) -> str:
+    """The config file's text, refusing folders, special files and anything over MAX_CONFIG_BYTES
+    (read with a bound, so a FIFO or /dev/zero cannot feed it forever)."""
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, not a config file; give the .yaml file inside it")
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES >> 20} MiB, which no config is; check the path")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not valid YAML (not UTF-8 text)") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
     d: dict = {}
@@ -311,10 +402,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         where = f"{p}: "
         try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{p}: no such config file") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            d = _yaml_load(_read_config_text(p)) or {}
+        except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, ...)")

@@ -105,7 +105,7 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
 
     _step(f"5. train the airbench94 recipe (airnet) for {epochs} epochs on {len(train)} images")
     cfg = demo_config(root, epochs, quick)
-    summary = fit(cfg, work_dir=out / "run")
+    summary = fit(cfg, work_dir=out / "run", force=True)  # a rerun redoes the demo; the old run moves aside
     results["train"] = summary
 
     _step("6. evaluate the checkpoint on its own")

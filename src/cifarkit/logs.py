@@ -14,7 +14,10 @@ values are None), so plotting never cares where a run came from.
 
 from __future__ import annotations
 
+import bisect
 import json
+import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ class RunRecords:
     train: list[dict[str, Any]] = field(default_factory=list)
     val: list[dict[str, Any]] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # ours: the run's closing record, if written
 
     @property
     def classes(self) -> list[str] | None:
@@ -51,22 +55,81 @@ def resolve_log(path: str | Path) -> Path:
     return p
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
+# numeric fields of every supported format: anything else in them (a string, a list, a bool, an
+# int too large for a float) is dropped from its record, so plotting and reports only ever see
+# numbers or None
+_INT_FIELDS = ("epoch", "iter", "step")
+_FLOAT_FIELDS = ("lr", "loss", "top1", "top5", "time", "data_time", "accuracy_top-1", "accuracy_top-5",
+                 "accuracy/top1", "accuracy/top5", "seconds", "params", "num_train", "num_eval")
+
+
+def _number(v: Any, integer: bool, finite: bool) -> float | int | None:
+    """`v` as a number, or None when it is not one. Strings are read too: our own log writes
+    non-finite losses as "nan"/"inf" (JSON has no such numbers); only a loss may be non-finite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        f = float(v)
+    except (ValueError, OverflowError):
+        return None
+    if finite and not math.isfinite(f):
+        return None
+    if integer:
+        return int(f) if f.is_integer() else None
+    return f if isinstance(v, str) else v  # a number stays as written (an int stays an int)
+
+
+def _clean(rec: dict[str, Any]) -> bool:
+    """Drop malformed numeric fields from `rec` in place; True when something was dropped."""
+    dropped = False
+    for keys, integer in ((_INT_FIELDS, True), (_FLOAT_FIELDS, False)):
+        for k in keys:
+            if k in rec and rec[k] is not None:
+                v = _number(rec[k], integer, finite=k != "loss")
+                dropped |= v is None
+                rec[k] = v
+    for k, tp in (("config", dict), ("classes", list), ("CLASSES", list), ("versions", dict)):
+        if k in rec and not isinstance(rec[k], tp):
+            del rec[k]
+            dropped = True
+    return dropped
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every JSON object of a JSON-lines file: the one reader of log.jsonl / *.log.json /
+    scalars.json. Torn, non-object and absurdly nested lines are skipped (a crash leaves a torn
+    last line; the rest is still useful); numeric fields of the wrong type are dropped from their
+    record. One `warning:` line on stderr says how many lines were affected."""
+    path = Path(path)
     out = []
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot be read as a text log ({e})") from None
+    skipped = fixed = 0
     for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn line from a crash; the rest is still useful
-        if isinstance(rec, dict):
-            out.append(rec)
+        except (json.JSONDecodeError, RecursionError):
+            skipped += 1
+            continue
+        if not isinstance(rec, dict):
+            skipped += 1
+            continue
+        fixed += _clean(rec)
+        out.append(rec)
+    if skipped or fixed:
+        what = [f"skipped {skipped} unreadable or non-object lines"] if skipped else []
+        what += [f"ignored wrongly typed fields in {fixed} records"] if fixed else []
+        print(f"warning: {path}: {' and '.join(what)}", file=sys.stderr)
+    return out
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    out = read_jsonl(path)
     if not out:
         raise DataError(f"{path}: no JSON records found; expected log.jsonl, an MMCls *.log.json or scalars.json")
     return out
@@ -106,6 +169,8 @@ def read_records(path: str | Path, name: str | None = None) -> RunRecords:
                 out.train.append(_rec("train", **r))
             elif r.get("type") == "val":
                 out.val.append(_rec("val", **r))
+            elif r.get("type") == "summary":
+                out.summary = r
     elif fmt == "mmcls":
         header = next((r for r in recs if "env_info" in r or "CLASSES" in r), {})
         out.header = header
@@ -114,15 +179,26 @@ def read_records(path: str | Path, name: str | None = None) -> RunRecords:
         per_epoch: dict[int, int] = {}
         for r in recs:
             if r.get("mode") == "train" and r.get("epoch") is not None:
-                per_epoch[r["epoch"]] = max(per_epoch.get(r["epoch"], 0), int(r.get("iter", 0)))
+                per_epoch[r["epoch"]] = max(per_epoch.get(r["epoch"], 0), r.get("iter") or 0)
         default = max(per_epoch.values(), default=0)
+        # global iteration offset of epoch e: the iterations of epochs 1..e-1 (an epoch that logged
+        # nothing counts `default`); prefix sums, so a hostile epoch of 10^12 costs no loop
+        known = sorted(e for e in per_epoch if e >= 1)
+        prefix = [0]
+        for e in known:
+            prefix.append(prefix[-1] + per_epoch[e])
+
+        def offset_of(ep: int) -> int:
+            n = bisect.bisect_left(known, ep)
+            return prefix[n] + default * max(0, ep - 1 - n)
+
         for r in recs:
             mode, ep = r.get("mode"), r.get("epoch")
             if mode not in ("train", "val") or ep is None:
                 continue
-            offset = sum(per_epoch.get(e, default) for e in range(1, ep))
+            offset = offset_of(ep)
             if mode == "train":
-                out.train.append(_rec("train", epoch=ep, iter=offset + r.get("iter", 0), lr=r.get("lr"),
+                out.train.append(_rec("train", epoch=ep, iter=offset + (r.get("iter") or 0), lr=r.get("lr"),
                                       loss=r.get("loss"), time=r.get("time")))
             else:
                 out.val.append(_rec("val", epoch=ep, iter=offset + per_epoch.get(ep, default), lr=r.get("lr"),
@@ -142,9 +218,9 @@ def read_records(path: str | Path, name: str | None = None) -> RunRecords:
                 iters_by_epoch[t["epoch"]] = max(iters_by_epoch.get(t["epoch"], 0), t["iter"])
         for v in out.val:
             v["iter"] = iters_by_epoch.get(v["epoch"])
-    for t in out.train:  # "nan"/"inf" strings written for non-finite losses
-        if isinstance(t["loss"], str):
-            t["loss"] = float(t["loss"])
+    # records that cannot be placed on an axis (no iteration / no epoch) are left out
+    out.train = [t for t in out.train if t["iter"] is not None]
+    out.val = [v for v in out.val if v["epoch"] is not None]
     if not out.train and not out.val:
         raise DataError(f"{p}: the log holds no train or val records")
     return out

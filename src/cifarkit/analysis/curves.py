@@ -57,6 +57,7 @@ def plot_records(runs: list[RunRecords], out: str | Path, keys=KEYS, smooth_wind
             ax = ax_of["loss"]
             it = np.array([t["iter"] for t in tr], dtype=float)
             loss = np.array([t["loss"] if t["loss"] is not None else np.nan for t in tr], dtype=float)
+            loss[~np.isfinite(loss)] = np.nan  # a diverged step ("inf" in the log) is a gap, not the y-range
             ax.plot(it, loss, color=col, alpha=0.25, lw=0.8)
             w = smooth_window or max(1, len(loss) // 25)
             ax.plot(it, smooth(np.nan_to_num(loss, nan=np.nanmean(loss)), w), color=col, lw=1.6,
@@ -64,7 +65,8 @@ def plot_records(runs: list[RunRecords], out: str | Path, keys=KEYS, smooth_wind
             epochs = sorted({t["epoch"] for t in tr if t["epoch"] is not None})
             if len(epochs) > 1:
                 ends = [max(t["iter"] for t in tr if t["epoch"] == e) for e in epochs]
-                means = [np.nanmean([t["loss"] for t in tr if t["epoch"] == e]) for e in epochs]
+                ep_of = np.array([t["epoch"] if t["epoch"] is not None else -1 for t in tr])
+                means = [np.nanmean(loss[ep_of == e]) for e in epochs]
                 ax.plot(ends, means, "o--", color=col, ms=4, lw=1, label="epoch mean" if not label else None)
             ax.set_xlabel("iteration")
             ax.set_ylabel("train loss")

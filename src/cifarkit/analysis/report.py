@@ -14,7 +14,6 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -143,17 +142,24 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
     val = recs.val
     last = val[-1] if val else {}
     best = max(val, key=lambda v: v["top1"] or -1) if val else {}
-    summary = next((r for r in reversed(_raw(run_dir)) if r.get("type") == "summary"), {})
-    cards = [("model", cfg.get("model", {}).get("name", "?")), ("parameters", f"{header.get('params', 0) / 1e6:.2f}M"),
-             ("final top-1", f"{last.get('top1', float('nan')):.2f}%"),
-             ("final top-5", f"{last.get('top5', float('nan')):.2f}%"),
-             ("best top-1", f"{best.get('top1', float('nan')):.2f}% (epoch {best.get('epoch', '?')})"),
+    summary = recs.summary
+
+    def num(d: dict, key: str, fmt: str) -> str:  # the log reader leaves numbers or None
+        v = d.get(key)
+        return "?" if v is None else format(v, fmt)
+
+    model, data_cfg = cfg.get("model"), cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    name = str(cfg.get("name", run_dir.name))
+    cards = [("model", str(model.get("name", "?")) if isinstance(model, dict) else "?"),
+             ("parameters", f"{(header.get('params') or 0) / 1e6:.2f}M"),
+             ("final top-1", f"{num(last, 'top1', '.2f')}%"), ("final top-5", f"{num(last, 'top5', '.2f')}%"),
+             ("best top-1", f"{num(best, 'top1', '.2f')}% (epoch {best.get('epoch', '?')})"),
              ("epochs", str(last.get("epoch", "?"))),
-             ("time", f"{summary.get('seconds', float('nan')):.0f} s"), ("device", header.get("device", "?"))]
-    parts = [f"<h1>{html.escape(cfg.get('name', run_dir.name))}</h1>",
-             f'<p class="note">{html.escape(str(run_dir))} — data {html.escape(str(cfg.get("data", {}).get("root")))}'
+             ("time", f"{num(summary, 'seconds', '.0f')} s"), ("device", str(header.get("device", "?")))]
+    parts = [f"<h1>{html.escape(name)}</h1>",
+             f'<p class="note">{html.escape(str(run_dir))} — data {html.escape(str(data_cfg.get("root")))}'
              f" ({header.get('num_train', '?')} train / {header.get('num_eval', '?')} {header.get('eval_split', '')}),"
-             f" classes: {html.escape(', '.join(header.get('classes', [])))}</p>",
+             f" classes: {html.escape(', '.join(map(str, header.get('classes', []))))}</p>",
              '<div class="cards">' + "".join(f'<div class="card">{html.escape(k)}<b>{html.escape(v)}</b></div>'
                                              for k, v in cards) + "</div>"]
     curves = run_dir / "curves.png"
@@ -187,7 +193,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
     try:
         from cifarkit.data.stats import dataset_stats
 
-        s = dataset_stats(data or cfg.get("data", {}).get("root"), run_dir / "data_stats")
+        s = dataset_stats(data or data_cfg.get("root"), run_dir / "data_stats")
         dup = s["duplicates"]
         parts += ["<h2>Dataset</h2>", _file_img(run_dir / "data_stats" / "class_balance.png", "class balance"),
                   f"<p>mean {s['mean']}, std {s['std']} (0..255, {s['mean_std_split']}); sizes "
@@ -200,17 +206,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
               "<h2>Versions</h2>", f"<pre>{html.escape(json.dumps(header.get('versions', {}), indent=1))}</pre>"]
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(cfg.get('name', 'run'))} — cifarkit report</title><style>{CSS}</style>"
+            f"<title>{html.escape(name)} — cifarkit report</title><style>{CSS}</style>"
             f"<script>{SCRIPT}</script></head><body><main>{''.join(parts)}</main></body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def _raw(run_dir: Path) -> list[dict[str, Any]]:
-    from cifarkit.engine.runlog import read_jsonl
-
-    return read_jsonl(run_dir / "log.jsonl")
 
 
 def _yaml(d: dict) -> str:

@@ -12,6 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cifarkit.logs import read_jsonl
+
+__all__ = ["RunLog", "read_jsonl"]  # read_jsonl lives in cifarkit.logs, the one JSONL reader
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
@@ -25,17 +29,12 @@ class RunLog:
         if resume_iter is not None and self.path.is_file():
             # keep the header and every record up to the checkpoint we resume from, so the log of
             # a resumed run reads exactly like an uninterrupted one
-            kept = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a crash
-                kind = rec.get("type")
-                if kind == "header" or (kind != "summary" and rec.get("iter", 0) <= resume_iter):
-                    kept.append(line)
-            self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-            self.f = open(self.path, "a", encoding="utf-8")
+            # (a torn last line from a crash is dropped by the reader)
+            kept = [r for r in read_jsonl(self.path) if r.get("type") == "header"
+                    or (r.get("type") != "summary" and (r.get("iter") or 0) <= resume_iter)]
+            self.f = open(self.path, "w", encoding="utf-8")
+            for rec in kept:
+                self.write(rec)
         else:
             self.f = open(self.path, "w", encoding="utf-8")
             if header is not None:
@@ -47,15 +46,3 @@ class RunLog:
 
     def close(self) -> None:
         self.f.close()
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out

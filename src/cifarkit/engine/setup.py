@@ -249,6 +249,8 @@ def lr_factor(cfg: Config, step: int, total: int, steps_per_epoch: int) -> float
 
 
 def check_work_dir(path: Path, need_bytes: int = 50 << 20) -> None:
+    if path.exists() and not path.is_dir():
+        raise CifarkitError(f"{path}: is a file, not a folder; choose another --work-dir")
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from cifarkit.config import Config, config_to_dict, save_config
 from cifarkit.engine.checkpoint import atomic_save, load_checkpoint, newest_valid_checkpoint
 from cifarkit.engine.evaluate import autocast_ctx, evaluate
+from cifarkit.engine.rundir import claim_fresh, locked
 from cifarkit.engine.runlog import RunLog
 from cifarkit.engine.setup import (
     RunData,
@@ -101,6 +102,24 @@ class TrainState:
     best_top1: float = -1.0
 
 
+def stop_step(cfg: Config, total: int) -> int:
+    """The iteration a run stops at: its last one, or train.max_iters when that comes first."""
+    return min(total, cfg.train.max_iters) if cfg.train.max_iters else total
+
+
+def check_not_finished(cfg: Config, state: TrainState, stop_at: int, path: Path) -> None:
+    """--resume of a run that has nothing left to train changes nothing and says so (before the
+    log is touched: rewriting it would drop the run's summary for an empty one)."""
+    if state.step < stop_at:
+        return
+    if cfg.train.max_iters and cfg.train.max_iters <= state.step:
+        more = f"raise train.max_iters above {state.step} (or set it to 0)"
+    else:
+        more = f"raise train.epochs above {cfg.train.epochs:g}"
+    raise RunFinished(f"{path}: this run is already finished ({state.epoch} epochs, {state.step} iterations); "
+                      f"nothing was changed; to train further {more} and --resume again, or start a new --work-dir")
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg: Config, device, amp,
                     total_steps: int, log: RunLog | None, ema=None, lookahead=None, quiet: bool = False,
                     dinfo=None, scaler=None) -> dict:
@@ -113,7 +132,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, state: TrainState, cfg:
 
     model.train()
     t = cfg.train
-    stop_at = min(total_steps, t.max_iters) if t.max_iters else total_steps
+    stop_at = stop_step(cfg, total_steps)
     # batches of this epoch already trained (a run stopped mid-epoch by train.max_iters and resumed):
     # the epoch's batches are a pure function of (seed, epoch), so skipping them replays exactly
     first = state.step - state.epoch * len(loader)
@@ -232,18 +251,41 @@ def _checkpoint(model, optimizer, scheduler, state: TrainState, cfg: Config, dat
     }
 
 
+class RunFinished(CifarkitError):
+    """--resume found a run that has already trained every step its config asks for."""
+
+
 def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | None = None,
-        device: str | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Train `cfg`; returns a summary (best/final top-1, time, run directory)."""
-    from cifarkit.engine.dist import barrier, cleanup, init_from_env
-    from cifarkit.models import count_params, create_model
+        device: str | None = None, quiet: bool = False, force: bool = False) -> dict[str, Any]:
+    """Train `cfg`; returns a summary (best/final top-1, time, run directory).
+
+    The run directory is locked while training (a second run on it fails at once). A fresh run
+    refuses a directory holding an earlier run unless `force`, which moves that run into
+    `RUN_DIR/.replaced-<UTC time>/`. Under torchrun rank 0 alone locks and moves."""
+    from cifarkit.engine.dist import init_from_env
 
     t_start = time.perf_counter()
     run_dir = Path(work_dir or Path("work_dirs") / cfg.name)
+    if resume and force:
+        raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
-    quiet = quiet or not dinfo.main  # rank 0 alone prints, logs, evaluates and checkpoints
-    if dinfo.main:
-        check_work_dir(run_dir)
+    if not dinfo.main:
+        return _fit(cfg, run_dir, resume, dinfo, dev, True, t_start)
+    check_work_dir(run_dir)
+    with locked(run_dir):
+        if not resume:
+            moved = claim_fresh(run_dir, force)
+            if moved is not None and not quiet:
+                print(f"moved the earlier run in {run_dir} into {moved}")
+        return _fit(cfg, run_dir, resume, dinfo, dev, quiet, t_start)
+
+
+def _fit(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo, dev: torch.device, quiet: bool,
+         t_start: float) -> dict[str, Any]:
+    """The run itself, once the run directory is claimed (rank 0) or left to rank 0 (others)."""
+    from cifarkit.engine.dist import barrier, cleanup
+    from cifarkit.models import count_params, create_model
+
     if cfg.train.batch_size % dinfo.world:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {dinfo.world} "
                           "processes; it is the global batch, split evenly across ranks")
@@ -310,6 +352,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         if ck["rng"].get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
         state = TrainState(ck["epoch"], ck["iter"], ck.get("best_top1", -1.0))
+        check_not_finished(cfg, state, stop_step(cfg, total), resume_path)
         if not quiet:
             print(f"resumed from {resume_path} (epoch {state.epoch}, iteration {state.step})")
 
@@ -336,7 +379,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         if dinfo.main else None
 
     epochs = math.ceil(total / spe)
-    stop_at = min(total, cfg.train.max_iters) if cfg.train.max_iters else total
+    stop_at = stop_step(cfg, total)
     last_val: dict[str, Any] = {}
     train_seconds, eval_seconds, images_seen = 0.0, 0.0, 0
     release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else lambda: None

@@ -78,6 +78,35 @@ def get_entry(name: str) -> ModelEntry | None:
     return _REGISTRY.get(name)
 
 
+# what create_model itself passes to the constructor, so model.kwargs must not (cifar_stem, pretrained)
+_SET_BY_CREATE = {"self", "num_classes", "cifar_stem", "pretrained", "weights", "progress"}
+
+
+def accepted_kwargs(name: str) -> list[str] | None:
+    """The keyword arguments `model.kwargs` may give model `name` (None: not known here, e.g.
+    timm models or an unknown name, which create_model reports). Read from the constructor's
+    signature: AirNet's, or the class a torchvision builder is annotated to return; parameters
+    without a default are the ones the builder fills in itself (ResNet's block and layers)."""
+    import inspect
+
+    if name == "airnet":
+        from cifarkit.models.airnet import AirNet
+
+        target = AirNet
+    else:
+        import torchvision
+
+        arch = name.removesuffix("_cifar") if name in _REGISTRY else name
+        if arch not in torchvision.models.list_models(module=torchvision.models):
+            return None
+        target = inspect.signature(torchvision.models.get_model_builder(arch)).return_annotation
+        if not inspect.isclass(target):
+            return None
+    params = inspect.signature(target.__init__).parameters.values()
+    return sorted(p.name for p in params if p.name not in _SET_BY_CREATE and p.default is not inspect.Parameter.empty
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def create_model(name: str, num_classes: int = 10, pretrained: str = "", cifar_stem: bool = False,
                  **kwargs) -> nn.Module:
     """Build a registered model; `pretrained` is a local weights file (or 'torchvision')."""
