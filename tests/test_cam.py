@@ -35,6 +35,7 @@ def test_heatmap_for_every_registered_model(name: str, tmp_path: Path):
     assert a.target_label == "airplane" and b.target_label == "horse"
 
 
+@pytest.mark.slow
 def test_cam_cli(trained_run: Path, tmp_path: Path):
     img = tmp_path / "x.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(img)

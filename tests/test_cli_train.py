@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from test_cli_data import run
@@ -20,6 +21,7 @@ def test_models_lists_params_and_macs():
     assert "resnet18_cifar" in r.stdout and "mobilenet_v2" in r.stdout
 
 
+@pytest.mark.slow
 def test_train_resume_eval(cifar10_small: Path, tmp_path: Path):
     work = tmp_path / "run"
     common = ["--set", f"data.root={cifar10_small}", "--set", "train.batch_size=100", "--set", "train.epochs=2",
@@ -37,6 +39,7 @@ def test_train_resume_eval(cifar10_small: Path, tmp_path: Path):
     assert m["top1"] == last["top1"] and m["top5"] == last["top5"]
 
 
+@pytest.mark.slow
 def test_train_errors_are_one_line(cifar10_small: Path, tmp_path: Path):
     r = run("train", str(ROOT / "configs/cifar10_fast.yaml"), "--set", "optim.lrr=1")
     assert r.returncode == 2 and r.stderr.startswith("error:") and "did you mean 'optim.lr'" in r.stderr
@@ -49,6 +52,7 @@ def test_train_errors_are_one_line(cifar10_small: Path, tmp_path: Path):
     assert r.returncode == 0 and "train.max_iters" in r.stdout
 
 
+@pytest.mark.slow
 def test_tutorial_recipe_runs_a_few_iterations_with_pretrained(cifar10_small: Path, tmp_path: Path):
     from cifarkit.models import create_model
 
@@ -64,6 +68,7 @@ def test_tutorial_recipe_runs_a_few_iterations_with_pretrained(cifar10_small: Pa
                                 "input_size": 224, "eval_resize": 256, "eval_crop": 224}
 
 
+@pytest.mark.slow
 def test_demo_quick(tmp_path: Path):
     r = run("demo", "--out", str(tmp_path / "demo"), "--quick")
     assert r.returncode == 0, r.stderr

@@ -89,6 +89,7 @@ HOLD = ("import sys, time; from pathlib import Path; from cifarkit.engine.rundir
         "with locked(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()")
 
 
+@pytest.mark.slow
 def test_locked_run_dir_refuses_a_second_run(cifar10_small: Path, tmp_path: Path):
     work = tmp_path / "w"
     work.mkdir()
@@ -122,6 +123,7 @@ def test_two_concurrent_cli_runs_one_wins(cifar10_small: Path, tmp_path: Path):
     assert sum(r["type"] == "header" for r in recs) == 1 and recs[-1]["type"] == "summary"
 
 
+@pytest.mark.slow
 def test_fresh_run_over_an_earlier_one_needs_force(cifar10_small: Path, tmp_path: Path):
     work = tmp_path / "w"
     fit(tiny(cifar10_small, "train.epochs=2", "train.max_iters=5", "checkpoint.interval=1"), work_dir=work,
@@ -144,6 +146,7 @@ def test_fresh_run_over_an_earlier_one_needs_force(cifar10_small: Path, tmp_path
         fit(tiny(cifar10_small), work_dir=work, resume=True, force=True, quiet=True)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_changes_nothing_then_continues_with_more_epochs(cifar10_small: Path,
                                                                                    tmp_path: Path):
     work = tmp_path / "w"

@@ -109,6 +109,7 @@ def test_decompression_bomb_refused(tmp_path: Path):
         load_rgb(tmp_path / "bomb.png")
 
 
+@pytest.mark.slow
 def test_stdin_glob_and_missing(trained_run: Path, exported: Path):
     files = sorted((exported / "test" / "cat").glob("*.png"))[:3]
     r = run("predict", str(trained_run / "last.pt"), "-", input="\n".join(map(str, files)) + "\n")
@@ -133,6 +134,7 @@ def test_python_api(trained_run: Path, exported: Path):
     assert fig.axes and fig.axes[0].get_title().startswith(res.label)
 
 
+@pytest.mark.slow
 def test_export_onnx_and_torchscript_then_predict(trained_run: Path, exported: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
     r = run("export", str(trained_run / "last.pt"), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),

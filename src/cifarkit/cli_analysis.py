@@ -9,7 +9,7 @@ import json
 def cmd_plot(a: argparse.Namespace) -> int:
     from cifarkit.analysis.curves import plot_runs
 
-    out = plot_runs(a.logs, a.out, a.keys, a.smooth)
+    out = plot_runs(a.logs, a.out, a.keys, a.smooth, iters_per_epoch=a.iters_per_epoch)
     print(f"wrote {out}")
     return 0
 
@@ -52,6 +52,8 @@ def add_commands(sub, data_sub=None) -> None:
     p.add_argument("--keys", nargs="+", default=["loss", "top1", "top5", "lr"])
     p.add_argument("--out", default="curves.png")
     p.add_argument("--smooth", type=int, default=0, help="moving-average window [records] (0 = auto)")
+    p.add_argument("--iters-per-epoch", type=int, default=None,
+                   help="MMCls 0.x logs: training iterations per epoch, when the log's header cannot tell")
     p.set_defaults(fn=cmd_plot)
 
     z = sub.add_parser("analyze", help="confusion matrix, per-class metrics, calibration, errors")

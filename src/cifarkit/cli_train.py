@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from cifarkit.errors import CifarkitError
-from cifarkit.recipes import resolve_config
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -38,7 +37,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         raise ConfigError("cifarkit train needs a CONFIG file or a shipped recipe name (`cifarkit configs` "
                           "lists them), or --list-keys")
-    cfg = load_config(resolve_config(a.config), a.set)
+    cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
     fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force)
     return 0

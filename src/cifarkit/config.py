@@ -395,11 +395,15 @@ def _read_config_text(p: Path) -> str:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+    """Read a YAML config (or start from defaults when `path` is None) and apply overrides.
+
+    `path` is a file, or the name of a shipped recipe (`fast`, `airbench94`, ...; see `recipes`)."""
+    from cifarkit.recipes import resolve_config
+
     d: dict = {}
     where = ""
     if path is not None:
-        p = Path(path)
+        p = resolve_config(path)
         where = f"{p}: "
         try:
             d = _yaml_load(_read_config_text(p)) or {}

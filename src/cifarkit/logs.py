@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,8 @@ def _clean(rec: dict[str, Any]) -> bool:
                 v = _number(rec[k], integer, finite=k != "loss")
                 dropped |= v is None
                 rec[k] = v
-    for k, tp in (("config", dict), ("classes", list), ("CLASSES", list), ("versions", dict)):
+    # our header's config is a mapping; an MMCls 0.x header's is the config file's text
+    for k, tp in (("config", (dict, str)), ("classes", list), ("CLASSES", list), ("versions", dict)):
         if k in rec and not isinstance(rec[k], tp):
             del rec[k]
             dropped = True
@@ -152,7 +154,35 @@ def _rec(mode: str, **kw: Any) -> dict[str, Any]:
     return base
 
 
-def read_records(path: str | Path, name: str | None = None) -> RunRecords:
+# training-set sizes of the datasets MMClassification configs name by type
+_MMCLS_TRAIN_SIZES = {"CIFAR10": 50_000, "CIFAR100": 50_000, "MNIST": 60_000, "FashionMNIST": 60_000}
+
+
+def mmcls_iters_per_epoch(header: dict[str, Any]) -> int | None:
+    """Training iterations per epoch from an MMCls 0.x header, when its config says so exactly:
+    a known dataset type (CIFAR10: 50,000 images) and `samples_per_gpu` on len(gpu_ids) GPUs.
+    Its records cannot tell: MMCV logs every `interval` iterations and drops the epoch's last
+    partial interval (the tutorial's log ends each epoch at 1560 of 1563)."""
+    cfg = header.get("config")
+    if not isinstance(cfg, str) or len(cfg) > 1 << 20:
+        return None
+    train = re.search(r"train\s*=\s*dict\(\s*type='(\w+)'", cfg)
+    batch = re.search(r"samples_per_gpu\s*=\s*(\d+)", cfg)
+    gpus = re.search(r"gpu_ids\s*=\s*range\(\s*0\s*,\s*(\d+)\s*\)", cfg)
+    if not (train and batch) or train[1] not in _MMCLS_TRAIN_SIZES or int(batch[1]) < 1:
+        return None
+    world = int(gpus[1]) if gpus and int(gpus[1]) > 0 else 1
+    return -(-_MMCLS_TRAIN_SIZES[train[1]] // (int(batch[1]) * world))
+
+
+def read_records(path: str | Path, name: str | None = None, iters_per_epoch: int | None = None) -> RunRecords:
+    """One log (ours, MMCls 0.x, MMEngine) as records with a global iteration axis.
+
+    `iters_per_epoch` places MMCls 0.x epochs exactly (see `mmcls_iters_per_epoch`); without it
+    and without a header that tells, each epoch counts up to its last logged iteration, so the
+    axis may run behind by up to the log interval per epoch."""
+    if iters_per_epoch is not None and iters_per_epoch < 1:
+        raise DataError(f"--iters-per-epoch {iters_per_epoch}: must be >= 1")
     p = resolve_log(path)
     recs = _lines(p)
     fmt = detect_format(recs)
@@ -174,13 +204,14 @@ def read_records(path: str | Path, name: str | None = None) -> RunRecords:
     elif fmt == "mmcls":
         header = next((r for r in recs if "env_info" in r or "CLASSES" in r), {})
         out.header = header
-        # iterations per epoch: the last logged train `iter` of each epoch (a val record's `iter`
-        # counts validation batches, not training ones)
+        # iterations per epoch: given, or from the header's config, else the last logged train
+        # `iter` of each epoch (a val record's `iter` counts validation batches, not training ones)
+        exact = iters_per_epoch or mmcls_iters_per_epoch(header)
         per_epoch: dict[int, int] = {}
         for r in recs:
             if r.get("mode") == "train" and r.get("epoch") is not None:
-                per_epoch[r["epoch"]] = max(per_epoch.get(r["epoch"], 0), r.get("iter") or 0)
-        default = max(per_epoch.values(), default=0)
+                per_epoch[r["epoch"]] = exact or max(per_epoch.get(r["epoch"], 0), r.get("iter") or 0)
+        default = exact or max(per_epoch.values(), default=0)
         # global iteration offset of epoch e: the iterations of epochs 1..e-1 (an epoch that logged
         # nothing counts `default`); prefix sums, so a hostile epoch of 10^12 costs no loop
         known = sorted(e for e in per_epoch if e >= 1)

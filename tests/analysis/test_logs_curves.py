@@ -76,3 +76,27 @@ def test_smooth():
     v = np.array([0, 10, 0, 10, 0], dtype=float)
     assert np.allclose(smooth(v, 2), [0, 5, 5, 5, 5])
     assert np.array_equal(smooth(v, 1), v)
+
+
+def test_mmcls_global_iteration_from_header_or_given(tmp_path: Path, capsys):
+    """The tutorial's real log: MMCV logs every 10 iterations and drops each epoch's last partial
+    interval (1560 of 1563), so the records alone put epoch 10's end 30 iterations early."""
+    import json
+
+    from cifarkit.logs import mmcls_iters_per_epoch, read_records
+
+    real = Path(__file__).resolve().parents[1] / "fixtures" / "mmcls-0.25_mobilenet-v2_cifar10.subset.log.json"
+    r = read_records(real)
+    assert capsys.readouterr().err == ""  # a real MMCls header (config as text) is not "malformed"
+    assert r.val[-1]["epoch"] == 10 and r.val[-1]["iter"] == 15600  # last logged, documented as a lower bound
+    exact = read_records(real, iters_per_epoch=1563)
+    assert exact.val[-1]["iter"] == 15630 and exact.train[-1]["iter"] == 9 * 1563 + 1560
+    # a config that names a dataset of known size gives the exact count by itself
+    lines = real.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert mmcls_iters_per_epoch(header) is None  # CustomDataset: its size is not in the log
+    custom = "type='CustomDataset',\n        data_prefix='data/cifar10_dataset/train'"
+    header["config"] = header["config"].replace(custom, "type='CIFAR10',\n        data_prefix='data/cifar10'", 1)
+    assert mmcls_iters_per_epoch(header) == 1563  # ceil(50,000 / 32)
+    (tmp_path / "c.log.json").write_text("\n".join([json.dumps(header), *lines[1:]]))
+    assert read_records(tmp_path / "c.log.json").val[-1]["iter"] == 15630

@@ -96,3 +96,16 @@ def test_stored_and_deflated_pngs_both_decode_exactly():
             data = encode_png_rgb(img, level)
             back = np.asarray(Image.open(io.BytesIO(data)))
             assert np.array_equal(back, img), (shape, level)
+
+
+def test_export_folder_gets_the_users_usual_mode(cifar10_dir: Path, tmp_path: Path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        out = export_dataset({"test": read_cifar(cifar10_dir, "test")}, tmp_path / "exp").out
+    finally:
+        os.umask(old)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (out, out / "test", out / "test" / "cat")}
+    assert modes == {0o755}, modes  # the top folder too, not mkdtemp's 0700

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yaml"
@@ -38,6 +39,7 @@ def _vals(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["type"] == "val"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_resume(cifar10_small: Path, tmp_path: Path):
     one = _torchrun(1, _sets(cifar10_small) + ["--work-dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]

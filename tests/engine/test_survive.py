@@ -87,6 +87,7 @@ def _cli_train(cfg_args: list[str], work: Path, *extra: str) -> subprocess.Popen
                              str(work), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     args = []
     for s in (f"data.root={cifar10_small}", "train.batch_size=100", "train.epochs=6", "eval.interval=1",
@@ -146,6 +147,7 @@ def test_nan_stop_names_epoch_and_iteration_and_keeps_last_good(cifar10_small: P
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_deferred_nan_check_names_the_same_iteration(cifar10_small: Path, tmp_path: Path, monkeypatch):
     """The GPU path (losses checked at log records/epoch end, not per step), forced on the CPU:
     same error, same last good checkpoint, and the same logged losses as the per-step path."""
@@ -168,6 +170,7 @@ def test_deferred_nan_check_names_the_same_iteration(cifar10_small: Path, tmp_pa
     assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nan_skip_batch_finishes(cifar10_small: Path, tmp_path: Path, monkeypatch):
     _poison(monkeypatch, 3)
     s = fit(tiny(cifar10_small, "train.nan_policy=skip_batch"), work_dir=tmp_path / "s", quiet=True)

@@ -24,6 +24,7 @@ def small_cfg(root: Path, *extra: str):
                               "train.deterministic=true", *extra])
 
 
+@pytest.mark.slow
 def test_fit_writes_the_run_directory(cifar10_small: Path, tmp_path: Path):
     summary = fit(small_cfg(cifar10_small), work_dir=tmp_path / "run", quiet=True)
     run = tmp_path / "run"
@@ -51,6 +52,7 @@ def test_eval_reproduces_last_val_record(cifar10_small: Path, tmp_path: Path):
     assert m["loss"] == pytest.approx(last["loss"], abs=1e-6) and m["tta"] == "flip_translate"
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     fit(small_cfg(cifar10_small), work_dir=tmp_path / "a", quiet=True)
     # the same run stopped after 2 of 3 epochs (10 iterations), then resumed
@@ -68,6 +70,7 @@ def test_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     assert strip(log_a) == strip(log_b)
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_after_max_iters_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     fit(small_cfg(cifar10_small), work_dir=tmp_path / "a", quiet=True)
     fit(small_cfg(cifar10_small, "train.max_iters=7"), work_dir=tmp_path / "b", quiet=True)  # inside epoch 2

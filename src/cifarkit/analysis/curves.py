@@ -29,8 +29,9 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | list[str] = KEYS,
-              smooth_window: int = 0, names: list[str] | None = None) -> Path:
-    runs = [read_records(p, names[i] if names else None) for i, p in enumerate(paths)]
+              smooth_window: int = 0, names: list[str] | None = None, iters_per_epoch: int | None = None) -> Path:
+    """Overlay the curves of several logs (any supported format) into one image `out`."""
+    runs = [read_records(p, names[i] if names else None, iters_per_epoch) for i, p in enumerate(paths)]
     return plot_records(runs, out, keys, smooth_window)
 
 

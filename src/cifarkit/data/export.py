@@ -232,6 +232,9 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the renamed OUT gets the user's usual mode
     workers = workers or min(8, os.cpu_count() or 1)
     rows: list[list] = []
     used: set[str] = set()

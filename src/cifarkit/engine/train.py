@@ -38,6 +38,7 @@ from cifarkit.engine.setup import (
     resolve_device,
 )
 from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.safepath import safe_component
 
 
 class TrainingDiverged(CifarkitError):
@@ -265,7 +266,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     from cifarkit.engine.dist import init_from_env
 
     t_start = time.perf_counter()
-    run_dir = Path(work_dir or Path("work_dirs") / cfg.name)
+    run_dir = Path(work_dir or Path("work_dirs") / safe_component(cfg.name))  # `name` comes from the config file
     if resume and force:
         raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
