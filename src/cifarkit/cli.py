@@ -101,8 +101,16 @@ def cmd_data_check(a: argparse.Namespace) -> int:
 
 
 # ---- entry point ------------------------------------------------------------------------------
+class Parser(argparse.ArgumentParser):
+    """argparse with the house rule for a wrong command line: one `error:` line (naming the option
+    and where to look), exit 2; not a usage block followed by an error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cifarkit", description="From CIFAR batches to a trained, explained "
+    p = Parser(prog="cifarkit", description="From CIFAR batches to a trained, explained "
                                 "image classifier.")
     p.add_argument("--version", action="version", version=f"cifarkit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")

@@ -1,0 +1,92 @@
+"""Edited checkpoints, bad ONNX metadata and wrong CLI values: one `error:` line each, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import make_checkpoint
+from hostile_models import CHECKPOINT_EDITS, ONNX_METADATA, edited_checkpoint, onnx_with_metadata
+from test_cli_data import run
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    return make_checkpoint("airnet", tmp_path_factory.mktemp("ck") / "good.pt")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    p = tmp_path_factory.mktemp("img") / "cat.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+    return p
+
+
+def one_line_error(r, *words: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("name", list(CHECKPOINT_EDITS))
+def test_edited_checkpoint_is_named_on_load(name: str, good: Path, image: Path, tmp_path: Path):
+    from cifarkit.errors import CifarkitError
+    from cifarkit.predict import load
+
+    bad = edited_checkpoint(good, name, tmp_path)
+    with pytest.raises(CifarkitError, match=CHECKPOINT_EDITS[name][1]):
+        load(bad, "cpu")
+
+
+@pytest.mark.parametrize("name", ["absurd_input_size", "classes_of_ints", "bogus_kwarg"])
+def test_edited_checkpoint_cli_one_line(name: str, good: Path, image: Path, tmp_path: Path):
+    bad = edited_checkpoint(good, name, tmp_path)
+    one_line_error(run("predict", str(bad), str(image)), str(bad), CHECKPOINT_EDITS[name][1])
+
+
+@pytest.mark.parametrize("name", list(ONNX_METADATA))
+def test_onnx_with_bad_metadata_is_named(name: str, good: Path, image: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from cifarkit.export import export_model
+
+    onnx_file = export_model(good, "onnx", tmp_path / "good.onnx", check_images=None).path
+    bad = onnx_with_metadata(onnx_file, name, tmp_path)
+    one_line_error(run("predict", str(bad), str(image)), str(bad), ONNX_METADATA[name][1])
+
+
+def test_cam_on_onnx_and_on_a_non_spatial_layer(good: Path, image: Path, tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("pytorch_grad_cam")
+    from cifarkit.export import export_model
+
+    onnx_file = export_model(good, "onnx", tmp_path / "m.onnx").path
+    r = run("cam", str(onnx_file), str(image), "--out", str(tmp_path / "c1"))
+    one_line_error(r, "needs the PyTorch checkpoint")
+    one_line_error(run("cam", str(good), str(image), "--layer", "head", "--out", str(tmp_path / "c2")),
+                   "not a spatial map")
+
+
+@pytest.mark.parametrize("args", [("--topk", "0"), ("--batch-size", "-1"), ("--tta", "rot90"), ("--topk", "x")])
+def test_bad_cli_values_are_one_line(args: tuple[str, str], good: Path, image: Path):
+    r = run("predict", str(good), str(image), *args)
+    one_line_error(r, args[0])
+
+
+def test_export_parity_says_which_images(good: Path, tmp_path: Path, cifar10_dir: Path):
+    """Run from elsewhere (the checkpoint's data root does not exist): the export says it checked
+    random pixels, and `--data` makes it use real images."""
+    pytest.importorskip("onnxruntime")
+    r = run("export", str(good), "--out", str(tmp_path / "a.onnx"))
+    assert r.returncode == 0, r.stderr
+    assert "random-pixel images" in r.stdout and "pass --data" in r.stdout
+    r = run("export", str(good), "--out", str(tmp_path / "b.onnx"), "--data", str(cifar10_dir))
+    assert r.returncode == 0, r.stderr
+    assert "real images" in r.stdout and str(cifar10_dir) in r.stdout
+    r = run("export", str(good), "--out", str(tmp_path / "b.onnx"))
+    one_line_error(r, "exists", "--overwrite")
