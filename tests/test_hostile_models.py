@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import make_checkpoint
 from hostile_models import CHECKPOINT_EDITS, ONNX_METADATA, edited_checkpoint, onnx_with_metadata
@@ -90,3 +92,30 @@ def test_export_parity_says_which_images(good: Path, tmp_path: Path, cifar10_dir
     assert "real images" in r.stdout and str(cifar10_dir) in r.stdout
     r = run("export", str(good), "--out", str(tmp_path / "b.onnx"))
     one_line_error(r, "exists", "--overwrite")
+
+
+_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+                       max_leaves=12)
+_prep_keys = st.sampled_from(["mean", "std", "input_size", "eval_resize", "eval_crop", "other"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_prep_keys, _values | st.lists(st.floats(), min_size=3, max_size=3)), _values)
+def test_checkpoint_validators_fuzzed(prep: dict, classes):
+    """Any value: a valid result or a CheckpointError, never another exception or a bad result."""
+    from cifarkit.engine.restore import MAX_INPUT_SIZE, check_classes, check_preprocess
+    from cifarkit.errors import CheckpointError
+
+    try:
+        p = check_preprocess(prep, "f.pt")
+    except CheckpointError:
+        pass
+    else:
+        assert 8 <= p.input_size <= MAX_INPUT_SIZE and all(s > 0 for s in p.std) and len(p.mean) == 3
+    try:
+        c = check_classes(classes, "f.pt")
+    except CheckpointError:
+        pass
+    else:
+        assert c and all(isinstance(x, str) and x for x in c) and len(set(c)) == len(c)
