@@ -121,6 +121,14 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from cifarkit.serve.app import Limits, serve
+
+    serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
+          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue))
+    return 0
+
+
 def add_commands(sub) -> None:
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or .onnx file")
     p.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
@@ -161,3 +169,17 @@ def add_commands(sub) -> None:
     e.add_argument("--data", default=None, help="images for the parity check (default: the run's data.root)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("serve", help="local web page and JSON API for a model (and its runs)")
+    v.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
+    v.add_argument("--runs", default=None, help="folder of run directories to show (only files under it are served)")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    add_tta_option(v)
+    v.add_argument("--device", default="auto")
+    v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body [MiB]")
+    v.add_argument("--max-files", type=positive_int, default=64, help="most image files in one request")
+    v.add_argument("--max-batch", type=positive_int, default=64, help="most images in one batched forward pass")
+    v.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to collect requests into a batch [ms]")
+    v.add_argument("--max-queue", type=positive_int, default=256, help="waiting requests beyond which 503 is sent")
+    v.set_defaults(fn=cmd_serve)

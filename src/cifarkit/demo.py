@@ -159,4 +159,5 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
         print(f"ONNX export skipped: {e}")
 
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {out}/")
+    print(f"look at it in your browser: cifarkit serve {out / 'run' / 'best.pt'} --runs {out}")
     return results

@@ -1,0 +1,322 @@
+"""`cifarkit serve`: a local web page and JSON API for one trained model and its runs.
+
+FastAPI on uvicorn; the page is one static HTML file with plain JS (`static/index.html`).
+Every prediction goes through the one inference path (`Classifier.logits`, via the `Batcher`)
+and comes back as the records `cifarkit predict --json` prints; uploads are decoded by the
+same `data.decode.load_rgb` as files on disk, so decompression bombs and broken files are
+refused the same way. Bad input is a 4xx JSON `{"detail": "<one sentence>"}`; nothing a client
+sends is ever used as a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import signal
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cifarkit.cam import METHODS, compute_cam, overlay
+from cifarkit.data.decode import load_rgb
+from cifarkit.engine.checkpoint import load_checkpoint
+from cifarkit.errors import CifarkitError
+from cifarkit.logs import read_jsonl
+from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
+from cifarkit.safepath import safe_component
+from cifarkit.serve.batcher import Batcher, Overloaded
+from cifarkit.serve.runs import find_runs, run_curves, run_summary
+
+STATIC = Path(__file__).resolve().parent / "static"
+TTA = Literal["none", "flip", "flip_translate"]
+UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+@dataclass
+class Limits:
+    max_upload_mb: float = 20.0  # whole request body [MiB]
+    max_files: int = 64  # image files in one request
+    max_batch: int = 64  # images in one batched forward pass
+    wait_ms: float = 5.0  # how long the batcher keeps collecting after the first request [ms]
+    max_queue: int = 256  # requests waiting for the model; more are refused with 503
+
+
+class _TooLarge(HTTPException):
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is over the {limit / 2**20:g} MiB upload limit; "
+                              "send fewer or smaller images per request")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes, by Content-Length and while streaming."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            e = _TooLarge(self.limit)
+            return await JSONResponse({"detail": e.detail}, e.status_code)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:  # chunked uploads carry no Content-Length
+                raise _TooLarge(self.limit)
+            return msg
+
+        await self.app(scope, limited, send)
+
+
+class _Named(io.BytesIO):
+    """Upload bytes that print as their (made-safe) file name in decode errors."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:  # Pillow names the file with %r
+        return repr(self.name)
+
+
+def decode_upload(data: bytes, name: str) -> np.ndarray:
+    """(H, W, 3) uint8, decoded exactly like a file `cifarkit predict` reads."""
+    return load_rgb(_Named(data, name))
+
+
+def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
+    """What the page shows about the model: name, classes, preprocessing, test accuracy."""
+    info: dict[str, Any] = {"file": path.name, "model": None, "classes": clf.classes, "preprocess": clf.prep.as_dict(),
+                            "tta": clf.tta, "precision": clf.precision, "device": str(clf.device),
+                            "epoch": clf.meta.get("epoch"), "test_top1": None, "test_split": None,
+                            "cam": clf.model is not None, "cam_methods": list(METHODS)}
+    if clf.config is None:  # an exported .onnx file: the model name is in its metadata
+        from cifarkit.engine.inference import load_onnx
+
+        info["model"] = load_onnx(path)[1].get("model") or None
+        return info
+    info["model"] = clf.config.model.name
+    log = path.parent / "log.jsonl"  # the checkpoint's own run: its evaluation at this epoch
+    vals = [r for r in read_jsonl(log) if r.get("type") == "val"] if log.is_file() else []
+    at_epoch = [r for r in vals if r.get("epoch") == info["epoch"] and isinstance(r.get("top1"), (int, float))]
+    if at_epoch:
+        info["test_top1"], info["test_split"] = at_epoch[-1]["top1"], at_epoch[-1].get("split")
+    else:
+        best = load_checkpoint(path).get("best_top1")
+        info["test_top1"] = best if isinstance(best, (int, float)) and best >= 0 else None
+    return info
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).splitlines())
+
+
+async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
+    """(safe file name, bytes) of every file in a multipart body, within the limits."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, "send the images as multipart/form-data file fields (curl -F files=@cat.png)")
+    try:
+        form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 16)
+    except StarletteHTTPException as e:
+        if e.status_code == 413:  # BodyLimit, while the form streamed in
+            raise
+        if "Too many files" in str(e.detail):
+            raise HTTPException(413, f"at most {limits.max_files} files per request; send the rest in another "
+                                     "request") from None
+        raise HTTPException(400, f"the multipart body could not be read ({e.detail})") from None
+    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not files:
+        raise HTTPException(400, "the request holds no image file; send one or more as multipart field 'files'")
+    return [(safe_component(f.filename or "upload")[:200], await f.read()) for f in files]
+
+
+async def _decoded(request: Request, limits: Limits) -> list[tuple[str, np.ndarray]]:
+    uploads = await _uploads(request, limits)
+
+    def decode_all() -> list[tuple[str, np.ndarray]]:
+        return [(name, decode_upload(data, name)) for name, data in uploads]
+
+    return await asyncio.to_thread(decode_all)  # DataError names the file and is a 400
+
+
+def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str) -> tuple[bytes, dict[str, Any]]:
+    """Grad-CAM overlay as PNG bytes, and what it shows (run on the model's thread)."""
+    from PIL import Image
+
+    try:
+        res = compute_cam(clf, image, target or None, method)
+    finally:
+        if clf.config is not None and clf.config.train.channels_last:  # compute_cam made it contiguous
+            clf.model.to(memory_format=torch.channels_last)
+    buf = io.BytesIO()
+    Image.fromarray(overlay(image, res.heatmap)).save(buf, format="PNG")
+    return buf.getvalue(), {"target": res.target_label, "target_id": res.target, "score": res.score,
+                            "predicted": clf.classes[res.predicted], "layer": res.layer, "method": res.method}
+
+
+def create_app(model: str | Path, runs: str | Path | None = None, device: str = "auto", tta: str | None = None,
+               limits: Limits | None = None) -> FastAPI:
+    limits = limits or Limits()
+    clf = load(model, device, tta)
+    info = model_info(clf, Path(model))
+    info["limits"] = asdict(limits)
+    runs_root = Path(runs).resolve() if runs else None
+    if runs_root is not None and not runs_root.is_dir():
+        raise CifarkitError(f"--runs {runs}: no such folder")
+    info["runs"] = runs_root is not None
+    batcher = Batcher(clf, limits.max_batch, limits.wait_ms, limits.max_queue)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="cifarkit serve", version="1", lifespan=lifespan,
+                  description="Predictions and Grad-CAM for one cifarkit model; the records are those of "
+                              "`cifarkit predict --json`.")
+    app.add_middleware(BodyLimit, limit=int(limits.max_upload_mb * 2**20))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": str(e.detail)}, e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, e: RequestValidationError) -> JSONResponse:
+        err = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+        return JSONResponse({"detail": f"{where}: {err.get('msg', 'invalid value')}"}, 422)
+
+    @app.exception_handler(CifarkitError)
+    async def user_error(request: Request, e: CifarkitError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(e)}, 400)
+
+    @app.exception_handler(Overloaded)
+    async def busy(request: Request, e: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 503, headers={"Retry-After": "1"})
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        """Alive, with the batcher's counters (`largest_batch` > 1 means requests were merged)."""
+        return {"status": "ok", "queued": batcher.queue.qsize(), **asdict(batcher.stats)}
+
+    @app.get("/api/model")
+    async def model_() -> dict[str, Any]:
+        """Model name, classes, preprocessing, default TTA and precision, test accuracy, limits."""
+        return info
+
+    @app.post("/api/predict", openapi_extra=UPLOAD_DOC)
+    async def predict(request: Request, topk: int = Query(5, ge=1, le=1000), tta: TTA | None = None,
+                      batch: bool = Query(True, description="false: a forward pass for this request alone")
+                      ) -> list[dict[str, Any]]:
+        """Top-k for each uploaded image: the records of `cifarkit predict --json`, in upload order."""
+        check_topk(topk)
+        images = await _decoded(request, limits)
+        tensors = [to_uint8_chw(arr) for _, arr in images]
+        logits = await (batcher.logits(tensors, tta) if batch else batcher.logits_alone(tensors, tta))
+        return [r.as_dict() for r in clf._results(logits, topk, [n for n, _ in images], tta)]
+
+    @app.post("/api/cam", openapi_extra=UPLOAD_DOC, response_class=Response,
+              responses={200: {"content": {"image/png": {}}}})
+    async def cam(request: Request, target: str | None = Query(None, description="class name or id (default: "
+                                                                                  "the predicted class)"),
+                  method: Literal[tuple(METHODS)] = "gradcam") -> Response:  # type: ignore[valid-type]
+        """Grad-CAM overlay (PNG, the image's own size) for one image; `X-Cam` holds what it shows."""
+        if clf.model is None:
+            raise HTTPException(400, f"{info['file']}: Grad-CAM needs the PyTorch checkpoint; an .onnx file has "
+                                     "no gradients")
+        images = await _decoded(request, limits)
+        if len(images) != 1:
+            raise HTTPException(400, f"send exactly one image to /api/cam, not {len(images)}")
+        png, shown = await batcher.run_exclusive(cam_png, clf, images[0][1], target, method)
+        return Response(png, media_type="image/png", headers={"X-Cam": json.dumps(shown)})  # json: ASCII-safe
+
+    @app.get("/api/runs")
+    async def runs_list() -> list[dict[str, Any]]:
+        """Run directories under --runs: name, model, best top-1, date, running, has a report."""
+        found = find_runs(_runs_root())
+        return await asyncio.to_thread(lambda: [run_summary(r) for r in found.values()])
+
+    @app.get("/api/runs/{run_id:path}/curves")
+    async def curves(run_id: str) -> dict[str, Any]:
+        """A run's train and val records, for its curves (poll it while the run trains)."""
+        return await asyncio.to_thread(run_curves, _run(run_id))
+
+    @app.get("/runs/{run_id:path}/report.html", include_in_schema=False)
+    async def report(run_id: str) -> FileResponse:
+        path = _run(run_id).path / "report.html"
+        if not path.is_file():
+            raise HTTPException(404, f"run {run_id!r} has no report.html; make one with `cifarkit report`")
+        return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    def _runs_root() -> Path:
+        if runs_root is None:
+            raise HTTPException(404, "no runs folder: start the server with --runs DIR")
+        return runs_root
+
+    def _run(run_id: str):
+        run = find_runs(_runs_root()).get(run_id)  # the scan's own table: a client id is never a path
+        if run is None:
+            raise HTTPException(404, f"no run {run_id[:200]!r} under the runs folder")
+        return run
+
+    return app
+
+
+def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
+          device: str = "auto", tta: str | None = None, limits: Limits | None = None) -> None:
+    """Run the app until SIGINT/SIGTERM. Binds the socket first, so `port=0` picks a free port."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise CifarkitError("cifarkit serve needs FastAPI and uvicorn: pip install 'cifarkit[serve]'") from None
+    app = create_app(model, runs, device, tta, limits)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CifarkitError(f"--host {host} --port {port}: cannot listen there ({e.strerror}); choose another "
+                            "port") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    local = host in ("127.0.0.1", "localhost", "::1")
+    print(f"serving {model} at http://{shown}:{bound}/ (API docs at /docs); "
+          + ("bound to this machine only (--host 0.0.0.0 to share it)" if local else
+             f"reachable from other machines on {host}") + "; Ctrl+C stops it", flush=True)
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: a stop is not an error
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("cifarkit serve: stopped", flush=True)

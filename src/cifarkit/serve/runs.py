@@ -1,0 +1,76 @@
+"""The runs view's data: run directories under `--runs`, their curves and reports.
+
+Clients never name a path. The server scans the runs folder itself and gives each run an id
+(its path relative to the folder); a request names an id, which is looked up in the scan's own
+table, so only files the server found under the folder can be served. Symlinks and anything
+resolving outside the folder are left out of the scan.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifarkit.errors import CifarkitError
+from cifarkit.logs import read_records
+
+MAX_DEPTH = 3  # runs folder / group / run: deep enough for work_dirs/<experiment>/<run>
+
+
+@dataclass
+class Run:
+    id: str  # path relative to the runs folder, with "/" separators
+    path: Path
+
+
+def _inside(root: Path, p: Path) -> bool:
+    return not p.is_symlink() and p.resolve().is_relative_to(root)
+
+
+def find_runs(root: Path) -> dict[str, Run]:
+    """Every folder under `root` (at most MAX_DEPTH deep) holding a `log.jsonl`, by id."""
+    root = root.resolve()
+    found: dict[str, Run] = {}
+    level = [root]
+    for _ in range(MAX_DEPTH + 1):
+        nxt = []
+        for d in level:
+            log = d / "log.jsonl"
+            if d != root and log.is_file() and _inside(root, log):
+                rid = d.relative_to(root).as_posix()
+                found[rid] = Run(rid, d)
+            try:
+                nxt += sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".") and _inside(root, c))
+            except OSError:
+                continue
+        level = nxt
+    return found
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """name, model, best top-1 [%], date, whether it is still training, and whether it has a report."""
+    log = run.path / "log.jsonl"
+    info: dict[str, Any] = {"id": run.id, "name": run.id, "model": None, "best_top1": None,
+                            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(log.stat().st_mtime)),
+                            "running": False, "report": (run.path / "report.html").is_file(), "error": None}
+    try:
+        rec = read_records(log)
+    except CifarkitError as e:
+        info["error"] = str(e)
+        return info
+    cfg = rec.header.get("config") if isinstance(rec.header.get("config"), dict) else {}
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    info["model"] = model.get("name") if isinstance(model.get("name"), str) else None
+    best = rec.summary.get("best_top1")
+    tops = [v["top1"] for v in rec.val if v["top1"] is not None]
+    info["best_top1"] = best if isinstance(best, (int, float)) and best >= 0 else max(tops, default=None)
+    info["running"] = not rec.summary  # the closing record is written when training ends
+    return info
+
+
+def run_curves(run: Run) -> dict[str, Any]:
+    """Train and val records (iter, epoch, loss, top1, ...) for drawing the curves."""
+    rec = read_records(run.path / "log.jsonl")
+    return {"id": run.id, "train": rec.train, "val": rec.val, "running": not rec.summary}

@@ -1,0 +1,208 @@
+"""`cifarkit serve` through a real server process on a free loopback port.
+
+The API must give the records `cifarkit predict --json` prints for the same files, whatever the
+requests were batched with; hostile input is a 4xx JSON sentence and never takes the server
+down; the runs view serves only what it found under --runs, and follows a run that is training.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarkit.cli import main as cli_main
+from cifarkit.serve.launch import running_server
+from conftest import make_checkpoint, make_images
+
+pytest.importorskip("fastapi")
+N_IMAGES = 12
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def cli_predict(capsys, model: Path, files: list[Path], *args: str) -> dict[str, dict]:
+    """`cifarkit predict --json` records by file name."""
+    capsys.readouterr()
+    assert cli_main(["predict", str(model), *map(str, files), "--json", *args]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    return {Path(r.pop("path")).name: r for r in recs}
+
+
+def write_log(run: Path, records: list[dict]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / "log.jsonl", "a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+HEADER = {"type": "header", "config": {"model": {"name": "airnet"}}, "classes": ["a", "b"]}
+
+
+def train_rec(it: int) -> dict:
+    return {"type": "train", "epoch": 1 + it // 10, "iter": it, "lr": 0.1, "loss": 2.0 / (1 + it)}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(server, model, image folder, runs folder) shared by this module's tests."""
+    tmp = tmp_path_factory.mktemp("serve")
+    model = make_checkpoint("airnet", tmp / "model.pt")
+    images = tmp / "images"
+    images.mkdir()
+    for i, arr in enumerate(make_images(np.arange(N_IMAGES) % 10, seed=3)):
+        (images / f"img{i:02d}.png").write_bytes(png_bytes(arr))
+    runs = tmp / "runs"
+    write_log(runs / "done", [HEADER, train_rec(0), {"type": "val", "epoch": 1, "iter": 10, "top1": 41.5,
+                                                     "top5": 90.0, "loss": 1.2},
+                              {"type": "summary", "best_top1": 41.5}])
+    (runs / "done" / "report.html").write_text("<html><body><h1>the report</h1></body></html>")
+    write_log(runs / "group" / "training", [HEADER, train_rec(0), train_rec(1)])
+    outside = tmp / "outside"
+    write_log(outside, [HEADER, train_rec(0)])
+    (outside / "report.html").write_text("secret")
+    (runs / "escape").symlink_to(outside)
+    with running_server(str(model), "--runs", str(runs), "--max-files", "16", "--max-upload-mb", "2") as srv:
+        yield srv, model, images, runs
+
+
+def post(url: str, files: list[tuple[str, bytes]], client: httpx.Client | None = None, **params) -> httpx.Response:
+    c = client or httpx
+    return c.post(url, files=[("files", f) for f in files], params=params, timeout=60)
+
+
+def test_predict_matches_cli_records_and_tta(served, capsys):
+    srv, model, images, _ = served
+    files = sorted(images.glob("*.png"))
+    for tta in ("none", "flip"):
+        want = cli_predict(capsys, model, files, "--tta", tta, "--topk", "3")
+        r = post(srv.url + "/api/predict", [(f.name, f.read_bytes()) for f in files], topk=3, tta=tta)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert [g["path"] for g in got] == [f.name for f in files]  # upload order, the client's names
+        for g in got:
+            assert {k: v for k, v in g.items() if k != "path"} == want[g["path"]]  # exact scores too
+            assert g["tta"] == tta
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_without_changing_results(served, capsys):
+    """The short load test: 200 single-image requests from 16 clients, all answered, all equal
+    to `cifarkit predict`, merged into batches of mixed company, and equal to the unbatched path."""
+    srv, model, images, _ = served
+    files = sorted(images.glob("*.png"))
+    want = cli_predict(capsys, model, files)
+    before = httpx.get(srv.url + "/api/health").json()
+
+    def one(i: int) -> tuple[str, httpx.Response]:
+        f = files[i % len(files)]
+        with httpx.Client() as c:
+            return f.name, post(srv.url + "/api/predict", [(f.name, f.read_bytes())], c)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(200)))
+    assert [r.status_code for _, r in results] == [200] * 200
+    for name, r in results:
+        (rec,) = r.json()
+        assert rec["path"] == name and {k: v for k, v in rec.items() if k != "path"} == want[name]
+    after = httpx.get(srv.url + "/api/health").json()
+    assert after["requests"] - before["requests"] == 200
+    assert after["batches"] - before["batches"] < 200 and after["largest_batch"] > 1  # really merged
+    alone = post(srv.url + "/api/predict", [(files[0].name, files[0].read_bytes())], batch="false").json()[0]
+    assert {k: v for k, v in alone.items() if k != "path"} == want[files[0].name]
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A valid PNG header claiming side x side pixels: a few bytes that would decode to ~30 GB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
+
+
+def test_bad_input_is_one_4xx_sentence_and_the_server_lives(served):
+    srv, _, images, _ = served
+    good = (images / "img00.png").read_bytes()
+    url = srv.url + "/api/predict"
+    cases = {
+        "not an image": lambda: post(url, [("notes.txt", b"hello, not an image")]),
+        "truncated": lambda: post(url, [("cut.png", good[: len(good) // 2])]),
+        "bomb": lambda: post(url, [("bomb.png", bomb_png())]),
+        "too large": lambda: httpx.post(url, files=[("files", ("big.png", b"\0" * (3 << 20)))], timeout=60),
+        "too many files": lambda: post(url, [(f"{i}.png", good) for i in range(1000)]),
+        "malformed multipart": lambda: httpx.post(url, content=b"--x\r\ngarbage\r\n", timeout=60,
+                                                  headers={"content-type": "multipart/form-data; boundary=x"}),
+        "no multipart": lambda: httpx.post(url, json={"path": "/etc/passwd"}),
+        "no file": lambda: httpx.post(url, data={"topk": "3"}, files=[("other", (None, "x"))]),
+        "bad topk": lambda: post(url, [("a.png", good)], topk=0),
+        "unknown class": lambda: post(srv.url + "/api/cam", [("a.png", good)], target="zebra"),
+        "two images to cam": lambda: post(srv.url + "/api/cam", [("a.png", good), ("b.png", good)]),
+    }
+    for what, send in cases.items():
+        r = send()
+        assert 400 <= r.status_code < 500, (what, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and 10 < len(detail) < 400 and "\n" not in detail, (what, detail)
+        assert post(url, [("ok.png", good)]).status_code == 200, f"the server did not survive: {what}"
+    assert "zebra" in post(srv.url + "/api/cam", [("a.png", good)], target="zebra").json()["detail"]
+    assert "bomb" in post(url, [("bomb.png", bomb_png())]).json()["detail"]
+
+
+def test_cam_png_and_model_info(served):
+    srv, _, images, _ = served
+    good = (images / "img01.png").read_bytes()
+    r = post(srv.url + "/api/cam", [("a.png", good)], target="dog")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+    assert json.loads(r.headers["x-cam"])["target"] == "dog"
+    info = httpx.get(srv.url + "/api/model").json()
+    assert info["model"] == "airnet" and info["classes"][5] == "dog" and info["preprocess"]["input_size"] == 32
+    assert info["limits"]["max_files"] == 16 and info["cam"] and info["runs"]
+    assert "/api/predict" in httpx.get(srv.url + "/openapi.json").json()["paths"]
+    assert httpx.get(srv.url + "/docs").status_code == 200
+    page = httpx.get(srv.url + "/").text
+    assert "<script>" in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing remote
+    assert "bound to this machine only" in srv.output[0]
+
+
+def test_runs_view_serves_only_runs_found_under_the_folder(served):
+    srv, _, _, runs = served
+    listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
+    assert set(listed) == {"done", "group/training"}  # the symlink leading outside is not a run
+    assert listed["done"]["best_top1"] == 41.5 and listed["done"]["model"] == "airnet"
+    assert listed["done"]["report"] and not listed["done"]["running"] and listed["group/training"]["running"]
+    assert httpx.get(srv.url + "/runs/done/report.html").text.startswith("<html><body><h1>the report")
+    for bad in ("escape", "..", "../outside", "%2e%2e/outside", "/etc", "group"):
+        r = httpx.get(f"{srv.url}/runs/{bad}/report.html")
+        assert r.status_code == 404 and "secret" not in r.text, bad
+    # live: records appended to a training run's log show up in the next poll
+    curves = httpx.get(srv.url + "/api/runs/group/training/curves").json()
+    assert len(curves["train"]) == 2 and curves["running"]
+    write_log(runs / "group" / "training", [train_rec(2), {"type": "val", "epoch": 1, "iter": 2, "top1": 12.0}])
+    curves = httpx.get(srv.url + "/api/runs/group/training/curves").json()
+    assert len(curves["train"]) == 3 and curves["val"][0]["top1"] == 12.0
+
+
+@pytest.mark.slow
+def test_sigint_and_sigterm_stop_it_cleanly(tmp_path: Path):
+    import signal
+
+    model = make_checkpoint("airnet", tmp_path / "m.pt")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with running_server(str(model)) as srv:
+            srv.proc.send_signal(sig)
+            assert srv.proc.wait(30) == 0
+            srv.reader.join(10)
+            assert srv.output[-1] == "cifarkit serve: stopped"
