@@ -140,11 +140,15 @@ def compute_cam(classifier: Any, image: Any, target: str | int | None = None, me
                           "which Grad-CAM needs; pick one from --list-layers")
     x = eval_transform(img[None], classifier.prep).to(device)  # (1, 3, S, S)
     cam_cls = getattr(pgc, METHODS[method])
-    with cam_cls(model=model, target_layers=[modules[layer]]) as cam:
-        if method == "scorecam":
-            cam.batch_size = 32
-        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(t)], aug_smooth=aug_smooth,
-                   eigen_smooth=eigen_smooth)[0]  # (S, S) in [0, 1]
+    try:
+        with cam_cls(model=model, target_layers=[modules[layer]]) as cam:
+            if method == "scorecam":
+                cam.batch_size = 32
+            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(t)], aug_smooth=aug_smooth,
+                       eigen_smooth=eigen_smooth)[0]  # (S, S) in [0, 1]
+    finally:
+        if classifier.config is not None and classifier.config.train.channels_last:
+            model.to(memory_format=torch.channels_last)  # give the classifier its model back as it was
     heat = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
     h, w = img.shape[-2:]
     heat = torch.nn.functional.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[0, 0]

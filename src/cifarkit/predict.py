@@ -65,8 +65,9 @@ def to_uint8_chw(img: Any) -> torch.Tensor:
 class Classifier(Inference):
     """`Inference` (the one checkpoint/ONNX -> logits path) plus prediction records."""
 
-    def _results(self, logits: torch.Tensor, topk: int, paths: list[str | None], tta: str | None = None
-                 ) -> list[Prediction]:
+    def records(self, logits: torch.Tensor, topk: int, paths: list[str | None], tta: str | None = None
+                ) -> list[Prediction]:
+        """Prediction records for logits (N, C) from `logits(...)`: what `--json` prints and serve returns."""
         probs = torch.softmax(logits.float(), dim=1)
         k = min(topk, len(self.classes))
         ids = ranked(logits, k)  # the same order (and tie-break) as eval's top-1 / top-5
@@ -84,7 +85,7 @@ class Classifier(Inference):
         items = [inputs] if single else list(inputs)
         tensors = [to_uint8_chw(x) for x in items]
         paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
-        res = self._results(self.logits(tensors, tta), topk, paths, tta)
+        res = self.records(self.logits(tensors, tta), topk, paths, tta)
         return res[0] if single else res
 
     def predict_files(self, paths: Iterable[Path], topk: int = 5, workers: int = 4, chunk: int = 1024,
@@ -105,7 +106,7 @@ class Classifier(Inference):
                 decoded = list(pool.map(decode, part))
                 ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
                 logits = self.logits([decoded[i][0] for i in ok], tta)
-                by_index = dict(zip(ok, self._results(logits, topk, [str(part[i]) for i in ok], tta)))
+                by_index = dict(zip(ok, self.records(logits, topk, [str(part[i]) for i in ok], tta)))
                 for i, p in enumerate(part):
                     yield p, by_index.get(i), decoded[i][1]
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -163,11 +162,7 @@ def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str)
     """Grad-CAM overlay as PNG bytes, and what it shows (run on the model's thread)."""
     from PIL import Image
 
-    try:
-        res = compute_cam(clf, image, target or None, method)
-    finally:
-        if clf.config is not None and clf.config.train.channels_last:  # compute_cam made it contiguous
-            clf.model.to(memory_format=torch.channels_last)
+    res = compute_cam(clf, image, target or None, method)  # leaves the model as it found it
     buf = io.BytesIO()
     Image.fromarray(overlay(image, res.heatmap)).save(buf, format="PNG")
     return buf.getvalue(), {"target": res.target_label, "target_id": res.target, "score": res.score,
@@ -238,7 +233,7 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
         images = await _decoded(request, limits)
         tensors = [to_uint8_chw(arr) for _, arr in images]
         logits = await (batcher.logits(tensors, tta) if batch else batcher.logits_alone(tensors, tta))
-        return [r.as_dict() for r in clf._results(logits, topk, [n for n, _ in images], tta)]
+        return [r.as_dict() for r in clf.records(logits, topk, [n for n, _ in images], tta)]
 
     @app.post("/api/cam", openapi_extra=UPLOAD_DOC, response_class=Response,
               responses={200: {"content": {"image/png": {}}}})
