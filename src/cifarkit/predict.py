@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from cifarkit.data.decode import is_image_name, load_rgb
 from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference
 from cifarkit.errors import CifarkitError, ConfigError, DataError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -190,7 +193,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-def show_result(img: Any, result: Prediction, classes_shown: int = 5):
+def show_result(img: Any, result: Prediction, classes_shown: int = 5) -> Figure:
     """A matplotlib figure: the image (upscaled without smoothing if tiny) beside a top-k bar chart.
 
     Args:

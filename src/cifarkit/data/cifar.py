@@ -25,13 +25,16 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_BATCH_BYTES, check_file_size, int_labels, name_list, name_text
 from cifarkit.errors import DataError
+
+if TYPE_CHECKING:  # pandas is optional: imported inside to_dataframe
+    import pandas as pd
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -418,7 +421,7 @@ def is_cifar(path: str | Path) -> bool:
                for f in ("data_batch_1", "test_batch", "train", "test"))
 
 
-def to_dataframe(ds: ImageSet):
+def to_dataframe(ds: ImageSet) -> pd.DataFrame:
     """The tutorial's table: one row per image of `ds`.
 
     Args:
