@@ -18,9 +18,23 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))  # a clone without `pip install -e .` builds too
+SRC = ROOT / "src"
 
 HELP_COLUMNS = "100"  # argparse wraps at $COLUMNS; fixed so the page does not depend on the terminal
+
+
+def _this_checkout() -> None:
+    """Import `cifarkit` from this checkout's src/, not from wherever the venv installed it.
+
+    Done at generation time, not at import: MkDocs drops `sys.path[0]` after loading a hook file.
+    """
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    import cifarkit
+
+    if Path(cifarkit.__file__).resolve().parent != SRC / "cifarkit":
+        raise RuntimeError(f"cifarkit was imported from {cifarkit.__file__}, not {SRC}; the generated "
+                           "pages would describe another copy")
 
 
 # ---- CLI reference --------------------------------------------------------------------------------
@@ -36,6 +50,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
 
 def cli_reference() -> str:
     """Every command's `--help`, depth first, as Markdown sections."""
+    _this_checkout()
     from cifarkit.cli import build_parser
 
     old = os.environ.get("COLUMNS")
@@ -72,6 +87,7 @@ def _machine(m: dict) -> str:
 
 def recipes_page() -> str:
     """The shipped recipes and a table of every benchmark result, numbers read from the JSON files."""
+    _this_checkout()
     from cifarkit.recipes import shipped_configs
 
     lines = ["| recipe | file | what it is (the file's leading comment) |", "| --- | --- | --- |"]
@@ -136,6 +152,7 @@ def api_index() -> str:
     """A table of `cifarkit`'s top-level names, each linked to its reference entry and summarised."""
     import importlib
 
+    _this_checkout()
     import cifarkit
 
     rows = ["| name | defined in | what it does |", "| --- | --- | --- |"]
