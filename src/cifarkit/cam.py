@@ -53,6 +53,7 @@ def spatial_layers(model: nn.Module, input_size: int) -> list[tuple[str, tuple[i
 
 
 def default_layer(model: nn.Module, model_name: str, input_size: int) -> str:
+    """The layer Grad-CAM uses by default: the model's registered one, else the last spatial layer."""
     from cifarkit.models import get_entry
 
     entry = get_entry(model_name)
@@ -71,6 +72,17 @@ def default_layer(model: nn.Module, model_name: str, input_size: int) -> str:
 
 @dataclass
 class CamResult:
+    """A class-activation map and what it explains.
+
+    Attributes:
+        heatmap: (H, W) float32 in [0, 1], the input image's size.
+        target: the class id explained.
+        target_label: its name.
+        score: the target's softmax probability, 0..1.
+        predicted: the predicted class id.
+        layer: the module the map was read from.
+        method: the CAM method.
+    """
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], the original image's size
     target: int
     target_label: str
@@ -99,10 +111,27 @@ def _resolve_target(target: str | int | None, classes: list[str]) -> int | None:
 
 def compute_cam(classifier: Any, image: Any, target: str | int | None = None, method: str = "gradcam",
                 layer: str | None = None, aug_smooth: bool = False, eigen_smooth: bool = False) -> CamResult:
-    """Heatmap for one image (path, PIL image or array) with a checkpoint-loaded `Classifier`.
+    """Class-activation heatmap for one image with a checkpoint-loaded `Classifier`.
 
     The predicted class and the target's score come from `classifier.logits` (its TTA and
-    precision, as `predict` reports them); the heatmap is computed in fp32 on the plain view."""
+    precision, as `predict` reports them); the heatmap is computed in fp32 on the plain view.
+
+    Args:
+        classifier: from `cifarkit.load("best.pt")` (not an .onnx file: no gradients).
+        image: a path, a PIL image or an (H, W, 3) uint8 array.
+        target: the class to explain, by name or id; None explains the predicted class.
+        method: gradcam, gradcam++, xgradcam, eigencam, layercam, scorecam or hirescam.
+        layer: a module name (see `spatial_layers`); None takes `default_layer`.
+        aug_smooth: average over flips and scales (slower, smoother).
+        eigen_smooth: keep the first principal component (less noise).
+
+    Returns:
+        A `CamResult` with the heatmap at the image's size.
+
+    Raises:
+        CifarkitError: grad-cam is not installed or the model is an ONNX file.
+        ConfigError: an unknown method, target or layer.
+    """
     import torch
 
     try:
@@ -165,7 +194,16 @@ def overlay(image_hwc: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
 
 
 def save_cam_figure(image: Any, res: CamResult, out: str | Path) -> Path:
-    """original | overlay side by side, readable size, class and score in the title."""
+    """Save the image and its heatmap overlay side by side, the class and score in the title.
+
+    Args:
+        image: the image `res` was computed for (path, PIL image or array).
+        res: `compute_cam`'s result.
+        out: the image file to write.
+
+    Returns:
+        `out`, as a Path.
+    """
     from cifarkit.analysis.plotting import pyplot, save
     from cifarkit.predict import to_uint8_chw
 

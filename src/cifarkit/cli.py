@@ -22,6 +22,7 @@ def _print_json(obj) -> None:
 
 # ---- data -------------------------------------------------------------------------------------
 def cmd_data_fetch(a: argparse.Namespace) -> int:
+    """`cifarkit data fetch`: download and verify a dataset archive."""
     from cifarkit.data.fetch import fetch
 
     path = fetch(a.name, a.root, base_url=a.url)
@@ -30,6 +31,7 @@ def cmd_data_fetch(a: argparse.Namespace) -> int:
 
 
 def cmd_data_inspect(a: argparse.Namespace) -> int:
+    """`cifarkit data inspect`: describe batches, folders or manifests without decoding."""
     from cifarkit.data.inspect import format_inspect, inspect_path
 
     info = inspect_path(a.path)
@@ -38,6 +40,7 @@ def cmd_data_inspect(a: argparse.Namespace) -> int:
 
 
 def cmd_data_show(a: argparse.Namespace) -> int:
+    """`cifarkit data show`: draw a sample grid."""
     from cifarkit.data.show import show_grid
     from cifarkit.data.sources import load_dataset
 
@@ -48,6 +51,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
 
 
 def cmd_data_export(a: argparse.Namespace) -> int:
+    """`cifarkit data export`: write image folders and manifest.csv."""
     from tqdm import tqdm
 
     from cifarkit.data.export import export_dataset
@@ -71,6 +75,7 @@ def cmd_data_export(a: argparse.Namespace) -> int:
 
 
 def cmd_data_check(a: argparse.Namespace) -> int:
+    """`cifarkit data check`: decode every image and report the unreadable ones; exit 1 if any."""
     from cifarkit.data.folder import check_files, splits_of
     from cifarkit.data.sources import describe_kind, list_files
 
@@ -110,6 +115,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `cifarkit` argument parser with every subcommand.
+
+    The documentation's CLI reference is generated from it, so it always matches `--help`.
+    """
     p = Parser(prog="cifarkit", description="From CIFAR batches to a trained, explained "
                                 "image classifier.")
     p.add_argument("--version", action="version", version=f"cifarkit {__version__}")
@@ -183,6 +192,12 @@ def os_error_line(e: OSError) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `cifarkit` command line with `argv` (default `sys.argv[1:]`).
+
+    Returns:
+        The exit status: 0 on success, 2 for a `CifarkitError` (printed as one `error:` line),
+        non-zero when a command did nothing.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -7,6 +7,7 @@ import json
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
+    """`cifarkit plot`: overlay the curves of runs and logs."""
     from cifarkit.analysis.curves import plot_runs
 
     out = plot_runs(a.logs, a.out, a.keys, a.smooth, iters_per_epoch=a.iters_per_epoch)
@@ -15,6 +16,7 @@ def cmd_plot(a: argparse.Namespace) -> int:
 
 
 def cmd_analyze(a: argparse.Namespace) -> int:
+    """`cifarkit analyze`: confusion matrix, per-class metrics and calibration of a checkpoint."""
     from cifarkit.analysis.analyze import analyze
 
     m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite)
@@ -29,6 +31,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    """`cifarkit report`: one self-contained HTML report of a run."""
     from cifarkit.analysis.report import write_report
 
     out = write_report(a.run_dir, a.out, data=a.data)
@@ -37,6 +40,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def cmd_stats(a: argparse.Namespace) -> int:
+    """`cifarkit data stats`: class balance, mean/std, sizes and duplicates."""
     from cifarkit.data.stats import dataset_stats, format_stats
 
     s = dataset_stats(a.path, a.out)
@@ -45,6 +49,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub, data_sub=None) -> None:
+    """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
     from cifarkit.cli_use import add_tta_option
 
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")

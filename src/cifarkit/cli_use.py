@@ -24,12 +24,14 @@ def positive_int(text: str) -> int:
 
 
 def add_tta_option(p: argparse.ArgumentParser) -> None:
+    """Add `--tta none|flip|flip_translate` (default: the checkpoint's) to `p`."""
     p.add_argument("--tta", nargs="?", const="flip_translate", default=None,
                    choices=["none", "flip", "flip_translate"],
                    help="test-time augmentation (default: the checkpoint's eval.tta; --tta alone = flip_translate)")
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
     from cifarkit.predict import expand_inputs, load, show_result
 
@@ -76,6 +78,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_cam(a: argparse.Namespace) -> int:
+    """`cifarkit cam`: Grad-CAM overlays of images, or `--list-layers`."""
     import numpy as np
 
     from cifarkit.cam import compute_cam, default_layer, save_cam_figure, spatial_layers
@@ -113,6 +116,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    """`cifarkit export`: ONNX or TorchScript with a parity check."""
     from cifarkit.export import export_model
 
     r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite)
@@ -130,6 +134,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    """Add predict, cam and export to the subparsers `sub`."""
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or .onnx file")
     p.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive), globs, or - for paths on stdin")

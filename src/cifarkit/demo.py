@@ -26,7 +26,12 @@ SAMPLE = "cifar10_sample.tar.gz"
 
 
 def read_sample() -> dict[str, ImageSet]:
-    """The shipped sample (200 train + 50 test JPEGs per class) as two ImageSets."""
+    """The sample shipped in the package: 200 train and 50 test JPEGs per CIFAR-10 class.
+
+    Returns:
+        {"train": ImageSet, "test": ImageSet} of uint8 (N, 32, 32, 3) images, each shuffled with a
+        fixed seed like the real batches.
+    """
     found: dict[str, list] = {"train": [], "test": []}
     with resources.files("cifarkit").joinpath("sample", SAMPLE).open("rb") as fh, \
             tarfile.open(fileobj=fh, mode="r:gz") as tar:
@@ -49,7 +54,7 @@ def read_sample() -> dict[str, ImageSet]:
 
 
 def demo_config(data_root: Path, epochs: float, quick: bool):
-    """The airbench94 recipe, scaled to the 2,000-image sample."""
+    """The airbench94 recipe scaled to the 2,000-image sample (batch 256); `quick` stops after 3 steps."""
     from cifarkit.config import load_config
 
     cfg_path = shipped_configs()["airbench94"]  # package data: works from a wheel as from a clone
@@ -70,6 +75,25 @@ def _step(msg: str) -> None:
 
 
 def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = False) -> dict:
+    """Run the whole workflow on the shipped sample and print what each step wrote.
+
+    Writes the sample as CIFAR batches, inspects them, draws grids, exports to folders, trains the
+    airbench94 recipe, evaluates, analyses, predicts (checking predict == eval on every exported
+    test image), draws Grad-CAM overlays and exports to ONNX (the last two skipped with a message
+    when their packages are missing).
+
+    Args:
+        out: the output folder (created; a rerun replaces its earlier run).
+        epochs: training length [epochs].
+        quick: stop training after 3 steps, without TTA (a smoke test).
+
+    Returns:
+        A dict with the training summary ("train"), the evaluation ("eval") and the predict == eval
+        check ("predict_equals_eval").
+
+    Raises:
+        CifarkitError: a step fails with a user-fixable problem (e.g. `out` is not writable).
+    """
     from cifarkit.data.cifar import write_cifar_batches
     from cifarkit.data.export import export_dataset
     from cifarkit.data.inspect import format_inspect, inspect_path

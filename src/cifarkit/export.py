@@ -25,6 +25,16 @@ from cifarkit.errors import CifarkitError
 
 @dataclass
 class ExportReport:
+    """What `export_model` wrote and how well it matched the checkpoint.
+
+    Attributes:
+        path: the exported file.
+        format: "onnx" or "torchscript".
+        max_abs_diff: the largest logit difference to the checkpoint.
+        top1_agreement: the fraction of check images with the same top-1, 0..1.
+        images: how many images the check ran on.
+        image_source: what they were ("real images" or random pixels).
+    """
     path: Path
     format: str
     max_abs_diff: float
@@ -57,11 +67,30 @@ def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tens
 def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, dynamic_batch: bool = False,
                  check_images: torch.Tensor | None = None, tol: float = 1e-3, data: str | None = None,
                  overwrite: bool = False) -> ExportReport:
-    """Write `ckpt` as ONNX (opset 17) or TorchScript to `out` (default: next to it) and check it.
+    """Write a checkpoint as ONNX (opset 17) or TorchScript and check it against the checkpoint.
 
     The parity check runs the exported file and the checkpoint (fp32, no TTA) through the one
-    inference path on `check_images`, else on 8 images of `data` / the run's evaluation split;
-    it raises `CifarkitError` when top-1 differs or logits differ by more than `tol` (relative)."""
+    inference path on `check_images`, else on 8 images of `data` / the run's evaluation split, else
+    on random pixels (and says so). ONNX files carry the classes, preprocessing and TTA in their
+    metadata, so `cifarkit.load("model.onnx")` predicts like the checkpoint.
+
+    Args:
+        ckpt: the checkpoint (.pt).
+        fmt: "onnx" or "torchscript".
+        out: the file to write (default: `ckpt` with .onnx or .ts).
+        dynamic_batch: ONNX with a variable batch dimension.
+        check_images: (N, 3, H, W) uint8 images for the parity check.
+        tol: the largest relative logit difference accepted.
+        data: a dataset path to take the check images from.
+        overwrite: replace an existing `out`.
+
+    Returns:
+        An `ExportReport`.
+
+    Raises:
+        CifarkitError: an unknown format, `out` exists without `overwrite` or is a folder, the
+            exporter package is missing, or the exported model disagrees with the checkpoint.
+    """
     ext = {"onnx": ".onnx", "torchscript": ".ts"}.get(fmt)
     if ext is None:
         raise CifarkitError(f"--format {fmt!r}: use onnx or torchscript")

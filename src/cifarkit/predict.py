@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,9 +29,23 @@ from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 @dataclass
 class Prediction:
+    """One image's prediction.
+
+    Attributes:
+        label: the top-1 class name.
+        label_id: its class id.
+        score: its softmax probability, 0..1.
+        topk: the best classes as dicts (label, label_id, score), best first.
+        path: the image's path, when it was given as one.
+        tta: the test-time augmentation the logits were computed with.
+        precision: "fp32" or "bf16" (the run's `train.amp`).
+    """
     label: str
     label_id: int
     score: float  # softmax probability of `label`
@@ -41,6 +55,7 @@ class Prediction:
     precision: str = "fp32"
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict, path first (what `cifarkit predict --json` prints)."""
         return {"path": self.path, **{k: v for k, v in asdict(self).items() if k != "path"}}
 
 
@@ -79,7 +94,20 @@ class Classifier(Inference):
         return res
 
     def predict(self, inputs: Any, topk: int = 5, tta: str | None = None) -> Prediction | list[Prediction]:
-        """One image (path, PIL image or array) -> Prediction; a list -> list of Predictions."""
+        """Predict one image or a list of images.
+
+        Args:
+            inputs: a path, a PIL image or an (H, W, 3) uint8 array, or a list of them.
+            topk: how many classes each `Prediction.topk` holds.
+            tta: none | flip | flip_translate (default: the model's own).
+
+        Returns:
+            A `Prediction` for one image, a list of them for a list.
+
+        Raises:
+            DataError: an image cannot be read.
+            ConfigError: `topk` below 1 or an unknown `tta`.
+        """
         check_topk(topk)
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
@@ -112,16 +140,31 @@ class Classifier(Inference):
 
 
 def check_topk(topk: int) -> int:
+    """Return `topk` if it is a whole number >= 1.
+
+    Raises:
+        ConfigError: otherwise.
+    """
     if not isinstance(topk, int) or topk < 1:
         raise ConfigError(f"--topk {topk}: must be a whole number >= 1")
     return topk
 
 
 def load(path: str | Path, device: str = "auto", tta: str | None = None) -> Classifier:
-    """`cifarkit.load`: a checkpoint (.pt) or an exported model (.onnx) ready to predict.
+    """Open a checkpoint (.pt) or an exported model (.onnx), ready to predict.
 
-    `tta` (none | flip | flip_translate) defaults to the model's own (its run's `eval.tta`), so
-    predictions match `cifarkit eval` image for image."""
+    Args:
+        path: the model file; it carries the classes and the preprocessing, nothing else is needed.
+        device: "auto" (a GPU when there is one), "cpu", "cuda", ...
+        tta: none | flip | flip_translate; default the model's own (its run's `eval.tta`), so
+            predictions match `cifarkit eval` image for image.
+
+    Returns:
+        A `Classifier` (`predict`, `predict_files`, `logits`, `classes`).
+
+    Raises:
+        CheckpointError: the file is missing, edited or not a cifarkit model.
+    """
     if Path(path).suffix.lower() == ".onnx":
         return Classifier.from_onnx(path, tta)
     return Classifier.from_checkpoint(path, device, tta)
@@ -151,8 +194,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     return files, problems
 
 
-def show_result(img: Any, result: Prediction, classes_shown: int = 5):
-    """A matplotlib figure: the image (upscaled if tiny) beside a top-k bar chart."""
+def show_result(img: Any, result: Prediction, classes_shown: int = 5) -> Figure:
+    """A matplotlib figure: the image (upscaled without smoothing if tiny) beside a top-k bar chart.
+
+    Args:
+        img: what was predicted: a path, a PIL image or an (H, W, 3) uint8 array.
+        result: its `Prediction`.
+        classes_shown: how many of the top classes the bar chart shows.
+
+    Returns:
+        The `matplotlib.figure.Figure`; save it with `fig.savefig(path)`.
+    """
     from cifarkit.analysis.plotting import pyplot
 
     plt = pyplot()

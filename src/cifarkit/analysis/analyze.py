@@ -36,11 +36,30 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
 
 def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
             device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True) -> dict[str, Any]:
-    """Confusion matrix, per-class metrics, calibration and the worst errors of `ckpt` on its
-    evaluation split (or `data`/`split`), written into the folder `out`; returns metrics.json's dict.
+    """Confusion matrix, per-class metrics, calibration and the worst errors of a checkpoint.
 
-    top1/top5/loss are computed exactly as `cifarkit eval` computes them (same logits, same
-    tie-break). `overwrite=False` refuses a non-empty `out`."""
+    One pass of predictions through the one inference path, so top1/top5/loss are exactly what
+    `cifarkit eval` reports (same logits, same tie-break). Writes into `out`: predictions.npz,
+    confusion_matrix.png/.csv, per_class.csv, misclassified.png, reliability.png and metrics.json.
+
+    Args:
+        ckpt: a checkpoint (.pt) written by `fit`.
+        out: the output folder.
+        data: a dataset path to evaluate on (default: the run's own `data.root`).
+        split: the split of `data` (default: the run's evaluation split).
+        device: "auto", "cpu", "cuda", ...
+        n_errors: how many highest-loss errors `misclassified.png` shows.
+        tta: none | flip | flip_translate (default: the checkpoint's `eval.tta`).
+        overwrite: False refuses a non-empty `out`.
+
+    Returns:
+        metrics.json's dict: checkpoint, split, n, tta, precision, top1 and top5 [%], loss, ece
+        [0..1], per_class rows, most_confused pairs, calibration_bins and misclassified_index.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be used.
+        DataError: the data is missing or malformed, or `out` is not empty without `overwrite`.
+    """
     out = output_dir(out, overwrite)
     p = predictions_for(ckpt, data, split, device, tta)
     logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
@@ -76,6 +95,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
+    """Save the confusion matrix `cm` (rows: true class) as counts and row-normalised, side by side, to `out`."""
     plt = pyplot()
     c = len(classes)
     size = max(5.0, 0.45 * c + 2)
@@ -101,6 +121,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
 
 
 def plot_reliability(cal: dict, out: Path) -> None:
+    """Save the reliability diagram (accuracy per confidence bin, with the ECE) of `calibration` to `out`."""
     plt = pyplot()
     bins = cal["bins"]
     fig, ax = plt.subplots(figsize=(4.8, 4.5))

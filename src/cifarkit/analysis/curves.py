@@ -30,12 +30,31 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | list[str] = KEYS,
               smooth_window: int = 0, names: list[str] | None = None, iters_per_epoch: int | None = None) -> Path:
-    """Overlay the curves of several logs (any supported format) into one image `out`."""
+    """Overlay the curves of one or several runs in one image.
+
+    Args:
+        paths: run directories or log files: cifarkit's `log.jsonl`, MMClassification 0.x
+            `*.log.json` or MMEngine `scalars.json` (detected by content).
+        out: the image file to write.
+        keys: the panels: any of "loss" (train loss per iteration, with the per-epoch mean),
+            "top1"/"top5" (validation accuracy [%] per epoch, in one panel) and "lr".
+        smooth_window: moving-average window over the loss [iterations]; 0 plots it raw.
+        names: legend names, one per path (default: each run's name).
+        iters_per_epoch: iterations per epoch for MMCls 0.x logs whose config names no dataset
+            of known size.
+
+    Returns:
+        `out`, as a Path.
+
+    Raises:
+        DataError: a log is missing, holds no records, or `keys` names an unknown panel.
+    """
     runs = [read_records(p, names[i] if names else None, iters_per_epoch) for i, p in enumerate(paths)]
     return plot_records(runs, out, keys, smooth_window)
 
 
 def plot_records(runs: list[RunRecords], out: str | Path, keys=KEYS, smooth_window: int = 0) -> Path:
+    """`plot_runs` for logs already read with `cifarkit.logs.read_records`."""
     bad = [k for k in keys if k not in KEYS]
     if bad:
         raise DataError(f"--keys: unknown {bad}; choose from {', '.join(KEYS)}")

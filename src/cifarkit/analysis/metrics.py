@@ -10,6 +10,7 @@ import numpy as np
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) `logits`, computed stably (max subtracted first)."""
     z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
@@ -42,6 +43,7 @@ def per_class_table(cm: np.ndarray, classes: list[str]) -> list[dict]:
 
 
 def most_confused(cm: np.ndarray, classes: list[str], k: int = 10) -> list[dict]:
+    """The `k` largest off-diagonal cells of `cm` as dicts: true, predicted, count."""
     off = cm.copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(off, axis=None)[::-1][:k]

@@ -10,6 +10,7 @@ from functools import lru_cache
 
 @lru_cache(maxsize=1)
 def pyplot():
+    """`matplotlib.pyplot` on the headless Agg backend, with a CJK font when one is installed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,6 +30,7 @@ def pyplot():
 
 
 def save(fig, out, dpi: int = 110) -> None:
+    """Write `fig` to `out` (parent folders created) at `dpi` and close it."""
     from pathlib import Path
 
     out = Path(out)

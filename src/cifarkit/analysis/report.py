@@ -130,6 +130,23 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, data: str | None = None,
                  analysis: bool = True) -> Path:
+    """Write one self-contained HTML report of a run (images inlined, readable offline).
+
+    Holds the summary, the config, the curves, and with `analysis` the confusion matrix, per-class
+    table, calibration, the worst errors with Grad-CAM overlays and the dataset statistics.
+
+    Args:
+        run_dir: a run directory written by `fit` (with `log.jsonl`).
+        out: the HTML file to write (default `run_dir/report.html`).
+        data: a dataset path to analyse on (default: the run's own).
+        analysis: False leaves out everything that needs predictions (curves and config only).
+
+    Returns:
+        The path of the HTML file.
+
+    Raises:
+        CifarkitError: `run_dir` holds no `log.jsonl`, or its checkpoint or data cannot be read.
+    """
     from cifarkit.analysis.curves import plot_records
 
     run_dir = Path(run_dir)

@@ -19,10 +19,12 @@ from cifarkit.data.imageset import ImageSet
 
 
 def cache_dir() -> Path:
+    """The decode cache's folder: `$CIFARKIT_CACHE`, default `~/.cache/cifarkit`."""
     return Path(os.environ.get("CIFARKIT_CACHE", Path.home() / ".cache" / "cifarkit"))
 
 
 def cache_key(files: FileList, size: int | None) -> str:
+    """A key that changes when any file's path, size, mtime or label, or the decode size, changes."""
     h = hashlib.sha256(f"v1|{size}|{len(files.paths)}".encode())
     for p, y in zip(files.paths, files.labels):
         st = p.stat()

@@ -25,13 +25,16 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_BATCH_BYTES, check_file_size, int_labels, name_list, name_text
 from cifarkit.errors import DataError
+
+if TYPE_CHECKING:  # pandas is optional: imported inside to_dataframe
+    import pandas as pd
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
@@ -89,6 +92,12 @@ class SafeUnpickler(pickle.Unpickler):
     """An unpickler that knows only dict/list/str/bytes/int/float and numpy arrays."""
 
     def find_class(self, module: str, name: str) -> Any:
+        """Return the constructor for an allow-listed global; refuse every other one.
+
+        Raises:
+            pickle.UnpicklingError: `module.name` is not on the allow-list (turned into a `DataError` by
+                `safe_load_pickle`).
+        """
         make = _ALLOWED.get((module, name))
         if make is None:
             raise pickle.UnpicklingError(f"refused global {module}.{name}")
@@ -217,6 +226,11 @@ class CifarSource:
                         "train or test); is it the 'python version' download?")
 
     def read_bytes(self, name: str) -> bytes:
+        """The raw bytes of batch file `name`, from the folder or the archive.
+
+        Raises:
+            DataError: the file is missing, over the 200 MB size limit or unreadable.
+        """
         m = self._members.get(name)
         if m is None:
             raise DataError(f"{self.path}: batch file {name!r} is missing; the copy is incomplete, "
@@ -236,6 +250,7 @@ class CifarSource:
             raise DataError(f"{self.display(name)}: cannot be read ({e}); re-download it") from None
 
     def close(self) -> None:
+        """Close the archive, if one is open (also done on leaving a `with` block)."""
         if self._tar is not None:
             self._tar.close()
 
@@ -246,9 +261,15 @@ class CifarSource:
         self.close()
 
     def display(self, name: str) -> str:
+        """How batch file `name` is named in messages: `archive.tar.gz:member` or the file path."""
         return f"{self.path}:{name}" if self._tar is not None else str(Path(self._members.get(name, name)))
 
     def files(self, split: str) -> list[str]:
+        """The batch file names of `split` ("train", "test" or "all"), in the official order.
+
+        Raises:
+            DataError: `split` is not one of the three.
+        """
         if split == "all":
             return self.layout["train"] + self.layout["test"]
         if split not in ("train", "test"):
@@ -309,6 +330,7 @@ class CifarSource:
         return dict(data=data, labels=labels, filenames=names, batch_label=batch_label, extra=extra)
 
     def batch_info(self, name: str) -> BatchInfo:
+        """Read and validate batch file `name` and summarise it for `inspect` (count, shape, class counts)."""
         b = self.read_batch(name)
         counts = np.bincount(b["labels"], minlength=len(self.classes))
         split = "test" if name in self.layout["test"] else "train"
@@ -316,6 +338,20 @@ class CifarSource:
                          str(b["data"].dtype), dict(zip(self.classes, counts.tolist())))
 
     def read(self, split: str = "train", label_kind: str = "fine") -> ImageSet:
+        """Read every batch of `split` into one `ImageSet`.
+
+        Args:
+            split: "train", "test" or "all" (train then test).
+            label_kind: "fine" (CIFAR-100's 100 classes; the only kind in CIFAR-10) or "coarse"
+                (CIFAR-100's 20 superclasses).
+
+        Returns:
+            The images as uint8 (N, 32, 32, 3) with labels, class names and each image's batch file and
+            row.
+
+        Raises:
+            DataError: a batch is missing, hostile or malformed, or `label_kind` does not apply.
+        """
         classes = self.classes
         if label_kind == "coarse":
             if self.coarse_classes is None:
@@ -339,16 +375,45 @@ class CifarSource:
 
 
 def open_cifar(path: str | Path) -> CifarSource:
+    """Open a CIFAR "python version" copy without reading its batches yet.
+
+    Use it as a context manager when reading several splits from one archive.
+
+    Args:
+        path: the `cifar-10-batches-py` / `cifar-100-python` folder, its parent, or the downloaded
+            `.tar.gz`.
+
+    Returns:
+        A `CifarSource` that knows the variant (cifar10 or cifar100), the class names and the files.
+
+    Raises:
+        DataError: `path` does not exist or holds no CIFAR batches.
+    """
     return CifarSource(path)
 
 
 def read_cifar(path: str | Path, split: str = "train", label_kind: str = "fine") -> ImageSet:
-    """Read a CIFAR-10/100 split ("train", "test" or "all") as uint8 (N, 32, 32, 3) + labels."""
+    """Read a CIFAR-10/100 split with the safe unpickler.
+
+    Args:
+        path: the `cifar-10-batches-py` folder, its parent, or the downloaded `.tar.gz` (read
+            straight from the archive).
+        split: "train", "test" or "all".
+        label_kind: "fine" (default) or "coarse" (CIFAR-100's 20 superclasses).
+
+    Returns:
+        An `ImageSet` of uint8 (N, 32, 32, 3) RGB images, int64 labels and the class names.
+
+    Raises:
+        DataError: the copy is incomplete, tampered with (a pickle that would run code) or
+            malformed (wrong shapes, labels out of range).
+    """
     with CifarSource(path) as src:
         return src.read(split, label_kind)
 
 
 def is_cifar(path: str | Path) -> bool:
+    """Whether `path` looks like CIFAR batches (an archive, or a folder with `data_batch_1`/`test_batch`/...)."""
     p = Path(path)
     if p.is_file():
         return p.name.endswith((".tar.gz", ".tgz", ".tar"))
@@ -356,8 +421,19 @@ def is_cifar(path: str | Path) -> bool:
                for f in ("data_batch_1", "test_batch", "train", "test"))
 
 
-def to_dataframe(ds: ImageSet):
-    """The tutorial's table: source batch, path, label id, label name, pixels (H, W, 3) per row."""
+def to_dataframe(ds: ImageSet) -> pd.DataFrame:
+    """The tutorial's table: one row per image of `ds`.
+
+    Args:
+        ds: any `ImageSet`.
+
+    Returns:
+        A pandas DataFrame with columns split, source, index, path (where `cifarkit data export`
+        puts the image), label_id, label_name and image (the (H, W, 3) uint8 pixels).
+
+    Raises:
+        DataError: pandas is not installed (`pip install 'cifarkit[pandas]'`).
+    """
     try:
         import pandas as pd
     except ImportError:
@@ -371,7 +447,17 @@ def to_dataframe(ds: ImageSet):
 
 
 def write_cifar_batches(train: ImageSet, test: ImageSet, out: str | Path, num_train_batches: int = 5) -> Path:
-    """Write `train`/`test` as an official-layout `cifar-10-batches-py` folder (protocol-2 pickles)."""
+    """Write two `ImageSet`s in the official CIFAR-10 "python version" layout.
+
+    Args:
+        train: the training images (32x32 for CIFAR tools to read them).
+        test: the test images, written as `test_batch`.
+        out: the folder to create `cifar-10-batches-py/` in.
+        num_train_batches: how many `data_batch_N` files to split `train` over.
+
+    Returns:
+        The path of the `cifar-10-batches-py` folder (protocol-2 pickles, `batches.meta` included).
+    """
     root = Path(out) / "cifar-10-batches-py"
     root.mkdir(parents=True, exist_ok=True)
 

@@ -28,10 +28,12 @@ def image_extensions() -> frozenset[str]:
 
 
 def is_image_name(path: str | Path) -> bool:
+    """Whether `path`'s extension is one Pillow can open."""
     return Path(path).suffix.lower() in image_extensions()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow image -> 8-bit RGB: EXIF rotation applied, 16-bit grey rescaled, transparency over white."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grey: scale the used range to 0..255 instead of clipping to white

@@ -101,6 +101,7 @@ def _relative_paths(split_dir: str, ds: ImageSet, class_dirs: list[str], ext: st
 
 @dataclass
 class ExportResult:
+    """What `export_dataset` wrote: the output folder, images per split and the manifest's path."""
     out: Path
     counts: dict[str, int]
     manifest: Path
@@ -211,7 +212,29 @@ def remove_stale_leftovers(out: Path) -> list[Path]:
 def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png", quality: int = 95,
                    workers: int | None = None, overwrite: bool = False,
                    progress: Callable[[int], None] | None = None, png_level: int = 0) -> ExportResult:
-    """Write each split's images to `out/<split>/<class>/<name>` and one `out/manifest.csv`."""
+    """Write each split's images to `out/<split>/<class>/<name>` and one `out/manifest.csv`.
+
+    The export is written to a temporary folder beside `out` and renamed at the end, so an
+    interrupted export never looks complete. Class, split and file names become safe path
+    components (`cifarkit.safepath.safe_component`); the manifest keeps the original names.
+
+    Args:
+        splits: split name -> `ImageSet`, e.g. `{"train": train, "test": test}`.
+        out: the output folder; it must be missing or empty unless `overwrite`.
+        fmt: "png" (lossless) or "jpg".
+        quality: JPEG quality, 1..100 (ignored for PNG).
+        workers: encoding processes (default: one per core, up to 8).
+        overwrite: replace a non-empty `out`.
+        progress: called with the number of images written since the last call.
+        png_level: zlib compression level 0..9 (0: stored, the fastest; files are larger).
+
+    Returns:
+        An `ExportResult` with the folder, the image count per split and the manifest path
+        (columns split, source, index, path, label_id, label_name).
+
+    Raises:
+        DataError: `out` is a file or not empty without `overwrite`, or an argument is out of range.
+    """
     out = Path(out)
     fmt = fmt.lower()
     if not 1 <= quality <= 100:

@@ -25,6 +25,7 @@ ARCHIVES = {
 
 
 def md5_of(path: Path, chunk: int = 1 << 20) -> str:
+    """The hex MD5 of the file at `path`, read in blocks of `chunk` bytes."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -34,7 +35,25 @@ def md5_of(path: Path, chunk: int = 1 << 20) -> str:
 
 def fetch(name: str, root: str | Path = "data", base_url: str | None = None,
           md5: str | None = None, quiet: bool = False, timeout: float = 60.0) -> Path:
-    """Download `cifar10` or `cifar100` into `root`; returns the verified archive path."""
+    """Download CIFAR-10 or CIFAR-100 ("python version") and verify its MD5.
+
+    An interrupted download resumes from its `.part` file; an archive already in `root` with the
+    right MD5 is returned without downloading.
+
+    Args:
+        name: "cifar10" or "cifar100".
+        root: the folder to put the archive in.
+        base_url: an http(s) mirror (default `$CIFARKIT_MIRROR`, else the official site).
+        md5: the expected MD5 (default: the official archive's).
+        quiet: no progress bar.
+        timeout: network timeout per request [s].
+
+    Returns:
+        The verified archive's path, e.g. `data/cifar-10-python.tar.gz`.
+
+    Raises:
+        DataError: an unknown name, a bad URL, a network failure or an MD5 mismatch.
+    """
     if name not in ARCHIVES:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(ARCHIVES)}")
     filename, expected = ARCHIVES[name]

@@ -214,6 +214,7 @@ def _relative(p: Path, root: Path) -> Path:
 
 @dataclass
 class CheckReport:
+    """What `check_files` found: readable images, unreadable files with the reason, empty classes, sizes."""
     origin: str
     images: int
     unreadable: list[tuple[str, str]]
@@ -224,11 +225,21 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when every file decodes, no class is empty and there is at least one image."""
         return not self.unreadable and not self.empty_classes and self.images > 0
 
 
 def check_files(files: FileList, workers: int = 4) -> CheckReport:
-    """Decode every image; collect the unreadable ones, empty classes and the size histogram."""
+    """Decode every image of `files` once and report what would stop training.
+
+    Args:
+        files: a `FileList` from `list_files` / `scan_folder` / `read_manifest`.
+        workers: decoding threads.
+
+    Returns:
+        A `CheckReport`: image count, unreadable files with the reason, non-image files, empty
+        classes, a "WxH" -> count histogram and the images per class.
+    """
     def probe(p: Path) -> tuple[str, str | None, tuple[int, int] | None]:
         try:
             a = load_rgb(p)

@@ -15,6 +15,20 @@ import numpy as np
 
 @dataclass
 class ImageSet:
+    """The one in-memory dataset type: uint8 pixels, labels, class names and provenance.
+
+    Attributes:
+        images: (N, H, W, 3) uint8 RGB.
+        labels: (N,) int64 class ids.
+        classes: class names, indexed by id.
+        sources: per image, the file it came from (a batch file or an image path).
+        indices: per image, its row in that file.
+        filenames: per image, the name the dataset gives it (the export's file name).
+        origin: the path the user pointed at, for messages.
+        split: "train", "test", ... or "" when the source has no splits.
+        extra: anything else per image, e.g. CIFAR-100's coarse labels.
+    """
+
     images: np.ndarray  # (N, H, W, 3) uint8, RGB
     labels: np.ndarray  # (N,) int64 class ids
     classes: list[str]  # id -> name
@@ -35,13 +49,16 @@ class ImageSet:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (including classes with no image here)."""
         return len(self.classes)
 
     def class_counts(self) -> dict[str, int]:
+        """Images per class name, in class-id order."""
         counts = Counter(int(x) for x in self.labels)
         return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
 
     def subset(self, idx: np.ndarray | list[int]) -> ImageSet:
+        """A new `ImageSet` of the images at `idx`, in that order, provenance kept."""
         idx = np.asarray(idx, dtype=np.int64)
         return ImageSet(
             images=self.images[idx], labels=self.labels[idx], classes=list(self.classes),
@@ -62,6 +79,7 @@ class ImageSet:
 
     @staticmethod
     def concat(parts: list[ImageSet]) -> ImageSet:
+        """One `ImageSet` of `parts` (same classes), in order; origin and split are the first part's."""
         first = parts[0]
         return ImageSet(
             images=np.concatenate([p.images for p in parts]),

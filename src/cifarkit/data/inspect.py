@@ -12,6 +12,19 @@ from cifarkit.data.sources import describe_kind
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
+    """Describe a dataset without decoding its images.
+
+    Args:
+        path: CIFAR batches (folder or `.tar.gz`), an image folder or a CSV manifest.
+
+    Returns:
+        A JSON-ready dict: path, kind, classes, total, and per batch (CIFAR: name, batch label,
+        count, shape, class counts) or per split (folders and manifests: count, class counts,
+        non-image files).
+
+    Raises:
+        DataError: the path is missing or a batch is malformed or hostile.
+    """
     kind = describe_kind(path)
     if kind == "cifar":
         with open_cifar(path) as src:
@@ -44,6 +57,7 @@ def _file_list_summary(fl: FileList) -> dict[str, Any]:
 
 
 def format_inspect(info: dict[str, Any]) -> str:
+    """The text `cifarkit data inspect` prints for `inspect_path`'s result."""
     lines = [f"{info['path']}  ({info['kind']}, {len(info['classes'])} classes, {info['total']:,} images)"]
     lines.append("classes: " + ", ".join(info["classes"]))
     if "batches" in info:

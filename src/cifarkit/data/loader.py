@@ -28,12 +28,14 @@ class Preprocess:
     eval_crop: int = 0  # center crop, 0 = off
 
     def as_dict(self) -> dict:
+        """The fields as a plain dict, as stored in checkpoints."""
         return dict(mean=list(self.mean), std=list(self.std), input_size=self.input_size,
                     eval_resize=self.eval_resize, eval_crop=self.eval_crop)
 
 
 @dataclass
 class Augment:
+    """Training augmentations, all batched on tensors (sizes in pixels; 0 turns one off)."""
     crop_padding: int = 0
     pad_mode: str = "reflect"
     flip: str = "random"  # random | alternate | none
@@ -43,6 +45,7 @@ class Augment:
 
 
 def normalize(x: torch.Tensor, prep: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> `(x - mean) / std` per channel, in `dtype`."""
     mean = torch.tensor(prep.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(prep.std, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
     return ((x.float() - mean) / std).to(dtype)
@@ -114,6 +117,7 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], 
 
 
 def cutout(x: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    """Zero a `side` x `side` square at a random centre of each image of (B, C, H, W) `x`."""
     b, _, h, w = x.shape
     cy = torch.randint(0, h, (b,), generator=g).to(x.device)
     cx = torch.randint(0, w, (b,), generator=g).to(x.device)
@@ -124,6 +128,7 @@ def cutout(x: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
 
 
 def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
+    """The random generator of (`seed`, `epoch`, `stream`): the same numbers after a resume."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch * 7919 + stream)
 
 
@@ -172,6 +177,7 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose permutation and augmentations the next iteration draws."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -190,6 +196,7 @@ class TensorLoader:
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, prep: Preprocess, batch_size: int,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (normalised images, labels) of `batch_size` on `device`, in order, without augmentation."""
     for k in range(0, len(labels), batch_size):
         x = images[k:k + batch_size].to(device, non_blocking=True)
         yield eval_transform(x, prep), labels[k:k + batch_size].to(device)
@@ -217,6 +224,7 @@ class _FileBatches(torch.utils.data.Dataset):
 
 
 def streaming_fetch(paths: list[str], size: int, workers: int, device: torch.device):
+    """A `TensorLoader` fetch function that decodes batches of image files in DataLoader workers."""
     def fetch(batches: list[list[int]]):
         dl = torch.utils.data.DataLoader(_FileBatches(paths, size, batches), batch_size=None,
                                          num_workers=workers, shuffle=False)

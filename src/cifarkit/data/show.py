@@ -14,7 +14,23 @@ from cifarkit.errors import DataError
 
 def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class: int | None = None,
               cols: int = 10, cell_inches: float = 1.1, title: str | None = None) -> Path:
-    """Save a grid of `first` images (rows of `cols`) or `per_class` images per class (a row each)."""
+    """Save a grid of images with the class name under each one.
+
+    Args:
+        ds: the images to draw.
+        out: the image file to write (.png, .jpg, .pdf or .svg).
+        first: draw the first N images in dataset order, in rows of `cols` (default 20).
+        per_class: draw N images of each class instead, one row per class.
+        cols: images per row with `first`.
+        cell_inches: size of one image in the figure [inches].
+        title: an optional title above the grid.
+
+    Returns:
+        `out`, as a Path.
+
+    Raises:
+        DataError: a count below 1, an unsupported file type, or nothing to draw.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -15,6 +15,11 @@ from cifarkit.errors import DataError
 
 
 def describe_kind(path: str | Path) -> str:
+    """What kind of dataset `path` is: "cifar", "manifest" (a .csv) or "folder".
+
+    Raises:
+        DataError: `path` does not exist or is none of the three.
+    """
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
@@ -29,6 +34,19 @@ def describe_kind(path: str | Path) -> str:
 
 
 def list_files(path: str | Path, split: str | None, classes: list[str] | None = None) -> FileList:
+    """The image files and labels of an image folder or a manifest, without decoding them.
+
+    Args:
+        path: an image folder `root/[split/]<class>/<file>` or a CSV manifest.
+        split: the split to list (a subfolder or the manifest's `split` column); None for all.
+        classes: the class names to use, in id order (default: the sorted folder names).
+
+    Returns:
+        A `FileList` (paths, label ids, class names, non-image files found).
+
+    Raises:
+        DataError: `path` is CIFAR batches, missing, or holds no images.
+    """
     kind = describe_kind(path)
     if kind == "manifest":
         return read_manifest(path, split)
@@ -39,7 +57,23 @@ def list_files(path: str | Path, split: str | None, classes: list[str] | None = 
 
 def load_dataset(path: str | Path, split: str = "train", image_size: int | None = None,
                  cache: bool = True, classes: list[str] | None = None) -> ImageSet:
-    """Read any supported dataset path as an `ImageSet` of uint8 (N, H, W, 3) images."""
+    """Read any supported dataset path as an `ImageSet`.
+
+    Args:
+        path: CIFAR batches (folder or `.tar.gz`), an image folder or a CSV manifest.
+        split: "train", "test" (or another split folder / manifest split).
+        image_size: decode folder images to this size [px]; None keeps their own size (all must
+            then be the same).
+        cache: keep the decoded array in `$CIFARKIT_CACHE` (default `~/.cache/cifarkit`), keyed by
+            every file's path, size and mtime, so the next call loads it at once.
+        classes: the class names to use, in id order (default: the folder names, sorted).
+
+    Returns:
+        uint8 (N, H, W, 3) images with labels, class names and provenance.
+
+    Raises:
+        DataError: the path is missing, an image is unreadable, or the data is malformed.
+    """
     kind = describe_kind(path)
     if kind == "cifar":
         return read_cifar(path, split)

@@ -37,10 +37,12 @@ def channel_mean_std(images: np.ndarray, chunk: int = 8192) -> tuple[list[float]
 
 
 def pixel_hashes(images: np.ndarray) -> list[bytes]:
+    """A 16-byte BLAKE2b digest of every image's pixels (exact duplicates share one)."""
     return [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in images]
 
 
 def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
+    """Exact pixel duplicates within each split and across splits (train/test leakage), with up to 20 examples."""
     where: dict[bytes, list[tuple[str, int]]] = defaultdict(list)
     for name, ds in splits.items():
         for i, h in enumerate(pixel_hashes(ds.images)):
@@ -63,6 +65,20 @@ def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
 
 
 def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Class balance, per-channel mean/std, image sizes and duplicates of a dataset.
+
+    Args:
+        path: CIFAR batches (folder or `.tar.gz`), an image folder or a CSV manifest.
+        out: a folder for `stats.json` and `class_balance.png`; None writes nothing.
+
+    Returns:
+        A JSON-ready dict: classes, class_counts per split, mean and std per channel on the
+        0..255 scale (of the train split; the values for `data.mean` / `data.std`), sizes,
+        duplicates (within and across splits) and unreadable files.
+
+    Raises:
+        DataError: the path is missing or holds no readable image.
+    """
     from cifarkit.data.cache import cached_decode
     from cifarkit.data.folder import FileList, check_files, splits_of
     from cifarkit.data.sources import describe_kind, list_files, load_dataset
@@ -109,6 +125,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
 
 
 def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
+    """Save a bar chart of images per class and split from `dataset_stats`' result to `out`."""
     from cifarkit.analysis.plotting import pyplot, save
 
     plt = pyplot()
@@ -127,6 +144,7 @@ def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
 
 
 def format_stats(s: dict[str, Any]) -> str:
+    """The text `cifarkit data stats` prints for `dataset_stats`' result."""
     lines = [f"{s['path']} ({s['kind']}, {len(s['classes'])} classes)"]
     for split, counts in s["class_counts"].items():
         vals = list(counts.values())

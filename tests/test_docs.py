@@ -1,0 +1,194 @@
+"""The documentation: docstrings on the public API, the tutorial notebooks, the site.
+
+Fast tests: every public function and class has a docstring (the top-level `cifarkit` names a
+real one), the stored notebooks carry no outputs and match their source
+(`examples/make_notebooks.py`), and the generated CLI reference and recipe numbers come from the
+parser and the benchmark files. Slow tests execute both notebooks top to bottom and build the
+site in strict mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+import cifarkit
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "cifarkit"
+EXAMPLES = ROOT / "examples"
+NOTEBOOKS = ["cifar10_tutorial.ipynb", "own_folder.ipynb"]
+
+# Public names whose modules are being refactored elsewhere (engine/, config.py, logs.py,
+# cli_train.py, models/): they get their docstrings there. Remove a name once it has one; a name
+# missing a docstring that is not listed here fails the test.
+PENDING = {
+    "cifarkit.cli_train": {"cmd_models", "cmd_train", "cmd_eval", "cmd_configs", "cmd_demo", "add_commands"},
+    "cifarkit.config": {"DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig",
+                        "LogConfig", "CheckpointConfig", "Config", "all_keys", "parse_override", "config_to_dict",
+                        "save_config"},
+    "cifarkit.engine.checkpoint": {"atomic_save", "safe_torch_load"},
+    "cifarkit.engine.dist": {"DistInfo", "DistInfo.enabled", "DistInfo.main", "init_from_env", "all_reduce_sum",
+                             "barrier", "cleanup"},
+    "cifarkit.engine.evaluate": {"autocast_ctx"},
+    "cifarkit.engine.inference": {"check_tta", "Inference.from_onnx"},
+    "cifarkit.engine.muon": {"MuonSGD", "MuonSGD.step"},
+    "cifarkit.engine.restore": {"config_of"},
+    "cifarkit.engine.runlog": {"RunLog", "RunLog.write", "RunLog.close"},
+    "cifarkit.engine.setup": {"resolve_device", "amp_dtype", "load_train_split", "RunData", "build_data",
+                              "check_work_dir"},
+    "cifarkit.engine.train": {"TrainState", "format_summary"},
+    "cifarkit.logs": {"RunRecords", "RunRecords.classes", "detect_format"},
+    "cifarkit.models": {"ModelEntry", "register", "list_models", "get_entry", "count_params"},
+    "cifarkit.models.airnet": {"FrozenScaleBN", "DiracConv", "DiracConv.reset_parameters", "ConvGroup",
+                               "ConvGroup.forward", "AirNet", "AirNet.forward", "AirNet.set_whiten_bias_trainable"},
+    "cifarkit.models.torchvision_models": {"torchvision_model"},
+    "cifarkit.models.weights": {"LoadReport", "LoadReport.summary", "load_pretrained"},
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _undocumented(path: Path) -> list[str]:
+    """Public top-level functions and classes of `path`, and their public methods, without a docstring."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    missing = [] if ast.get_docstring(tree) else ["<module docstring>"]
+    for node in tree.body:
+        if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+            continue
+        if not ast.get_docstring(node):
+            missing.append(node.name)
+        if isinstance(node, ast.ClassDef):
+            missing += [f"{node.name}.{m.name}" for m in node.body
+                        if isinstance(m, ast.FunctionDef) and not m.name.startswith("_") and not ast.get_docstring(m)]
+    return missing
+
+
+@pytest.mark.parametrize("name", [n for n in cifarkit.__all__ if n != "__version__"])
+def test_top_level_api_has_docstrings(name):
+    obj = getattr(cifarkit, name)
+    if name in PENDING.get(obj.__module__, set()):
+        pytest.xfail(f"{obj.__module__}.{name}: its docstring comes with the engine/models refactor")
+    doc = inspect.getdoc(obj) or ""
+    assert len(doc.split()) >= 5, f"cifarkit.{name} ({obj.__module__}) needs a docstring that says what it does"
+
+
+def test_every_public_function_and_class_has_a_docstring():
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "__main__.py":
+            continue
+        module = _module_name(path)
+        problems += [f"{module}.{n}" for n in _undocumented(path) if n not in PENDING.get(module, set())]
+    assert not problems, "public names without a docstring:\n  " + "\n  ".join(problems)
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def _notebook_source():
+    """examples/make_notebooks.py, the notebooks' source."""
+    return _load(EXAMPLES / "make_notebooks.py")
+
+
+@cache
+def _hooks():
+    """scripts/mkdocs_hooks.py, which generates the CLI, recipe and API index pages."""
+    return _load(ROOT / "scripts" / "mkdocs_hooks.py")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_is_stored_without_outputs_and_matches_its_source(name):
+    nb = json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert code
+    for i, cell in enumerate(code):
+        assert cell["outputs"] == [] and cell["execution_count"] is None, \
+            f"{name}: code cell {i} holds outputs; clear them (or run examples/make_notebooks.py) before committing"
+        assert "execution" not in cell.get("metadata", {}), f"{name}: code cell {i} holds execution timings"
+    pytest.importorskip("nbformat", reason="nbformat is in the [docs] extra")
+    built = _notebook_source().build(name)
+    assert [c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in nb["cells"]] == \
+        [c.source for c in built.cells], f"{name} differs from examples/make_notebooks.py; run it to regenerate"
+
+
+def _all_parsers(parser, prog="cifarkit"):
+    yield prog, parser
+    for name, _, sub in _hooks()._subparsers(parser):
+        yield from _all_parsers(sub, f"{prog} {name}")
+
+
+def test_cli_reference_is_every_commands_help(monkeypatch):
+    from cifarkit.cli import build_parser
+
+    page = _hooks().cli_reference()
+    monkeypatch.setenv("COLUMNS", _hooks().HELP_COLUMNS)
+    progs = list(_all_parsers(build_parser()))
+    assert len(progs) > 15
+    for prog, parser in progs:
+        assert f"`{prog}`" in page
+        assert parser.format_help().rstrip() in page, f"{prog}: the CLI page differs from its --help"
+
+
+def test_recipe_page_numbers_come_from_the_benchmark_files():
+    page = _hooks().recipes_page()
+    results = ROOT / "benchmarks" / "results"
+    speed = json.loads((results / "train_speed.json").read_text())
+    assert f"{speed['top1_tta_mean']:.2f} ± {speed['top1_tta_sd']:.2f}" in page
+    for r in json.loads((results / "train_throughput.json").read_text())["results"].values():
+        assert f"{r['img_per_s']:,.0f}" in page
+    gpu = json.loads((results / "gpu_speed.json").read_text())["fast"]
+    assert f"{gpu['timed_mean_s']:.2f}" in page
+    for name in ("fast", "airbench94", "resnet18", "mobilenetv2_finetune"):
+        assert f"| `{name}` |" in page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
+    for pkg in ("nbclient", "nbformat", "ipykernel", "pandas", "pytorch_grad_cam"):
+        pytest.importorskip(pkg, reason=f"the notebooks need {pkg} (the [docs] extra)")
+    monkeypatch.setenv("PYTHONPATH", str(SRC.parent))  # the kernel imports this checkout's cifarkit
+    monkeypatch.setenv("CIFARKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CIFARKIT_FOLDER", raising=False)
+    nb, seconds = _notebook_source().execute(EXAMPLES / name, tmp_path)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    figures = sum("image/png" in o.get("data", {}) for o in outputs)
+    assert figures >= (7 if name == "cifar10_tutorial.ipynb" else 4), f"{name}: only {figures} figures shown"
+    print(f"{name}: executed in {seconds:.0f} s")
+
+
+@pytest.mark.slow
+def test_site_builds_in_strict_mode(tmp_path):
+    for pkg in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers"):
+        if importlib.util.find_spec(pkg) is None:
+            pytest.skip(f"the docs packages are not installed ({pkg} missing): pip install -e '.[docs]'")
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(SRC.parent), "NO_MKDOCS_2_WARNING": "1"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    cli = (site / "cli" / "index.html").read_text(encoding="utf-8")
+    assert "cifarkit data export" in cli and "--overwrite" in cli
+    api = (site / "api" / "data" / "index.html").read_text(encoding="utf-8")
+    assert "read_cifar" in api and "Raises" in api
+    assert (site / "notebook" / "cifar10_tutorial.html").is_file()
+
