@@ -111,6 +111,7 @@ class Parser(argparse.ArgumentParser):
     and where to look), exit 2; not a usage block followed by an error."""
 
     def error(self, message: str):  # type: ignore[override]
+        """Print one `error:` line and exit 2."""
         self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
 
 

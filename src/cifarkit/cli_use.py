@@ -126,6 +126,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
+    """`cifarkit serve`: the web app and JSON API (see `cifarkit.serve.app`)."""
     from cifarkit.serve.app import Limits, serve
 
     serve(a.model, a.runs, a.host, a.port, a.device, a.tta,

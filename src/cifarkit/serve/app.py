@@ -45,6 +45,7 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data
 
 @dataclass
 class Limits:
+    """Bounds on what one client may send, and on the batching; all configurable on the command line."""
     max_upload_mb: float = 20.0  # whole request body [MiB]
     max_files: int = 64  # image files in one request
     max_batch: int = 64  # images in one batched forward pass
@@ -171,6 +172,17 @@ def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str)
 
 def create_app(model: str | Path, runs: str | Path | None = None, device: str = "auto", tta: str | None = None,
                limits: Limits | None = None) -> FastAPI:
+    """The FastAPI app for a checkpoint or .onnx `model` (and the runs under `runs`).
+
+    Args:
+        model: checkpoint (.pt) or exported model (.onnx), loaded once through `cifarkit.predict.load`.
+        runs: folder whose run directories the runs view lists; None hides the view.
+        device: auto | cpu | cuda[:N]; tta: default TTA (None: the model's own).
+        limits: request and batching bounds.
+
+    Raises:
+        CifarkitError: the model file cannot be used.
+    """
     limits = limits or Limits()
     clf = load(model, device, tta)
     info = model_info(clf, Path(model))

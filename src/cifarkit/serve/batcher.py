@@ -41,6 +41,7 @@ class _Job:
 
 @dataclass
 class BatchStats:
+    """What the batcher did so far (reported by /api/health)."""
     requests: int = 0
     images: int = 0
     batches: int = 0
@@ -48,6 +49,7 @@ class BatchStats:
 
 
 class Batcher:
+    """Collects concurrent requests for a few ms and runs them as one forward pass on one thread."""
     def __init__(self, inference: Inference, max_batch: int = 64, wait_ms: float = 5.0, max_queue: int = 256):
         self.inference = inference
         self.max_batch = max_batch
@@ -59,6 +61,7 @@ class Batcher:
 
     # ---- lifecycle (the app's lifespan) --------------------------------------------------------
     def start(self) -> None:
+        """Start the worker task on the running event loop (call from the app's startup)."""
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:

@@ -24,6 +24,7 @@ from cifarkit.data.export import _die_with_parent
 
 @dataclass
 class Server:
+    """A `cifarkit serve` child process started by `launch`, with its URL and everything it printed."""
     url: str
     proc: subprocess.Popen
     output: list[str] = field(default_factory=list)  # every line the server printed

@@ -21,6 +21,7 @@ MAX_DEPTH = 3  # runs folder / group / run: deep enough for work_dirs/<experimen
 
 @dataclass
 class Run:
+    """One run directory found under the runs folder; `id` is the only handle a client gets."""
     id: str  # path relative to the runs folder, with "/" separators
     path: Path
 
