@@ -26,6 +26,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.after_run import plot_writers
     from cifarkit.config import describe_keys, load_config
     from cifarkit.engine.train import fit
 
@@ -39,7 +40,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                           "lists them), or --list-keys")
     cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
-    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force)
+    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
+        after_run=plot_writers(cfg.log.plots))
     return 0
 
 

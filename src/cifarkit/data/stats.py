@@ -109,7 +109,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
 
 
 def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
-    from cifarkit.analysis.plotting import pyplot, save
+    from cifarkit.plotting import pyplot, save
 
     plt = pyplot()
     classes = stats["classes"]
