@@ -71,11 +71,15 @@ class Trainer:
 
     @property
     def sync_each_step(self) -> bool:
-        """On CUDA the loss stays on the device: a host sync per step would idle the GPU while
-        Python queues the next step. Deferred losses are checked for NaN/inf at each log record and
-        at the epoch's end, before any checkpoint is written; skip_batch and torchrun still decide
-        per step."""
-        return self.device.type != "cuda" or self.cfg.train.nan_policy == "skip_batch" or self.dinfo.enabled
+        """Check the loss on the host every step (else at log records and the epoch's end)."""
+        return not defer_loss_sync(self.device) or self.cfg.train.nan_policy == "skip_batch" or self.dinfo.enabled
+
+
+def defer_loss_sync(device: torch.device) -> bool:
+    """On CUDA the loss stays on the device: a host sync per step would idle the GPU while Python
+    queues the next step. Deferred losses are checked for NaN/inf at each log record and at the
+    epoch's end, before any checkpoint is written; skip_batch and torchrun still decide per step."""
+    return device.type == "cuda"
 
 
 # ---- the step ---------------------------------------------------------------------------------
