@@ -55,15 +55,6 @@ class RunFinished(CifarkitError):
     """--resume found a run that has already trained every step its config asks for."""
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DistributedDataParallel and/or torch.compile wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
-
-
 def micro_batches(batch: int, micro_batch: int) -> int:
     """How many chunks `train.micro_batch` cuts one (per-process) batch into."""
     return math.ceil(batch / micro_batch) if 0 < micro_batch < batch else 1
