@@ -12,7 +12,7 @@
     evaluation. It runs before (a)'s first seed and after each seed, since this machine's speed
     drifts; the mean of those runs is the denominator of the ratio (a)/(b).
 (b') The same loop with the allocator setting that cifarkit's CPU training applies
-    (`train.hold_memory`, engine/setup.py: freed memory stays in the process), measured next to
+    (`train.hold_memory`, engine/memory.py: freed memory stays in the process), measured next to
     each (b): what our engine gains from that setting is not counted as a gain over the loop.
 Writes benchmarks/results/train_speed.json.
 """
@@ -109,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.plain_only:
         if args.hold:
-            from cifarkit.engine.setup import hold_freed_memory
+            from cifarkit.engine.memory import hold_freed_memory
 
             hold_freed_memory()
         print(plain_eager_seconds_per_step(args.plain_only))

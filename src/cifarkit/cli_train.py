@@ -26,6 +26,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from cifarkit.analysis.after_run import plot_writers
     from cifarkit.config import describe_keys, load_config
     from cifarkit.engine.train import fit
 
@@ -39,7 +40,20 @@ def cmd_train(a: argparse.Namespace) -> int:
                           "lists them), or --list-keys")
     cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
-    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force)
+    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
+        after_run=plot_writers(cfg.log.plots))
+    return 0
+
+
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from cifarkit.config import load_config
+    from cifarkit.engine.lr_find import lr_find
+
+    cfg = load_config(a.config, a.set)
+    r = lr_find(cfg, a.out, a.start_lr, a.end_lr, a.steps, a.diverge, a.device)
+    print(f"swept {r.key} over {len(r.lrs)} steps ({r.lrs[0]:.2g} .. {r.lrs[-1]:.2g}); wrote {r.csv} and {r.png}")
+    print(f"suggested {r.key}: valley {r.valley:.3g}, steepest descent {r.steepest:.3g}")
+    print(f"use: cifarkit train {a.config} {' '.join('--set ' + s for s in a.set)} {r.set_line}".replace("  ", " "))
     return 0
 
 
@@ -109,6 +123,17 @@ def add_commands(sub) -> None:
     t.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)
+
+    f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
+    f.add_argument("config", help="a YAML file, or a shipped recipe's name")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    f.add_argument("--out", default="lr_find", help="folder for lr_find.png and lr_find.csv")
+    f.add_argument("--steps", type=int, default=200, help="sweep length [iterations]")
+    f.add_argument("--start-lr", type=float, default=1e-6)
+    f.add_argument("--end-lr", type=float, default=10.0)
+    f.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
+    f.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    f.set_defaults(fn=cmd_lr_find)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)")
     e.add_argument("checkpoint")

@@ -111,6 +111,14 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    patience: int = _f(0, "stop after this many evaluations without improvement (0 = off); best.pt then "
+                          "follows `metric`", ge=0)
+    metric: str = _f("top1", "top1 | loss: the validation metric early stopping and best.pt watch")
+    min_delta: float = _f(0.0, "smallest change that counts as an improvement [top-1 % or loss]", ge=0)
+
+
+@dataclass
 class TrainConfig:
     epochs: float = _f(10, "training length [epochs]; fractional allowed", gt=0, le=1e6)
     batch_size: int = _f(128, "batch size [images]", ge=1)
@@ -137,6 +145,7 @@ class TrainConfig:
     sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
     micro_batch: int = _f(0, "split each batch into chunks of this size, accumulating gradients (0 = off; "
                              "BatchNorm then normalises per chunk, its running-stat momentum rescaled per step)", ge=0)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
 @dataclass
@@ -149,7 +158,10 @@ class EvalConfig:
 @dataclass
 class LogConfig:
     interval: int = _f(10, "log a train record every N iterations", ge=1)
-    plots: bool = _f(True, "write curves at the end of training")
+    plots: bool = _f(True, "cifarkit train: write curves.png and report.html at the end (library fit: pass "
+                           "after_run writers)")
+    tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tb/ (needs cifarkit[tensorboard])")
+    csv: bool = _f(False, "also write RUN/metrics.csv, one row per train/val/early_stop record")
 
 
 @dataclass
@@ -300,6 +312,7 @@ def _validate(cfg: Config) -> None:
         "train.amp": (cfg.train.amp, ["auto", "bf16", "fp16", "none"]),
         "train.loss_reduction": (cfg.train.loss_reduction, ["mean", "sum"]),
         "train.nan_policy": (cfg.train.nan_policy, ["stop", "skip_batch"]),
+        "train.early_stop.metric": (cfg.train.early_stop.metric, ["top1", "loss"]),
         "train.compile": (cfg.train.compile, ["off", "on", "cuda"]),
         "train.compile_mode": (cfg.train.compile_mode, ["default", "reduce-overhead", "max-autotune",
                                                         "max-autotune-no-cudagraphs"]),

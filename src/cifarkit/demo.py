@@ -18,8 +18,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cifarkit.analysis.after_run import plot_writers
+from cifarkit.analysis.analyze import analyze
+from cifarkit.analysis.plotting import save
+from cifarkit.cam import compute_cam, save_cam_figure
+from cifarkit.config import load_config
+from cifarkit.data.cifar import write_cifar_batches
+from cifarkit.data.export import export_dataset
 from cifarkit.data.imageset import ImageSet
+from cifarkit.data.inspect import format_inspect, inspect_path
+from cifarkit.data.show import show_grid
+from cifarkit.data.sources import load_dataset
+from cifarkit.engine.inference import evaluate_checkpoint
+from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError
+from cifarkit.export import export_model
+from cifarkit.predict import load, show_result
 from cifarkit.recipes import shipped_configs
 
 SAMPLE = "cifar10_sample.tar.gz"
@@ -55,8 +69,6 @@ def read_sample() -> dict[str, ImageSet]:
 
 def demo_config(data_root: Path, epochs: float, quick: bool):
     """The airbench94 recipe scaled to the 2,000-image sample (batch 256); `quick` stops after 3 steps."""
-    from cifarkit.config import load_config
-
     cfg_path = shipped_configs()["airbench94"]  # package data: works from a wheel as from a clone
     overrides = [
         f"data.root={data_root}", f"train.epochs={epochs}",
@@ -94,14 +106,6 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     Raises:
         CifarkitError: a step fails with a user-fixable problem (e.g. `out` is not writable).
     """
-    from cifarkit.data.cifar import write_cifar_batches
-    from cifarkit.data.export import export_dataset
-    from cifarkit.data.inspect import format_inspect, inspect_path
-    from cifarkit.data.show import show_grid
-    from cifarkit.data.sources import load_dataset
-    from cifarkit.engine.inference import evaluate_checkpoint
-    from cifarkit.engine.train import fit
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +133,8 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
 
     _step(f"5. train the airbench94 recipe (airnet) for {epochs} epochs on {len(train)} images")
     cfg = demo_config(root, epochs, quick)
-    summary = fit(cfg, work_dir=out / "run", force=True)  # a rerun redoes the demo; the old run moves aside
+    # a rerun redoes the demo (the old run moves aside); curves.png and report.html as `cifarkit train` writes them
+    summary = fit(cfg, work_dir=out / "run", force=True, after_run=plot_writers(cfg.log.plots))
     results["train"] = summary
 
     _step("6. evaluate the checkpoint on its own")
@@ -139,16 +144,12 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     results["eval"] = {k: v for k, v in m.items() if k != "predictions"}
 
     _step("7. understand: curves, confusion matrix, per-class metrics, calibration, report")
-    from cifarkit.analysis.analyze import analyze
-
     a = analyze(out / "run" / "best.pt", out / "analysis")
     print(f"analysis: top1 {a['top1']:.2f}, ECE {a['ece'] * 100:.2f}%, most confused "
           + ", ".join(f"{p['true']}->{p['predicted']}" for p in a["most_confused"][:3]))
     print(f"curves: {out / 'run' / 'curves.png'}; report: {out / 'run' / 'report.html'}")
 
     _step("8. use: predict test images, Grad-CAM, export to ONNX")
-    from cifarkit.predict import load, show_result
-
     clf = load(out / "run" / "last.pt")
     # predict == eval: every exported test PNG gets the label eval gave the same image
     with open(res.manifest, newline="", encoding="utf-8") as f:
@@ -160,14 +161,10 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     results["predict_equals_eval"] = {"same": same, "n": len(preds), "tta": clf.tta}
     picks = sorted((out / "export" / "test").glob("*/*.png"))[::50][:6]
     (out / "predict").mkdir(exist_ok=True)
-    from cifarkit.analysis.plotting import save
-
     for pred in clf.predict(picks):
         print(f"{Path(pred.path).parent.name + '/' + Path(pred.path).name:<28} -> {pred.label:<11} {pred.score:.2f}")
         save(show_result(pred.path, pred), out / "predict" / f"{Path(pred.path).stem}.png")
     try:
-        from cifarkit.cam import compute_cam, save_cam_figure
-
         for p in picks[:3]:
             res = compute_cam(clf, p)
             save_cam_figure(p, res, out / "cam" / f"{p.stem}_cam.png")
@@ -175,8 +172,6 @@ def run_demo(out: str | Path = "demo_out", epochs: float = 12, quick: bool = Fal
     except CifarkitError as e:
         print(f"Grad-CAM skipped: {e}")
     try:
-        from cifarkit.export import export_model
-
         r = export_model(out / "run" / "best.pt", "onnx", out / "model.onnx")
         print(f"exported {r.path}: max abs diff {r.max_abs_diff:.1e}, top-1 agreement {r.top1_agreement:.0%}")
     except CifarkitError as e:

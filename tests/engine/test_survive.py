@@ -151,10 +151,10 @@ def test_nan_stop_names_epoch_and_iteration_and_keeps_last_good(cifar10_small: P
 def test_deferred_nan_check_names_the_same_iteration(cifar10_small: Path, tmp_path: Path, monkeypatch):
     """The GPU path (losses checked at log records/epoch end, not per step), forced on the CPU:
     same error, same last good checkpoint, and the same logged losses as the per-step path."""
-    import cifarkit.engine.train as train_mod
+    import cifarkit.engine.step as step_mod
 
     ok = fit(tiny(cifar10_small, "log.interval=2"), work_dir=tmp_path / "sync", quiet=True)
-    monkeypatch.setattr(train_mod, "defer_loss_sync", lambda device: True)
+    monkeypatch.setattr(step_mod, "defer_loss_sync", lambda device: True)
     deferred = fit(tiny(cifar10_small, "log.interval=2"), work_dir=tmp_path / "defer", quiet=True)
     assert deferred["final"] == ok["final"]
 

@@ -11,7 +11,7 @@ import torch
 from cifarkit.config import load_config
 from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.engine.inference import evaluate_checkpoint
-from cifarkit.engine.setup import lr_factor
+from cifarkit.engine.optimizers import lr_factor
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import ConfigError
 

@@ -87,10 +87,10 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     import torch
 
     from cifarkit.analysis.metrics import softmax
+    from cifarkit.data.splits import load_eval_split
     from cifarkit.engine.checkpoint import load_checkpoint
     from cifarkit.engine.evaluate import ranked
     from cifarkit.engine.restore import config_of
-    from cifarkit.engine.setup import load_eval_split
 
     idx = metrics.get("misclassified_index", [])[:n]
     if not idx:

@@ -126,7 +126,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
 
 def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
     """Save a bar chart of images per class and split from `dataset_stats`' result to `out`."""
-    from cifarkit.analysis.plotting import pyplot, save
+    from cifarkit.plotting import pyplot, save
 
     plt = pyplot()
     classes = stats["classes"]

@@ -9,15 +9,17 @@ sentence, and its code never runs.
 from __future__ import annotations
 
 import os
-import pickle
-import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cifarkit.config import Config
 from cifarkit.errors import CheckpointError
+from cifarkit.safeload import safe_torch_load
+
+__all__ = ["atomic_save", "check_resume_compatible", "load_checkpoint", "newest_valid_checkpoint",
+           "safe_torch_load"]
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -42,25 +44,6 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
-def safe_torch_load(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint or weights file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        m = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if m:
-            raise CheckpointError(f"{path}: refused, it asks to import {m[1]}, which a weights file never "
-                                  "needs (it may carry code); nothing from it was run") from None
-        first = next((ln.strip() for ln in str(e).splitlines() if "error" in ln.lower()), str(e)[:160])
-        raise CheckpointError(f"{path}: not a valid checkpoint ({first[:200]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError,
-            AttributeError, TypeError, MemoryError) as e:
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """One of our run checkpoints (a dict with `model`, `config`, `classes`, `preprocess`)."""
     ck = safe_torch_load(path)
@@ -83,3 +66,18 @@ def newest_valid_checkpoint(run_dir: str | Path) -> Path | None:
         if "optimizer" in ck:
             return p
     return None
+
+
+def check_resume_compatible(ck: dict[str, Any], cfg: Config, path: Path) -> None:
+    """One sentence naming what differs, instead of a state-dict traceback."""
+    old = ck.get("config", {}).get("model", {})
+    for key, new in (("name", cfg.model.name), ("num_classes", cfg.model.num_classes)):
+        if old.get(key) != new:
+            raise CheckpointError(f"{path}: was trained with model.{key}={old.get(key)!r}, the config asks for "
+                                  f"{new!r}; resume with the same model, or start a new --work-dir")
+    if "optimizer" not in ck:
+        raise CheckpointError(f"{path}: holds no optimizer state (an exported or best-only file?); resume from "
+                              "last.pt or epoch_N.pt")
+    groups = ck["optimizer"].get("param_groups", [])
+    if cfg.optim.name == "muon" and not any(g.get("muon") for g in groups):
+        raise CheckpointError(f"{path}: was trained with another optimizer than optim.name=muon")

@@ -23,9 +23,10 @@ import torch
 
 from cifarkit.config import Config
 from cifarkit.data.loader import Preprocess
+from cifarkit.data.splits import load_eval_split
+from cifarkit.engine.device import amp_dtype, resolve_device
 from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
-from cifarkit.engine.setup import amp_dtype, load_eval_split, resolve_device
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 
 PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

@@ -19,6 +19,7 @@ from cifarkit.config import Config, config_from_dict
 from cifarkit.data.loader import Preprocess
 from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.errors import CheckpointError, ConfigError
+from cifarkit.models import create_model
 
 MAX_INPUT_SIZE = 1024  # [px]; an edited input_size of 10^5 would otherwise allocate ~120 GB per image
 MAX_CLASSES = 100_000
@@ -78,8 +79,6 @@ def check_preprocess(prep: Any, path: str | Path) -> Preprocess:
 
 def load_for_inference(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, dict, Config, Preprocess]:
     """(model in eval mode on `device`, raw checkpoint dict, config, preprocessing), schema-checked."""
-    from cifarkit.models import create_model
-
     ck = load_checkpoint(path)
     cfg = config_of(ck, path)
     prep = check_preprocess(ck.get("preprocess"), path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from cifarkit.errors import CifarkitError
 LOCK_NAME = ".lock"
 # what a run writes into its directory; only these move aside, so a --work-dir that also holds
 # the user's own files keeps them in place
-RUN_OUTPUTS = ("config.yaml", "log.jsonl", "curves.png", "report.html", "analysis", "data_stats")
+RUN_OUTPUTS = ("config.yaml", "log.jsonl", "metrics.csv", "tb", "curves.png", "report.html", "analysis",
+               "data_stats")
 
 
 class RunDirBusy(CifarkitError):
@@ -83,3 +85,20 @@ def claim_fresh(run_dir: Path, force: bool) -> Path | None:
     for p in old:
         os.replace(p, dest / p.name)
     return dest
+
+
+def check_work_dir(path: Path, need_bytes: int = 50 << 20) -> None:
+    if path.exists() and not path.is_dir():
+        raise CifarkitError(f"{path}: is a file, not a folder; choose another --work-dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise CifarkitError(f"{path}: the work directory is not writable ({e.strerror}); choose another "
+                            "with --work-dir") from None
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise CifarkitError(f"{path}: only {free >> 20} MiB free, need at least {need_bytes >> 20} MiB for "
+                            "checkpoints; free some space or choose another --work-dir")

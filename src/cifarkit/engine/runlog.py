@@ -2,13 +2,15 @@
 
 First line: a header (config, versions, device, seed, classes). Then `{"type": "train", ...}`
 every `log.interval` iterations and `{"type": "val", ...}` after each evaluation. Every later
-tool (plot, report, eval comparisons) reads this one schema.
+tool (plot, report, eval comparisons) reads this one schema. `sinks` (engine/loggers.py:
+TensorBoard, CSV) receive every record too; on resume the kept records are `replay`ed to them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,10 @@ def _clean(v: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, path: str | Path, header: dict[str, Any] | None = None, resume_iter: int | None = None):
+    def __init__(self, path: str | Path, header: dict[str, Any] | None = None, resume_iter: int | None = None,
+                 sinks: Sequence[Any] = ()):
         self.path = Path(path)
+        self.sinks = list(sinks)
         if resume_iter is not None and self.path.is_file():
             # keep the header and every record up to the checkpoint we resume from, so the log of
             # a resumed run reads exactly like an uninterrupted one
@@ -34,15 +38,24 @@ class RunLog:
                     or (r.get("type") != "summary" and (r.get("iter") or 0) <= resume_iter)]
             self.f = open(self.path, "w", encoding="utf-8")
             for rec in kept:
-                self.write(rec)
+                self._write_line(rec)
+                for sink in self.sinks:
+                    sink.replay(rec)
         else:
             self.f = open(self.path, "w", encoding="utf-8")
             if header is not None:
                 self.write({"type": "header", **header})
 
     def write(self, rec: dict[str, Any]) -> None:
+        self._write_line(rec)
+        for sink in self.sinks:
+            sink.write(rec)
+
+    def _write_line(self, rec: dict[str, Any]) -> None:
         self.f.write(json.dumps({k: _clean(v) for k, v in rec.items()}, default=str) + "\n")
         self.f.flush()
 
     def close(self) -> None:
         self.f.close()
+        for sink in self.sinks:
+            sink.close()

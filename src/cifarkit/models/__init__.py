@@ -3,17 +3,35 @@
 Registered: `airnet` (the speed recipe's network), CIFAR ResNets (`resnet18_cifar`, ...),
 `mobilenet_v2`, any other torchvision classifier by its own name, and `timm/<name>` when timm is
 installed. Each entry may name its Grad-CAM layer; otherwise `cam_layer()` finds the last
-spatial block.
+spatial block. Model-specific training behaviour is declared on the entry as `TrainHooks`, so the
+generic engine calls hooks by name instead of probing models with `hasattr`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 from cifarkit.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a model needs from the training loop beyond forward/backward (all optional).
+
+    data_init(model, images): data-dependent init from normalised training images (N, 3, H, W),
+        run once on a fresh (not pretrained, not resumed) model; airnet's whitening filters.
+    epoch_start(model, epoch, train_cfg): before each epoch (0-based); airnet freezes its
+        whitening bias after `train.whiten_bias_epochs`.
+    own_lr_params(model): parameters that get their own lr group and schedule when
+        `optim.whiten_bias_decay` is set (airnet's whitening bias)."""
+    data_init: Callable[[nn.Module, torch.Tensor], None] | None = None
+    epoch_start: Callable[[nn.Module, int, Any], None] | None = None
+    own_lr_params: Callable[[nn.Module], list[nn.Parameter]] | None = None
 
 
 @dataclass
@@ -23,20 +41,33 @@ class ModelEntry:
     description: str
     cam_layer: str | None = None
     input_size: int = 32
+    hooks: TrainHooks = field(default_factory=TrainHooks)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, description: str, cam_layer: str | None = None, input_size: int = 32):
+def register(name: str, description: str, cam_layer: str | None = None, input_size: int = 32,
+             hooks: TrainHooks | None = None):
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelEntry(name, fn, description, cam_layer, input_size)
+        _REGISTRY[name] = ModelEntry(name, fn, description, cam_layer, input_size, hooks or TrainHooks())
         return fn
 
     return deco
 
 
-@register("airnet", "airbench94 network: whitening conv + 3 conv groups, 2.0M params", "layers.2")
+def _airnet_epoch_start(model: nn.Module, epoch: int, train_cfg: Any) -> None:
+    if train_cfg.whiten_bias_epochs:  # airbench94: the whitening bias trains for the first 3 epochs only
+        model.set_whiten_bias_trainable(epoch < train_cfg.whiten_bias_epochs)
+
+
+_AIRNET_HOOKS = TrainHooks(data_init=lambda model, images: model.data_init(images),
+                           epoch_start=_airnet_epoch_start,
+                           own_lr_params=lambda model: [model.whiten.bias])
+
+
+@register("airnet", "airbench94 network: whitening conv + 3 conv groups, 2.0M params", "layers.2",
+          hooks=_AIRNET_HOOKS)
 def _airnet(num_classes: int, **kw) -> nn.Module:
     from cifarkit.models.airnet import AirNet
 
@@ -76,6 +107,12 @@ def list_models(include_torchvision: bool = False) -> list[str]:
 
 def get_entry(name: str) -> ModelEntry | None:
     return _REGISTRY.get(name)
+
+
+def train_hooks(name: str) -> TrainHooks:
+    """The training hooks of model `name` (none for unregistered torchvision/timm models)."""
+    entry = _REGISTRY.get(name)
+    return entry.hooks if entry is not None else TrainHooks()
 
 
 # what create_model itself passes to the constructor, so model.kwargs must not (cifar_stem, pretrained)

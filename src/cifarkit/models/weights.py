@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cifarkit.errors import CheckpointError
+from cifarkit.safeload import safe_torch_load
 
 
 @dataclass
@@ -46,8 +47,6 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """The tensors of a weights file and the name of the layout they came in."""
-    from cifarkit.engine.checkpoint import safe_torch_load
-
     if not Path(path).is_file():
         raise CheckpointError(
             f"{path}: no such weights file; model.pretrained takes a local file (e.g. the MMClassification "

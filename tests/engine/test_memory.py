@@ -1,4 +1,4 @@
-"""engine/setup.py: the CPU allocator hold that keeps large training buffers in the process.
+"""engine/memory.py: the CPU allocator hold that keeps large training buffers in the process.
 
 The allocator is measured in a fresh interpreter: in pytest's long-lived process earlier tests
 leave free blocks in the heap that a new allocation may reuse, which hides what is measured."""
@@ -22,7 +22,7 @@ MIB = 1 << 20
 
 PROBE = """
 import json, os, resource, torch
-from cifarkit.engine.setup import hold_freed_memory
+from cifarkit.engine.memory import hold_freed_memory
 
 def rss():
     with open("/proc/self/statm") as f:

@@ -1,0 +1,90 @@
+"""Which images a run trains and evaluates on, and the training loader over them.
+
+The one place that decides splits: `data.val_fraction` carves a validation set out of train
+(a fixed permutation from `data.val_seed`), otherwise the test split is evaluated. Training,
+`cifarkit eval`, analyze and report all ask here, so they agree on the images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarkit.config import Config
+from cifarkit.data.loader import Augment, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
+from cifarkit.data.sources import describe_kind, load_dataset
+from cifarkit.errors import ConfigError
+
+
+def _subset_per_class(ds, n: int):
+    return ds.first_per_class(n) if n else ds
+
+
+def load_train_split(cfg: Config):
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
+    ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
+    ds = _subset_per_class(ds, cfg.data.subset_per_class)
+    if cfg.data.val_fraction > 0:
+        perm = np.random.default_rng(cfg.data.val_seed).permutation(len(ds))
+        n_val = max(1, int(round(len(ds) * cfg.data.val_fraction)))
+        return ds.subset(np.sort(perm[n_val:])), ds.subset(np.sort(perm[:n_val])), "val"
+    return ds, None, cfg.data.test_split
+
+
+def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
+                    split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The evaluation images of a run (val carve-out or test split), as CPU uint8 tensors."""
+    root = data or cfg.data.root
+    if split is None and cfg.data.val_fraction > 0 and data is None:
+        _, val, name = load_train_split(cfg)
+        ds = val
+    else:
+        name = split or cfg.data.test_split
+        ds = load_dataset(root, name, cfg.data.image_size or None, classes=None)
+        ds = _subset_per_class(ds, cfg.data.subset_per_class if data is None else 0)
+    if list(ds.classes) != list(classes):
+        raise ConfigError(f"{root}: its classes {ds.classes} differ from the checkpoint's {classes}")
+    return to_chw_tensor(ds.images), torch.from_numpy(ds.labels), name
+
+
+@dataclass
+class RunData:
+    loader: TensorLoader
+    eval_images: torch.Tensor  # (M, 3, H, W) uint8, CPU
+    eval_labels: torch.Tensor
+    eval_name: str
+    classes: list[str]
+    prep: Preprocess
+    train_images: torch.Tensor | None  # for data-dependent init (airnet whitening)
+    num_train: int
+
+
+def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
+    train, val, eval_name = load_train_split(cfg)
+    if cfg.model.num_classes != train.num_classes:
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.root} has "
+                          f"{train.num_classes} classes; set model.num_classes={train.num_classes}")
+    if val is None:
+        images, labels, _ = load_eval_split(cfg, train.classes)
+    else:
+        images, labels = to_chw_tensor(val.images), torch.from_numpy(val.labels)
+    d = cfg.data
+    size = d.rrc_size or d.eval_crop or train.images.shape[1]
+    prep = Preprocess(list(d.mean), list(d.std), size, d.eval_resize, d.eval_crop)
+    aug = Augment(d.crop_padding, d.pad_mode, d.flip, d.rrc_size, tuple(d.rrc_scale), d.cutout)
+    y = torch.from_numpy(train.labels).to(device)
+    fetch, x = None, None
+    if not d.in_memory and describe_kind(d.root) != "cifar":
+        root = Path(d.root).parent if Path(d.root).is_file() else Path(d.root)
+        paths = [str(root / s) for s in train.sources]
+        fetch = streaming_fetch(paths, train.images.shape[1], d.workers, device)
+    else:
+        x = to_chw_tensor(train.images).to(device)  # (N, 3, H, W) uint8, resident for the whole run
+    loader = TensorLoader(x, y, cfg.train.batch_size, aug, prep, cfg.train.seed, drop_last=True, fetch=fetch,
+                          rank=rank, world=world)
+    return RunData(loader, images, labels, eval_name, train.classes, prep,
+                   x if x is not None else to_chw_tensor(train.images[:5000]), len(train))

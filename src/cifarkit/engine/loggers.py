@@ -1,0 +1,88 @@
+"""Extra views of the run log: TensorBoard event files (`log.tensorboard`) and a CSV
+(`log.csv`). `log.jsonl` stays the source of truth; these sinks receive the same records as
+it is written (`RunLog(sinks=...)`) and never feed back into training.
+
+On resume the JSONL is rewritten up to the checkpoint: the CSV is rewritten with it (`replay`),
+while TensorBoard, which only appends, is told to purge the events after that iteration.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from cifarkit.errors import ConfigError
+
+CSV_COLUMNS = ["type", "epoch", "iter", "lr", "loss", "top1", "top5", "split", "time", "data_time", "metric",
+               "best", "best_epoch"]
+CSV_TYPES = ("train", "val", "early_stop")  # the header and summary are nested / per-run, not rows
+
+
+class CsvSink:
+    """RUN/metrics.csv: one row per train / val / early_stop record, fixed columns (CSV_COLUMNS)."""
+
+    def __init__(self, path: Path):
+        self.f = open(path, "w", newline="", encoding="utf-8")
+        self.w = csv.DictWriter(self.f, CSV_COLUMNS, extrasaction="ignore")
+        self.w.writeheader()
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if rec.get("type") in CSV_TYPES:
+            self.w.writerow(rec)
+            self.f.flush()
+
+    replay = write
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def summary_writer_class():
+    """torch's SummaryWriter, or one sentence naming the extra to install."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it, and says so less clearly)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("log.tensorboard needs the tensorboard package: pip install 'cifarkit[tensorboard]' "
+                          "(or set log.tensorboard=false)") from None
+    return SummaryWriter
+
+
+class TensorBoardSink:
+    """RUN/tb/: scalars train/loss, train/lr, train/images_per_s, val/top1, val/top5, val/loss,
+    against the iteration."""
+
+    def __init__(self, log_dir: Path, batch_size: int, resume_iter: int | None = None):
+        writer = summary_writer_class()
+        # purge_step: events at or after it, left by the interrupted run, are hidden by TensorBoard
+        self.w = writer(str(log_dir), purge_step=resume_iter + 1 if resume_iter is not None else None)
+        self.batch_size = batch_size
+
+    def write(self, rec: dict[str, Any]) -> None:
+        step, kind = rec.get("iter"), rec.get("type")
+        if kind == "train":
+            self.w.add_scalar("train/loss", rec["loss"], step)
+            self.w.add_scalar("train/lr", rec["lr"], step)
+            if rec.get("time"):
+                self.w.add_scalar("train/images_per_s", self.batch_size / rec["time"], step)
+        elif kind == "val":
+            for k in ("top1", "top5", "loss"):
+                self.w.add_scalar(f"val/{k}", rec[k], step)
+        if kind in ("val", "early_stop"):
+            self.w.flush()  # an evaluation is worth seeing at once; train scalars flush on TB's timer
+
+    def replay(self, rec: dict[str, Any]) -> None:
+        pass  # already in the event files from before the interruption
+
+    def close(self) -> None:
+        self.w.close()
+
+
+def make_sinks(cfg_log, run_dir: Path, batch_size: int, resume_iter: int | None) -> list:
+    sinks: list = []
+    if cfg_log.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tb", batch_size, resume_iter))
+    if cfg_log.csv:
+        sinks.append(CsvSink(run_dir / "metrics.csv"))
+    return sinks
