@@ -28,33 +28,6 @@ SRC = ROOT / "src" / "cifarkit"
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = ["cifar10_tutorial.ipynb", "own_folder.ipynb"]
 
-# Public names whose modules are being refactored elsewhere (engine/, config.py, logs.py,
-# cli_train.py, models/): they get their docstrings there. Remove a name once it has one; a name
-# missing a docstring that is not listed here fails the test.
-PENDING = {
-    "cifarkit.cli_train": {"cmd_models", "cmd_train", "cmd_eval", "cmd_configs", "cmd_demo", "add_commands"},
-    "cifarkit.config": {"DataConfig", "ModelConfig", "OptimConfig", "ScheduleConfig", "TrainConfig", "EvalConfig",
-                        "LogConfig", "CheckpointConfig", "Config", "all_keys", "parse_override", "config_to_dict",
-                        "save_config"},
-    "cifarkit.engine.checkpoint": {"atomic_save", "safe_torch_load"},
-    "cifarkit.engine.dist": {"DistInfo", "DistInfo.enabled", "DistInfo.main", "init_from_env", "all_reduce_sum",
-                             "barrier", "cleanup"},
-    "cifarkit.engine.evaluate": {"autocast_ctx"},
-    "cifarkit.engine.inference": {"check_tta", "Inference.from_onnx"},
-    "cifarkit.engine.muon": {"MuonSGD", "MuonSGD.step"},
-    "cifarkit.engine.restore": {"config_of"},
-    "cifarkit.engine.runlog": {"RunLog", "RunLog.write", "RunLog.close"},
-    "cifarkit.engine.setup": {"resolve_device", "amp_dtype", "load_train_split", "RunData", "build_data",
-                              "check_work_dir"},
-    "cifarkit.engine.train": {"TrainState", "format_summary"},
-    "cifarkit.logs": {"RunRecords", "RunRecords.classes", "detect_format"},
-    "cifarkit.models": {"ModelEntry", "register", "list_models", "get_entry", "count_params"},
-    "cifarkit.models.airnet": {"FrozenScaleBN", "DiracConv", "DiracConv.reset_parameters", "ConvGroup",
-                               "ConvGroup.forward", "AirNet", "AirNet.forward", "AirNet.set_whiten_bias_trainable"},
-    "cifarkit.models.torchvision_models": {"torchvision_model"},
-    "cifarkit.models.weights": {"LoadReport", "LoadReport.summary", "load_pretrained"},
-}
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(SRC.parent).with_suffix("").parts
@@ -79,8 +52,6 @@ def _undocumented(path: Path) -> list[str]:
 @pytest.mark.parametrize("name", [n for n in cifarkit.__all__ if n != "__version__"])
 def test_top_level_api_has_docstrings(name):
     obj = getattr(cifarkit, name)
-    if name in PENDING.get(obj.__module__, set()):
-        pytest.xfail(f"{obj.__module__}.{name}: its docstring comes with the engine/models refactor")
     doc = inspect.getdoc(obj) or ""
     assert len(doc.split()) >= 5, f"cifarkit.{name} ({obj.__module__}) needs a docstring that says what it does"
 
@@ -91,7 +62,7 @@ def test_every_public_function_and_class_has_a_docstring():
         if path.name == "__main__.py":
             continue
         module = _module_name(path)
-        problems += [f"{module}.{n}" for n in _undocumented(path) if n not in PENDING.get(module, set())]
+        problems += [f"{module}.{n}" for n in _undocumented(path)]
     assert not problems, "public names without a docstring:\n  " + "\n  ".join(problems)
 
 

@@ -12,6 +12,9 @@ from cifarkit.errors import CifarkitError
 
 
 def cmd_models(a: argparse.Namespace) -> int:
+    """`cifarkit models`: each registered model's parameters, MACs at its input size and description.
+
+    With --all, every torchvision classifier too; --input-size overrides the size for the MACs."""
     from cifarkit.models import count_macs, count_params, create_model, get_entry, list_models
 
     names = list_models(include_torchvision=a.all)
@@ -26,6 +29,14 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    """`cifarkit train`: load CONFIG (a file or a shipped recipe) with its --set overrides and `fit` it.
+
+    Curves and the report are written after the run when `log.plots` is on; --list-keys prints
+    every config key instead of training.
+
+    Raises:
+        ConfigError: no CONFIG was given (and no --list-keys), or the config is not valid.
+    """
     from cifarkit.analysis.after_run import plot_writers
     from cifarkit.config import describe_keys, load_config
     from cifarkit.engine.train import fit
@@ -46,6 +57,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
+    """`cifarkit lr-find`: run the LR range test on CONFIG, print the suggested lr and how to train with it."""
     from cifarkit.config import load_config
     from cifarkit.engine.lr_find import lr_find
 
@@ -58,6 +70,13 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
+    """`cifarkit eval`: top-1, top-5 and loss of a checkpoint, as one line or --json.
+
+    --predictions also writes each image's predicted class (index, id, name) to a new CSV.
+
+    Raises:
+        CifarkitError: the --predictions file already exists.
+    """
     from cifarkit.engine.inference import evaluate_checkpoint
 
     if a.predictions and Path(a.predictions).exists():
@@ -79,6 +98,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_configs(a: argparse.Namespace) -> int:
+    """`cifarkit configs`: list the shipped recipes with their descriptions, or print one (`show NAME`).
+
+    Raises:
+        CifarkitError: `show` without a NAME, or an action other than `list` or `show`.
+    """
     from cifarkit.recipes import describe, resolve_config, shipped_configs
 
     if a.action == "show":
@@ -97,6 +121,7 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    """`cifarkit demo`: the whole workflow on the bundled sample, written into --out."""
     from cifarkit.demo import run_demo
 
     run_demo(a.out, epochs=a.epochs, quick=a.quick)
@@ -104,6 +129,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
+    """Add the models, train, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
     from cifarkit.cli_use import add_tta_option
 
     m = sub.add_parser("models", help="list registered models with parameters and MACs")

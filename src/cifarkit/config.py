@@ -46,6 +46,9 @@ def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = N
 
 @dataclass
 class DataConfig:
+    """`data.*`: dataset path and splits, normalisation, training augmentation, evaluation resize/crop.
+
+    `data.splits` builds a run's training loader and evaluation set from it."""
     root: str = _f("", "dataset path: CIFAR batches folder/.tar.gz, image folder, or manifest .csv")
     train_split: str = _f("train", "split used for training")
     test_split: str = _f("test", "split used for evaluation")
@@ -71,6 +74,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    """`model.*`: which model to build, with how many classes, from which weights.
+
+    `create_model` reads it in training and when a checkpoint is rebuilt for inference."""
     name: str = _f("resnet18_cifar", "registered model name (see `cifarkit models`)")
     num_classes: int = _f(10, "number of classes; must match the dataset", ge=1)
     pretrained: str = _f("", "weights file to start from ('' = none, 'torchvision' = torchvision's own)")
@@ -80,6 +86,9 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """`optim.*`: the optimiser (sgd, adamw or muon), its lr, momentum, weight decay and per-group lrs.
+
+    Read by `engine.optimizers` when the run builds its optimiser."""
     name: str = _f("sgd", "sgd | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)")
     lr: float = _f(0.1, "learning rate", ge=0)
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
@@ -99,6 +108,9 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
+    """`schedule.*`: the lr schedule's shape, warm-up and decay points.
+
+    Applied per iteration by `engine.optimizers.lr_lambdas`."""
     name: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
     warmup_epochs: float = _f(0.0, "linear warm-up length [epochs]", ge=0)
     warmup_start: float = _f(0.1, "lr factor at the start of warm-up", ge=0)
@@ -112,6 +124,9 @@ class ScheduleConfig:
 
 @dataclass
 class EarlyStopConfig:
+    """`train.early_stop.*`: patience, metric and min_delta of early stopping (off at patience 0).
+
+    `fit` builds its `EarlyStop` from them."""
     patience: int = _f(0, "stop after this many evaluations without improvement (0 = off); best.pt then "
                           "follows `metric`", ge=0)
     metric: str = _f("top1", "top1 | loss: the validation metric early stopping and best.pt watch")
@@ -120,6 +135,9 @@ class EarlyStopConfig:
 
 @dataclass
 class TrainConfig:
+    """`train.*`: length, batch size, seed, precision, weight averaging, device and NaN policy of a run.
+
+    Read by the training loop (`engine.train.fit`)."""
     epochs: float = _f(10, "training length [epochs]; fractional allowed", gt=0, le=1e6)
     batch_size: int = _f(128, "batch size [images]", ge=1)
     max_iters: int = _f(0, "stop after this many iterations (0 = no limit; for smoke runs)", ge=0)
@@ -150,6 +168,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """`eval.*`: how often a run evaluates, at what batch size and with which test-time augmentation."""
     interval: int = _f(1, "evaluate every N epochs (and always at the end)", ge=1)
     batch_size: int = _f(512, "evaluation batch size", ge=1)
     tta: str = _f("none", "none | flip | flip_translate")
@@ -157,6 +176,9 @@ class EvalConfig:
 
 @dataclass
 class LogConfig:
+    """`log.*`: how often a train record is logged, and which extra outputs a run writes.
+
+    The extras: curves and report (`plots`), TensorBoard event files, a CSV of the records."""
     interval: int = _f(10, "log a train record every N iterations", ge=1)
     plots: bool = _f(True, "cifarkit train: write curves.png and report.html at the end (library fit: pass "
                            "after_run writers)")
@@ -166,12 +188,17 @@ class LogConfig:
 
 @dataclass
 class CheckpointConfig:
+    """`checkpoint.*`: how often `epoch_N.pt` is kept and whether `best.pt` is written."""
     interval: int = _f(1, "write epoch_N.pt every N epochs (last.pt is written every epoch)", ge=1)
     save_best: bool = _f(True, "keep best.pt by validation top-1")
 
 
 @dataclass
 class Config:
+    """A run's whole configuration: its `name` and one section per part of the run.
+
+    Built and validated by `load_config` / `config_from_dict`; saved as the run's `config.yaml` and
+    in every checkpoint, so evaluation and resume rebuild the run from it alone."""
     name: str = _f("run", "run name; the run directory is work_dirs/<name>")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -184,6 +211,9 @@ class Config:
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every leaf key of `cls` as a dotted name (`data.root`, `train.early_stop.patience`, ...).
+
+    In field order; `prefix` is prepended to each (the recursion's section path)."""
     hints = typing.get_type_hints(cls)
     keys: list[str] = []
     for f in dataclasses.fields(cls):
@@ -350,6 +380,14 @@ def _yaml_load(text: str) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
+    """Split one `--set key.sub=value` into the key and its value, read as YAML.
+
+    `0.1` becomes a float, `true` a bool, `[1, 2]` a list; a value YAML cannot read stays the raw
+    string, an empty one is "".
+
+    Raises:
+        ConfigError: `item` has no `=`.
+    """
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.sub=value")
     key, raw = item.split("=", 1)
@@ -429,10 +467,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_dict(cfg: Config) -> dict:
+    """The config as nested plain dicts: what `config.yaml`, the log header and checkpoints store."""
     return dataclasses.asdict(cfg)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the config to `path` as YAML, keys in field order (the run's `config.yaml`)."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
 
 

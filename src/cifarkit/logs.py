@@ -28,6 +28,16 @@ from cifarkit.errors import DataError
 
 @dataclass
 class RunRecords:
+    """One run's log in the common record schema, whatever format it was read from.
+
+    Attributes:
+        name: the run's name, as plots label it.
+        format: the detected format: "cifarkit", "mmcls" or "mmengine".
+        train: the train records.
+        val: the val records.
+        header: the header record (ours, or MMCls's), or {}.
+        summary: our run's closing record, if written.
+    """
     name: str
     format: str
     train: list[dict[str, Any]] = field(default_factory=list)
@@ -37,6 +47,7 @@ class RunRecords:
 
     @property
     def classes(self) -> list[str] | None:
+        """The class names from the header (ours, or MMCls's `CLASSES`), or None."""
         return self.header.get("classes") or self.header.get("CLASSES")
 
 
@@ -138,6 +149,11 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 def detect_format(recs: list[dict[str, Any]]) -> str:
+    """Which format a log's records are in, from their fields: "cifarkit", "mmcls" or "mmengine".
+
+    Raises:
+        DataError: the first records have no `type`, `mode` or `step` field.
+    """
     if any(r.get("type") in ("header", "train", "val") for r in recs[:5]):
         return "cifarkit"
     if any("mode" in r for r in recs[:50]) or any("env_info" in r for r in recs[:2]):

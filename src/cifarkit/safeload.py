@@ -20,6 +20,18 @@ from cifarkit.errors import CheckpointError
 
 
 def safe_torch_load(path: str | Path) -> Any:
+    """Load a torch file onto the CPU with `weights_only=True`: tensors and plain containers only.
+
+    Args:
+        path: a checkpoint or weights file.
+
+    Returns:
+        What the file holds (a state dict, or a checkpoint dict).
+
+    Raises:
+        CheckpointError: the file is missing; it asks to import a global (it may carry code; none of
+            it runs); or it is truncated or corrupt.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint or weights file")

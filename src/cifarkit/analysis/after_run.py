@@ -17,10 +17,16 @@ from cifarkit.errors import CifarkitError
 
 
 def write_curves(run_dir: Path, quiet: bool = False) -> None:
+    """Draw the run's training curves into `run_dir/curves.png`; a failure only prints a warning.
+
+    `quiet` drops the `wrote ...` line."""
     _warn_on_failure("curves", lambda: plot_runs([run_dir], run_dir / "curves.png"), quiet)
 
 
 def write_run_report(run_dir: Path, quiet: bool = False) -> None:
+    """Write the run's HTML report (`run_dir/report.html`); a failure only prints a warning.
+
+    `quiet` drops the `wrote ...` line."""
     _warn_on_failure("report", lambda: write_report(run_dir), quiet)
 
 

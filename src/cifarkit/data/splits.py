@@ -24,6 +24,19 @@ def _subset_per_class(ds, n: int):
 
 
 def load_train_split(cfg: Config):
+    """The images a run trains on, and its validation set when it carves one out of train.
+
+    `data.subset_per_class` applies first. With `data.val_fraction` > 0 a fixed permutation (seed
+    `data.val_seed`) holds that fraction of train out; otherwise the run evaluates on
+    `data.test_split`, which `load_eval_split` loads.
+
+    Returns:
+        (train, val, eval split name) as `ImageSet`s: val is None and the name is `data.test_split`
+        without a carve-out, the name is "val" with one.
+
+    Raises:
+        ConfigError: `data.root` is empty.
+    """
     if not cfg.data.root:
         raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
     ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
@@ -53,6 +66,19 @@ def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
 
 @dataclass
 class RunData:
+    """Everything the training loop takes from the data side; `build_data` makes one per run.
+
+    Attributes:
+        loader: the training `TensorLoader` (this rank's share of each batch, augmented on the device).
+        eval_images: the evaluation images, (M, 3, H, W) uint8 on the CPU.
+        eval_labels: their labels, (M,).
+        eval_name: the evaluation split's name ("val" or `data.test_split`).
+        classes: the class names, in label order.
+        prep: the evaluation/predict preprocessing, saved in every checkpoint.
+        train_images: training images for data-dependent init (airnet's whitening): all of them on
+            the device when held in memory, else the first 5,000 on the CPU.
+        num_train: the number of training images.
+    """
     loader: TensorLoader
     eval_images: torch.Tensor  # (M, 3, H, W) uint8, CPU
     eval_labels: torch.Tensor
@@ -64,6 +90,22 @@ class RunData:
 
 
 def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
+    """Load a run's data: its training loader and its evaluation images.
+
+    Args:
+        cfg: the run's config (`data.*`, `train.batch_size`, `train.seed`, `model.num_classes`).
+        device: where the training labels and images (or the streamed batches) live.
+        rank: this process's rank under torchrun (0 otherwise).
+        world: the number of processes; each trains on its slice of every global batch.
+
+    Returns:
+        A `RunData`. The training images are one uint8 tensor on `device`, or are streamed from
+        their files when `data.in_memory` is false and the dataset is not CIFAR batches.
+
+    Raises:
+        ConfigError: `data.root` is empty, `model.num_classes` differs from the dataset's class
+            count, or the evaluation split's classes differ from the training split's.
+    """
     train, val, eval_name = load_train_split(cfg)
     if cfg.model.num_classes != train.num_classes:
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.root} has "

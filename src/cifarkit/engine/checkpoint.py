@@ -23,6 +23,10 @@ __all__ = ["atomic_save", "check_resume_compatible", "load_checkpoint", "newest_
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` `obj` to `path` so that a crash leaves the old file or the new one, never a torn one.
+
+    Written to a hidden temporary file in the same folder, fsynced and renamed over `path`; the
+    folder is fsynced too, so the rename itself survives a power loss. Returns `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

@@ -17,6 +17,11 @@ from cifarkit.errors import ConfigError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
+    """The torch device for `train.device` / --device; "auto" is CUDA when available, else the CPU.
+
+    Raises:
+        ConfigError: CUDA is asked for and not available, or `spec` names no device.
+    """
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
@@ -28,6 +33,10 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp` on `device`, or None for fp32.
+
+    "none" is None and "fp16" float16; "bf16", and "auto" on a CPU (several times faster there than
+    fp32), are bfloat16; "auto" on CUDA is bfloat16 where the GPU supports it, else float16."""
     if amp == "none":
         return None
     if amp == "fp16":
@@ -38,5 +47,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def versions() -> dict[str, str]:
+    """cifarkit, torch, torchvision and Python versions and the platform, for log headers and checkpoints."""
     return {"cifarkit": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
             "python": platform.python_version(), "platform": platform.platform()}

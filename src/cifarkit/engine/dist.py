@@ -17,20 +17,36 @@ import torch.distributed as dist
 
 @dataclass
 class DistInfo:
+    """This process's place in a torchrun job; the defaults (rank 0 of 1) mean not distributed.
+
+    Attributes:
+        rank: the global rank; rank 0 alone logs, evaluates and writes checkpoints.
+        world: the number of processes.
+        local_rank: the rank on this node, which picks the GPU.
+    """
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """True when more than one process trains."""
         return self.world > 1
 
     @property
     def main(self) -> bool:
+        """True on rank 0, the process that logs, evaluates and saves."""
         return self.rank == 0
 
 
 def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK, if any.
+
+    Returns:
+        (DistInfo, device): without WORLD_SIZE > 1, a single-process `DistInfo` and `device`
+        unchanged; else the process group is initialised (nccl on CUDA, gloo on the CPU) and a CUDA
+        device becomes `cuda:LOCAL_RANK`, made current.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(), device
@@ -44,6 +60,7 @@ def init_from_env(device: torch.device) -> tuple[DistInfo, torch.device]:
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """The sum of `t` over all ranks, as a new tensor; `t` itself when not distributed."""
     if info.enabled:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
@@ -60,10 +77,12 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def barrier(info: DistInfo) -> None:
+    """Wait until every rank gets here (nothing when not distributed)."""
     if info.enabled:
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
+    """Destroy the process group at the end of a distributed run (nothing otherwise)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -26,6 +26,7 @@ MIN_BATCH = 8
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` on `device` in `dtype`, or a context that does nothing when `dtype` is None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -33,6 +33,11 @@ PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def check_tta(tta: str | None) -> str | None:
+    """`tta` unchanged when it is None (the model's own default) or a known mode.
+
+    Raises:
+        ConfigError: `tta` is not one of none, flip, flip_translate.
+    """
     if tta is not None and tta not in TTA_MODES:
         raise ConfigError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     return tta
@@ -70,6 +75,21 @@ class Inference:
 
     @classmethod
     def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:
+        """An `Inference` over an exported ONNX file, run on the CPU by onnxruntime.
+
+        Classes, preprocessing and the default TTA come from the file's cifarkit metadata. A model
+        exported with a fixed batch size is fed batches of that size, the last one zero-padded.
+
+        Args:
+            path: the .onnx file.
+            tta: test-time augmentation to use instead of the file's own.
+
+        Raises:
+            CheckpointError: the file is missing, not a loadable ONNX model, or its metadata is missing
+                or invalid.
+            CifarkitError: onnxruntime is not installed.
+            ConfigError: `tta` is not a known mode.
+        """
         session, meta = load_onnx(path)
         name = session.get_inputs()[0].name
         fixed = session.get_inputs()[0].shape[0]

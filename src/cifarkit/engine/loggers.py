@@ -28,6 +28,7 @@ class CsvSink:
         self.w.writeheader()
 
     def write(self, rec: dict[str, Any]) -> None:
+        """Append `rec` as a row when it is a train, val or early_stop record, and flush."""
         if rec.get("type") in CSV_TYPES:
             self.w.writerow(rec)
             self.f.flush()
@@ -35,6 +36,7 @@ class CsvSink:
     replay = write
 
     def close(self) -> None:
+        """Close the CSV file."""
         self.f.close()
 
 
@@ -60,6 +62,9 @@ class TensorBoardSink:
         self.batch_size = batch_size
 
     def write(self, rec: dict[str, Any]) -> None:
+        """Add a train or val record's scalars at its iteration; flush after an evaluation.
+
+        Train: loss, lr and images/s; val: top-1, top-5 and loss."""
         step, kind = rec.get("iter"), rec.get("type")
         if kind == "train":
             self.w.add_scalar("train/loss", rec["loss"], step)
@@ -73,13 +78,28 @@ class TensorBoardSink:
             self.w.flush()  # an evaluation is worth seeing at once; train scalars flush on TB's timer
 
     def replay(self, rec: dict[str, Any]) -> None:
+        """Nothing: on resume the kept records are already in the event files."""
         pass  # already in the event files from before the interruption
 
     def close(self) -> None:
+        """Close the event writer."""
         self.w.close()
 
 
 def make_sinks(cfg_log, run_dir: Path, batch_size: int, resume_iter: int | None) -> list:
+    """The extra log views `log.*` asks for, for `RunLog(sinks=...)`.
+
+    Args:
+        cfg_log: the run's `LogConfig`; `tensorboard` adds a `TensorBoardSink` in `run_dir/tb`, `csv`
+            a `CsvSink` writing `run_dir/metrics.csv`.
+        run_dir: the run directory.
+        batch_size: images per iteration, for TensorBoard's images/s.
+        resume_iter: the iteration a resumed run continues from (TensorBoard hides its later
+            events), or None for a fresh run.
+
+    Raises:
+        ConfigError: `log.tensorboard` is on and tensorboard is not installed.
+    """
     sinks: list = []
     if cfg_log.tensorboard:
         sinks.append(TensorBoardSink(run_dir / "tb", batch_size, resume_iter))

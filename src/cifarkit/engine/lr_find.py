@@ -31,6 +31,18 @@ from cifarkit.plotting import pyplot, save
 
 @dataclass
 class LrFindResult:
+    """What an LR range test found; `lr_find` returns it and `cifarkit lr-find` prints it.
+
+    Attributes:
+        key: the config key the sweep set, `optim.lr` or `optim.muon_lr`.
+        lrs: the lr of each step.
+        losses: the raw training loss per image at each step.
+        smoothed: `losses` smoothed (bias-corrected EMA).
+        steepest: the lr where the smoothed loss falls fastest.
+        valley: fastai's valley suggestion, the one `set_line` proposes.
+        csv: the written `lr_find.csv`.
+        png: the written `lr_find.png`.
+    """
     key: str  # the config key the sweep sets: optim.lr or optim.muon_lr
     lrs: list[float]
     losses: list[float]  # raw per-image loss at each step
@@ -42,6 +54,7 @@ class LrFindResult:
 
     @property
     def set_line(self) -> str:
+        """The `--set KEY=LR` option that trains with the valley lr."""
         return f"--set {self.key}={self.valley:.3g}"
 
 
@@ -141,6 +154,7 @@ def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: fl
 
 
 def write_csv(res: LrFindResult) -> None:
+    """Write `res.csv`: one row per step with its lr, loss and smoothed loss."""
     with open(res.csv, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["step", "lr", "loss", "smoothed"])
@@ -148,6 +162,7 @@ def write_csv(res: LrFindResult) -> None:
 
 
 def plot(res: LrFindResult) -> None:
+    """Draw the raw and smoothed loss against the lr, suggestions marked, into `res.png`."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.plot(res.lrs, res.losses, color="0.75", lw=0.8, label="loss")

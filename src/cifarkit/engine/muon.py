@@ -31,6 +31,16 @@ def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.T
 
 
 class MuonSGD(torch.optim.Optimizer):
+    """Muon on the parameter groups flagged `muon` (conv filters), momentum SGD on the others.
+
+    Args:
+        groups: parameter groups; a group with `muon=True` gets the orthogonalised update, the
+            others momentum SGD with their `weight_decay` (which Muon groups ignore).
+        lr: the default lr.
+        momentum: the default momentum.
+        nesterov: Nesterov momentum (on by default).
+        ns_steps: Newton-Schulz iterations per Muon update.
+    """
     def __init__(self, groups: list[dict], lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = True,
                  ns_steps: int = 3):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False,
@@ -39,6 +49,10 @@ class MuonSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
+        """Update every parameter that has a gradient; `closure` is ignored.
+
+        A Muon filter bank is first renormalised to norm sqrt(C_out), then moved by its
+        Newton-Schulz-orthogonalised momentum."""
         for group in self.param_groups:
             lr, mom, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:

@@ -27,6 +27,15 @@ MAX_CLASS_NAME = 256  # characters
 
 
 def config_of(ck: dict[str, Any], path: str | Path) -> Config:
+    """The checkpoint's stored config, as a validated `Config`.
+
+    Args:
+        ck: the loaded checkpoint dict.
+        path: its file, named in errors.
+
+    Raises:
+        CheckpointError: the `config` entry is not a mapping, or is not valid for this cifarkit.
+    """
     if not isinstance(ck.get("config"), dict):
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping; this is not a usable cifarkit checkpoint")
     try:

@@ -88,6 +88,15 @@ def claim_fresh(run_dir: Path, force: bool) -> Path | None:
 
 
 def check_work_dir(path: Path, need_bytes: int = 50 << 20) -> None:
+    """Make sure `path` can hold a run: create it, probe it with a write, and check its free space.
+
+    Args:
+        path: the run directory.
+        need_bytes: the free space required [bytes]; 50 MiB by default, for checkpoints.
+
+    Raises:
+        CifarkitError: `path` is a file, is not writable, or has less than `need_bytes` free.
+    """
     if path.exists() and not path.is_dir():
         raise CifarkitError(f"{path}: is a file, not a folder; choose another --work-dir")
     try:

@@ -26,6 +26,18 @@ def _clean(v: Any) -> Any:
 
 
 class RunLog:
+    """The writer of a run's `log.jsonl`: one JSON record per line, flushed, copied to `sinks`.
+
+    Non-finite floats are written as the strings "nan" / "inf", which JSON has no numbers for.
+
+    Args:
+        path: the log file; it is (re)written.
+        header: the header record of a fresh run (config, versions, device, ...), written first.
+        resume_iter: when resuming from a checkpoint at this iteration (and the log exists): the
+            log is rewritten with its header and its records up to that iteration, the summary
+            dropped, each kept record replayed to the sinks.
+        sinks: extra views (`engine.loggers`) given every record by `write`, `replay` and `close`.
+    """
     def __init__(self, path: str | Path, header: dict[str, Any] | None = None, resume_iter: int | None = None,
                  sinks: Sequence[Any] = ()):
         self.path = Path(path)
@@ -47,6 +59,7 @@ class RunLog:
                 self.write({"type": "header", **header})
 
     def write(self, rec: dict[str, Any]) -> None:
+        """Append `rec` to the log and pass it to every sink."""
         self._write_line(rec)
         for sink in self.sinks:
             sink.write(rec)
@@ -56,6 +69,7 @@ class RunLog:
         self.f.flush()
 
     def close(self) -> None:
+        """Close the log file, then every sink."""
         self.f.close()
         for sink in self.sinks:
             sink.close()

@@ -32,6 +32,7 @@ class TrainingDiverged(CifarkitError):
 
 
 def diverged(value: float, epoch: int, iteration: int) -> TrainingDiverged:
+    """The `TrainingDiverged` error for a non-finite loss `value` at `iteration` (`epoch` 0-based)."""
     return TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, iteration {iteration}; the last good "
                             "checkpoint is kept; lower optim.lr or set train.nan_policy=skip_batch")
 
@@ -172,6 +173,10 @@ def advance(t: Trainer) -> None:
 
 
 def average_weights(t: Trainer) -> None:
+    """After an optimiser step: update the EMA and, every 5 steps, airbench's lookahead average.
+
+    The lookahead average (`train.lookahead`) is copied back into the model; the EMA
+    (`train.ema`) is not."""
     if t.ema is not None:
         ema_update(t.ema, t.model, t.cfg.train.ema_decay)
     if t.lookahead is not None and t.state.step % 5 == 0:
@@ -204,11 +209,17 @@ class LossMeter:
         self.pending: list[tuple[int, torch.Tensor, int]] = []  # (iteration, batch loss, batch size)
 
     def add(self, loss: torch.Tensor, n: int) -> None:
+        """Queue a batch's loss (`n` images); flushed at once where the loss is checked every step."""
         self.pending.append((self.t.state.step, loss, n))
         if self.t.sync_each_step:
             self.flush()
 
     def flush(self) -> None:
+        """Move the queued losses to the host in one sync and record them per image.
+
+        Raises:
+            TrainingDiverged: a queued loss is NaN or inf.
+        """
         if not self.pending:
             return
         values = torch.stack([v for _, v, _ in self.pending]).cpu().tolist()
@@ -219,12 +230,23 @@ class LossMeter:
         self.pending.clear()
 
     def last(self, k: int) -> float:
+        """The mean per-image loss of the last `k` batches (flushes first)."""
         self.flush()
         return float(np.mean(self.values[-min(k, len(self.values)):]))
 
 
 @dataclass
 class EpochResult:
+    """One epoch's outcome; `train_one_epoch` returns it, `fit` adds it to its totals and prints it.
+
+    Attributes:
+        loss: the mean per-image training loss (NaN when no batch was kept).
+        images: the images trained on.
+        seconds: the epoch's wall time [s].
+        skipped: batches dropped by `train.nan_policy=skip_batch`.
+        batches: the batches this epoch covered (fewer when resumed mid-epoch or stopped by
+            `train.max_iters`).
+    """
     loss: float  # mean per-image training loss
     images: int
     seconds: float

@@ -161,6 +161,11 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
 
 
 def configure_torch(cfg: Config, dev: torch.device, dinfo: DistInfo) -> None:
+    """Set torch up for the run: threads, determinism or cuDNN autotuning, and the seed (+ rank).
+
+    Raises:
+        ConfigError: `train.batch_size` is not divisible by the number of processes.
+    """
     if cfg.train.batch_size % dinfo.world:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the {dinfo.world} "
                           "processes; it is the global batch, split evenly across ranks")
@@ -174,6 +179,13 @@ def configure_torch(cfg: Config, dev: torch.device, dinfo: DistInfo) -> None:
 
 
 def find_resume(run_dir: Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint --resume continues from, or None for a fresh run.
+
+    The path given, or (`resume` True) the newest valid checkpoint in `run_dir`.
+
+    Raises:
+        CifarkitError: `run_dir` holds no valid checkpoint to resume from.
+    """
     if not resume:
         return None
     path = Path(resume) if isinstance(resume, (str, Path)) and resume is not True else newest_valid_checkpoint(run_dir)
@@ -266,6 +278,10 @@ def check_not_finished(t: Trainer, path: Path) -> None:
 
 
 def open_log(t: Trainer, data: RunData, run_dir: Path, resumed: bool) -> RunLog:
+    """Save the run's `config.yaml` and open its `log.jsonl` with the sinks `log.*` asks for.
+
+    The header records config, versions, device, data and schedule sizes; a resumed run keeps its
+    log up to the checkpoint's iteration."""
     save_config(t.cfg, run_dir / "config.yaml")
     header = {"config": config_to_dict(t.cfg), "versions": versions(), "device": str(t.device),
               "seed": t.cfg.train.seed, "classes": data.classes, "params": count_params(t.model),
@@ -305,6 +321,7 @@ def rewrap_ddp(t: Trainer) -> None:
 
 
 def eval_due(t: Trainer) -> bool:
+    """True when this epoch ends with an evaluation: every `eval.interval` epochs and at the last step."""
     return t.state.epoch % t.cfg.eval.interval == 0 or t.state.step >= t.stop_at
 
 
@@ -333,6 +350,10 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
 
 
 def checkpoint_dict(t: Trainer, data: RunData) -> dict[str, Any]:
+    """Everything a checkpoint holds, for resuming the run and for inference.
+
+    Weights, optimiser, schedule, scaler, EMA and lookahead averages, RNG states, counters and
+    early-stop state; classes, config, preprocessing and versions."""
     return {
         "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
@@ -368,6 +389,7 @@ def save_checkpoints(t: Trainer, stopper: EarlyStop, data: RunData, run_dir: Pat
 
 def summarize(t: Trainer, data: RunData, totals: Totals, run_dir: Path, t_start: float,
               stopper: EarlyStop) -> dict[str, Any]:
+    """The run's summary, which `fit` returns and logs: epochs, iterations, top-1, time [s]."""
     return {"run_dir": str(run_dir), "epochs": t.state.epoch, "iters": t.state.step, "final": totals.last_val,
             "best_top1": t.state.best_top1, "eval_split": data.eval_name, "seconds": time.perf_counter() - t_start,
             "train_seconds": totals.train, "eval_seconds": totals.eval, "data_seconds": totals.data,
@@ -376,6 +398,7 @@ def summarize(t: Trainer, data: RunData, totals: Totals, run_dir: Path, t_start:
 
 
 def format_summary(s: dict[str, Any], cfg: Config) -> str:
+    """The block `fit` prints at the end of a run: final and best top-1, and the time taken."""
     f = s["final"] or {}
     lines = [
         "-" * 64,

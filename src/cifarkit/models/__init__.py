@@ -36,6 +36,16 @@ class TrainHooks:
 
 @dataclass
 class ModelEntry:
+    """A registered model: how to build it and what `cifarkit models`, Grad-CAM and training read.
+
+    Attributes:
+        name: the registry name (`model.name`).
+        build: the constructor, called as `build(num_classes, **kwargs)`.
+        description: one line for `cifarkit models`.
+        cam_layer: the module Grad-CAM uses; None lets `cam_layer()` find the last spatial block.
+        input_size: the input size the model is meant for [px], used for its MACs.
+        hooks: its `TrainHooks`.
+    """
     name: str
     build: Callable[..., nn.Module]
     description: str
@@ -49,6 +59,18 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 def register(name: str, description: str, cam_layer: str | None = None, input_size: int = 32,
              hooks: TrainHooks | None = None):
+    """A decorator that registers a model constructor under `name`.
+
+    Args:
+        name: the registry name, used as `model.name`.
+        description: one line for `cifarkit models`.
+        cam_layer: the dotted name of Grad-CAM's target module, or None.
+        input_size: the input size the model is meant for [px].
+        hooks: its model-specific training hooks.
+
+    Returns:
+        The decorator; it returns the constructor unchanged.
+    """
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         _REGISTRY[name] = ModelEntry(name, fn, description, cam_layer, input_size, hooks or TrainHooks())
         return fn
@@ -97,6 +119,7 @@ def _mobilenet_v2(num_classes: int, **kw) -> nn.Module:
 
 
 def list_models(include_torchvision: bool = False) -> list[str]:
+    """The registered model names, sorted; with `include_torchvision`, then every other torchvision classifier."""
     names = sorted(_REGISTRY)
     if include_torchvision:
         import torchvision
@@ -106,6 +129,7 @@ def list_models(include_torchvision: bool = False) -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry | None:
+    """The registry entry of model `name`, or None when it is not registered (torchvision or timm)."""
     return _REGISTRY.get(name)
 
 
@@ -189,6 +213,7 @@ def create_model(name: str, num_classes: int = 10, pretrained: str = "", cifar_s
 
 
 def count_params(model: nn.Module) -> int:
+    """The number of parameters of `model`, trainable and frozen."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -19,21 +19,25 @@ from torch import nn
 
 
 class FrozenScaleBN(nn.BatchNorm2d):
+    """BatchNorm2d with its scale frozen at 1 (only the bias trains), momentum 0.4 and eps 1e-12."""
     def __init__(self, num_features: int, momentum: float = 0.4, eps: float = 1e-12):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.weight.requires_grad_(False)  # scale frozen at 1; only the bias trains
 
 
 class DiracConv(nn.Conv2d):
+    """A 3x3 "same"-padded conv without bias whose first C_in filters start as the identity."""
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
 
     def reset_parameters(self) -> None:
+        """The default init, then the first C_in filters set to the identity (Dirac)."""
         super().reset_parameters()
         nn.init.dirac_(self.weight.data[: self.in_channels])  # identity on the first C_in filters
 
 
 class ConvGroup(nn.Module):
+    """One of AirNet's three stages: conv, 2x2 max-pool, BN, GELU, conv, BN, GELU."""
     def __init__(self, cin: int, cout: int):
         super().__init__()
         self.conv1 = DiracConv(cin, cout)
@@ -44,11 +48,25 @@ class ConvGroup(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H // 2, W // 2)."""
         x = self.act(self.norm1(self.pool(self.conv1(x))))  # (B, C, H/2, W/2)
         return self.act(self.norm2(self.conv2(x)))
 
 
 class AirNet(nn.Module):
+    """The airbench94 network: whitening conv, three `ConvGroup`s, global max-pool, linear head.
+
+    The 2x2 whitening conv is frozen; the head has no bias and its logits are multiplied by `scale`.
+
+    Args:
+        num_classes: the number of outputs.
+        widths: the channels of the three groups.
+        whiten_width: the whitening filters: half the patch-covariance eigenvectors, half their
+            negations (set by `data_init`).
+        scale: the factor on the logits (1/9 in airbench94, 1/256 with a unit-std head in
+            airbench94_muon).
+        head_unit_std: rescale the head's initial weights to unit std.
+    """
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  whiten_width: int = 24, scale: float = 1 / 9, head_unit_std: bool = False):
         super().__init__()
@@ -65,6 +83,7 @@ class AirNet(nn.Module):
                 self.head.weight /= self.head.weight.std()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> logits (B, num_classes)."""
         x = self.act(self.whiten(x))  # (B, 24, H-1, W-1)
         x = self.layers(x)  # (B, 256, 3, 3) for 32 px
         x = self.pool(x).flatten(1)  # (B, 256)
@@ -85,4 +104,5 @@ class AirNet(nn.Module):
         w.copy_(torch.cat([filt[:n], -filt[:n]]).to(w.dtype))
 
     def set_whiten_bias_trainable(self, flag: bool) -> None:
+        """Let the whitening conv's bias train, or freeze it (airbench94 trains it for the first epochs only)."""
         self.whiten.bias.requires_grad_(flag)

@@ -27,6 +27,21 @@ def cifar_stem_(model: nn.Module, name: str) -> nn.Module:
 
 def torchvision_model(name: str, num_classes: int, cifar_stem: bool = False, pretrained: str = "",
                       **kwargs) -> nn.Module:
+    """A torchvision classifier by name, with `num_classes` outputs.
+
+    Args:
+        name: a torchvision classification model (`resnet18`, `mobilenet_v2`, ...).
+        num_classes: the number of outputs.
+        cifar_stem: adapt the stem to 32 px inputs (ResNet and MobileNetV2 only).
+        pretrained: "torchvision" loads torchvision's ImageNet weights and replaces the classifier;
+            "" builds the model untrained.
+        **kwargs: passed to torchvision's constructor.
+
+    Raises:
+        ConfigError: `name` is not a torchvision classifier, its classifier layer cannot be found,
+            or no CIFAR stem is defined for it.
+        CheckpointError: torchvision's weights could not be downloaded.
+    """
     import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):

@@ -23,6 +23,17 @@ from cifarkit.safeload import safe_torch_load
 
 @dataclass
 class LoadReport:
+    """What `load_pretrained` took from a weights file; its `summary()` is printed before training.
+
+    Attributes:
+        path: the weights file.
+        layout: how its tensors were stored: "plain", "state_dict", "model", "model_state_dict",
+            "module" or "mmcls".
+        loaded: the number of tensors loaded.
+        missing: model keys the file did not provide; they keep their fresh init.
+        unexpected: file keys the model has no place for.
+        reinitialised: keys whose shape differs (e.g. a 1000-class head), left freshly initialised.
+    """
     path: str
     layout: str
     loaded: int
@@ -31,6 +42,7 @@ class LoadReport:
     reinitialised: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        """One line: file, tensors loaded, layout, then any re-initialised, missing and unexpected keys."""
         s = f"{self.path}: loaded {self.loaded} tensors ({self.layout} layout)"
         if self.reinitialised:
             s += f"; re-initialised (shape differs): {', '.join(self.reinitialised)}"
@@ -119,6 +131,20 @@ def _arch_of(model_name: str) -> str:
 
 
 def load_pretrained(model: nn.Module, path: str | Path, model_name: str) -> LoadReport:
+    """Load a local weights file into `model`, whatever its layout; tensors of another shape are skipped.
+
+    Args:
+        model: the freshly built model.
+        path: the weights file (.pth / .pt).
+        model_name: its registry name, used to map MMClassification keys (ResNet, MobileNetV2).
+
+    Returns:
+        A `LoadReport` of what was loaded, missing, unexpected and re-initialised.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, holds no state dict of tensors, holds
+            MMClassification weights for another architecture, or none of its tensors fit `model`.
+    """
     sd, layout = read_state_dict(path)
     if layout == "mmcls":
         arch = _arch_of(model_name)
