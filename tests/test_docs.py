@@ -143,7 +143,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     figures = sum("image/png" in o.get("data", {}) for o in outputs)
-    assert figures >= (7 if name == "cifar10_tutorial.ipynb" else 4), f"{name}: only {figures} figures shown"
+    # the tutorial shows 6: two sample grids, the curves, a prediction, Grad-CAM for "cat" and "dog"
+    assert figures >= (6 if name == "cifar10_tutorial.ipynb" else 4), f"{name}: only {figures} figures shown"
     print(f"{name}: executed in {seconds:.0f} s")
 
 
