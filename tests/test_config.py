@@ -13,7 +13,7 @@ from cifarkit.errors import ConfigError
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["cifar10_fast", "cifar10_resnet18", "cifar10_mobilenetv2_finetune"])
+@pytest.mark.parametrize("name", ["cifar10_fast", "cifar10_resnet18", "cifar10_mobilenetv2_finetune", "cifar10_lt100"])
 def test_shipped_configs_load(name: str):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert cfg.name == name and cfg.model.num_classes == 10

@@ -23,6 +23,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     print(f"{m['split']} ({m['n']} images, tta {m['tta']}, {m['precision']}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
+    shots = "  ".join(f"{k} {v:.2f}" for k, v in m["shot_accuracy"].items() if v is not None)
+    print(f"balanced accuracy {m['balanced_accuracy']:.2f}" + (f"  (shots: {shots})" if shots else ""))
     for pair in m["most_confused"][:5]:
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']}")
     print(f"wrote {a.out}/ (confusion_matrix.png/.csv, per_class.csv, misclassified.png, reliability.png, "

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import operator
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,14 @@ class DataConfig:
     cutout: int = _f(0, "cutout square side [px] (0 = off)", ge=0)
     eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0)
     eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0)
+    imbalance_ratio: float = _f(0.0, "long-tail train split: keep the first floor(n_max * R^(-i/(C-1))) images of "
+                                     "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0)
+    sampler: str = _f("uniform", "uniform | balanced | sqrt: per-epoch draw with replacement, image weight "
+                                 "1/n_c or 1/sqrt(n_c) (uniform: a plain permutation)")
+    mixup: float = _f(0.0, "MixUp Beta(alpha, alpha) alpha (0 = off)", ge=0)
+    cutmix: float = _f(0.0, "CutMix Beta(alpha, alpha) alpha (0 = off; with mixup on too, each mixed batch "
+                            "picks one of the two)", ge=0)
+    mix_prob: float = _f(1.0, "probability that a batch is mixed when mixup or cutmix is on", ge=0, le=1)
 
 
 @dataclass
@@ -163,6 +172,14 @@ class TrainConfig:
     sync_bn: bool = _f(False, "torchrun: SyncBatchNorm across processes")
     micro_batch: int = _f(0, "split each batch into chunks of this size, accumulating gradients (0 = off; "
                              "BatchNorm then normalises per chunk, its running-stat momentum rescaled per step)", ge=0)
+    class_weights: str | list[float] = _f("none", "none | balanced (inverse frequency) | effective (Cui et al. "
+                                                   "2019) | a list of one weight per class; normalised to mean 1",
+                                           ge=0)
+    cb_beta: float = _f(0.9999, "effective class weights: beta of (1 - beta) / (1 - beta^n_c)", ge=0, lt=1)
+    class_weights_from_epoch: int = _f(0, "apply train.class_weights from this epoch on (0-based; before it plain "
+                                          "CE: deferred re-weighting, LDAM-DRW)", ge=0)
+    logit_adjust: float = _f(0.0, "logit-adjusted loss: train on logits + tau * log(class prior) (Menon et al. "
+                                  "2021; 0 = off)", ge=0)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
@@ -260,6 +277,11 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if "\x00" in str(value):  # no path or name can hold a NUL byte; open() would fail much later
             raise ConfigError(f"{where}{key}: contains a NUL character")
         return str(value)
+    if origin is types.UnionType:  # `str | list[float]`: a list is the list, anything else the str
+        as_list = [a for a in typing.get_args(tp) if typing.get_origin(a) is list]
+        if as_list and isinstance(value, (list, tuple)):
+            return _coerce(value, as_list[0], key, where)
+        return _coerce(value, typing.get_args(tp)[0], key, where)
     if origin is list:
         (inner,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -349,13 +371,23 @@ def _validate(cfg: Config) -> None:
         "eval.tta": (cfg.eval.tta, ["none", "flip", "flip_translate"]),
         "data.flip": (cfg.data.flip, ["random", "alternate", "none"]),
         "data.pad_mode": (cfg.data.pad_mode, ["reflect", "zero"]),
+        "data.sampler": (cfg.data.sampler, ["uniform", "balanced", "sqrt"]),
     }
+    if isinstance(cfg.train.class_weights, str):
+        choices["train.class_weights"] = (cfg.train.class_weights, ["none", "balanced", "effective"])
     for key, (val, ok) in choices.items():
         if val not in ok:
             near = difflib.get_close_matches(val, ok, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(f"{key}: {val!r} is not one of {', '.join(ok)}{hint}")
     _check_values(cfg)
+    if 0 < cfg.data.imbalance_ratio < 1:
+        raise ConfigError(f"data.imbalance_ratio: must be 0 (off) or at least 1, got {cfg.data.imbalance_ratio!r}")
+    w = cfg.train.class_weights
+    if isinstance(w, list) and len(w) != cfg.model.num_classes:
+        raise ConfigError(f"train.class_weights: needs one weight per class ({cfg.model.num_classes}), got {len(w)}")
+    if isinstance(w, list) and not sum(w) > 0:
+        raise ConfigError("train.class_weights: the weights must not all be 0")
     if cfg.data.rrc_scale[0] > cfg.data.rrc_scale[1]:
         raise ConfigError(f"data.rrc_scale: {cfg.data.rrc_scale} is not a [min, max] range")
     _check_model_kwargs(cfg)

@@ -15,7 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarkit.analysis.metrics import calibration, confusion_matrix, most_confused, per_class_table, softmax
+from cifarkit.analysis.metrics import (
+    balanced_accuracy,
+    calibration,
+    confusion_matrix,
+    most_confused,
+    per_class_table,
+    shot_accuracy,
+    softmax,
+)
 from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.engine.evaluate import metrics_from_logits, ranked
 from cifarkit.engine.inference import Inference, eval_data
@@ -31,6 +39,7 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
     logits = inf.logits(images)
     return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
             "images": images, "classes": inf.classes, "split": name, "model": inf.config.model.name,
+            "class_counts": inf.meta.get("class_counts"),
             **inf.settings()}
 
 
@@ -53,7 +62,10 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         overwrite: False refuses a non-empty `out`.
 
     Returns:
-        metrics.json's dict: checkpoint, split, n, tta, precision, top1 and top5 [%], loss, ece
+        metrics.json's dict: checkpoint, split, n, tta, precision, top1 and top5 [%], loss,
+        balanced_accuracy [%] (mean per-class recall), shot_accuracy (many > 100, medium 20-100,
+        few < 20 training images per class [%]; None without the checkpoint's class counts),
+        train_class_counts, ece
         [0..1], per_class rows, most_confused pairs, calibration_bins and misclassified_index.
 
     Raises:
@@ -73,6 +85,8 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     cal = calibration(probs, labels, preds=preds)
     metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)), "tta": p["tta"],
                "precision": p["precision"], "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
+               "balanced_accuracy": balanced_accuracy(cm),
+               "shot_accuracy": shot_accuracy(cm, p.get("class_counts")), "train_class_counts": p.get("class_counts"),
                "ece": cal["ece"], "per_class": table, "most_confused": most_confused(cm, classes),
                "calibration_bins": cal["bins"]}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -75,3 +75,29 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15, preds: np
                       "confidence": c})
     return {"ece": float(ece), "bins": table}
 
+
+
+SHOTS = {"many": lambda n: n > 100, "medium": lambda n: (n >= 20) & (n <= 100), "few": lambda n: n < 20}
+"""Shot groups by training images per class (the Liu et al. 2019 split)."""
+
+
+def balanced_accuracy(cm: np.ndarray) -> float:
+    """Mean per-class recall [%] over the classes present in `cm`'s rows (true classes)."""
+    support = cm.sum(1)
+    present = support > 0
+    return float(100 * np.mean(np.diag(cm)[present] / support[present])) if present.any() else float("nan")
+
+
+def shot_accuracy(cm: np.ndarray, train_counts: list[int] | None) -> dict[str, float | None]:
+    """Accuracy [%] on the test images of many-shot (> 100 training images), medium-shot
+    (20-100) and few-shot (< 20) classes; None for a group with no test image, or all None
+    without the training counts."""
+    if train_counts is None or len(train_counts) != len(cm):
+        return dict.fromkeys(SHOTS)
+    n = np.asarray(train_counts)
+    out: dict[str, float | None] = {}
+    for name, member in SHOTS.items():
+        group = member(n)
+        total = cm[group].sum()
+        out[name] = float(100 * np.diag(cm)[group].sum() / total) if total else None
+    return out

@@ -67,12 +67,14 @@ class ImageSet:
             extra={k: v[idx] for k, v in self.extra.items()},
         )
 
-    def first_per_class(self, n: int) -> ImageSet:
-        """The first `n` images of each class, in dataset order (the tutorial's 10x10 grid)."""
+    def first_per_class(self, n: int | list[int]) -> ImageSet:
+        """The first `n` images of each class (or the first `n[c]` of class c), in dataset order
+        (the tutorial's 10x10 grid; a long-tail profile)."""
         keep: list[int] = []
         seen: Counter = Counter()
+        limit = list(n) if isinstance(n, (list, tuple)) else [n] * self.num_classes
         for i, y in enumerate(self.labels.tolist()):
-            if seen[y] < n:
+            if seen[y] < limit[y]:
                 seen[y] += 1
                 keep.append(i)
         return self.subset(keep)

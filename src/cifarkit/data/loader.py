@@ -44,6 +44,60 @@ class Augment:
     cutout: int = 0
 
 
+@dataclass
+class Mix:
+    """MixUp / CutMix of the normalised batches (alphas of Beta(a, a); 0 turns one off)."""
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    prob: float = 1.0  # probability that a batch is mixed
+    num_classes: int = 10
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any batch is mixed: the loader then yields (B, C) soft targets."""
+        return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
+
+
+def mix_batch(x: torch.Tensor, y: torch.Tensor, mix: Mix, rng: np.random.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp or CutMix of a (B, 3, H, W) batch with a permutation of itself -> (x, (B, C) soft targets).
+
+    All draws come from `rng` in a fixed order (mixed?, which, lambda, permutation, box), so a
+    batch's mix is a pure function of the generator's seed and the batch's position in the epoch.
+    CutMix's lambda is the pasted box's actual area fraction."""
+    soft = F.one_hot(y, mix.num_classes).float()
+    mixed = rng.random() < mix.prob
+    use_cutmix = mix.cutmix > 0 and (mix.mixup <= 0 or rng.random() < 0.5)
+    alpha = mix.cutmix if use_cutmix else mix.mixup
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+    h, w = x.shape[-2:]
+    cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    if not mixed:
+        return x, soft
+    if use_cutmix:
+        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        y0, y1 = max(cy - rh // 2, 0), min(cy + rh // 2, h)
+        x0, x1 = max(cx - rw // 2, 0), min(cx + rw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * soft + (1 - lam) * soft[perm]
+
+
+def sampling_weights(labels: torch.Tensor, sampler: str) -> torch.Tensor | None:
+    """Per-image draw weights of `data.sampler`: 1/n_c (balanced) or 1/sqrt(n_c) (sqrt) for an
+    image of class c; None for uniform (a plain permutation)."""
+    if sampler == "uniform":
+        return None
+    y = labels.cpu()
+    n = torch.bincount(y).double()
+    per_class = 1 / n if sampler == "balanced" else 1 / n.sqrt()
+    return per_class[y]
+
+
 def normalize(x: torch.Tensor, prep: Preprocess, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> `(x - mean) / std` per channel, in `dtype`."""
     mean = torch.tensor(prep.mean, device=x.device, dtype=torch.float32).view(1, 3, 1, 1)
@@ -161,7 +215,8 @@ class TensorLoader:
     """Training batches from an in-memory uint8 tensor, or from a streaming source of batches."""
 
     def __init__(self, images: torch.Tensor | None, labels: torch.Tensor, batch_size: int, aug: Augment,
-                 prep: Preprocess, seed: int, drop_last: bool = True, fetch=None, rank: int = 0, world: int = 1):
+                 prep: Preprocess, seed: int, drop_last: bool = True, fetch=None, rank: int = 0, world: int = 1,
+                 sampler: str = "uniform", mix: Mix | None = None):
         self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
         self.batch_size, self.aug, self.prep, self.seed = batch_size, aug, prep, seed
         self.drop_last = drop_last and len(labels) >= batch_size
@@ -171,6 +226,8 @@ class TensorLoader:
         # global batch, so each image is seen once per epoch across ranks
         self.rank, self.world = rank, world
         self.base_flip = torch.rand(len(labels), generator=epoch_generator(seed, 0, 1)) < 0.5
+        self.weights = sampling_weights(labels, sampler)  # None: a permutation per epoch
+        self.mix = mix if mix is not None and mix.enabled else None
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -180,8 +237,17 @@ class TensorLoader:
         """Set the epoch whose permutation and augmentations the next iteration draws."""
         self.epoch = epoch
 
+    def order(self) -> torch.Tensor:
+        """This epoch's image order, the same on every rank: a permutation, or with `data.sampler`
+        balanced/sqrt as many draws with replacement; a pure function of (seed, epoch)."""
+        g = epoch_generator(self.seed, self.epoch)
+        if self.weights is None:
+            return torch.randperm(len(self.labels), generator=g)
+        return torch.multinomial(self.weights, len(self.labels), replacement=True, generator=g)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(len(self.labels), generator=epoch_generator(self.seed, self.epoch))
+        """(augmented normalised images, labels) of each batch; labels are (B, C) soft targets when mixing."""
+        perm = self.order()
         batches = [perm[k:k + self.batch_size] for k in range(0, len(perm), self.batch_size)][: len(self)]
         batches = [b[self.rank::self.world] for b in batches]
         g = epoch_generator(self.seed, self.epoch, stream=2 + self.rank)  # this rank's augmentations
@@ -189,9 +255,11 @@ class TensorLoader:
             source = self.fetch([b.tolist() for b in batches])
         else:
             source = (self.images[b.to(self.images.device)] for b in batches)
+        rng = np.random.default_rng((self.seed, self.epoch, self.rank, 5))  # mixing: its own stream
         for idx, xb in zip(batches, source):
             yb = self.labels[idx.to(self.labels.device)]
-            yield train_batch(xb, idx, self.epoch, self.aug, self.prep, g, self.base_flip), yb
+            xb = train_batch(xb, idx, self.epoch, self.aug, self.prep, g, self.base_flip)
+            yield mix_batch(xb, yb, self.mix, rng) if self.mix is not None else (xb, yb)
 
 
 def eval_batches(images: torch.Tensor, labels: torch.Tensor, prep: Preprocess, batch_size: int,

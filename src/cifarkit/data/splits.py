@@ -7,6 +7,7 @@ The one place that decides splits: `data.val_fraction` carves a validation set o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from cifarkit.config import Config
-from cifarkit.data.loader import Augment, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
+from cifarkit.data.loader import Augment, Mix, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
 from cifarkit.data.sources import describe_kind, load_dataset
 from cifarkit.errors import ConfigError
 
@@ -23,10 +24,24 @@ def _subset_per_class(ds, n: int):
     return ds.first_per_class(n) if n else ds
 
 
+def long_tail_counts(counts: list[int], ratio: float) -> list[int]:
+    """Images kept per class for imbalance ratio R (Cao et al. 2019, the CIFAR-10-LT profile):
+    class i keeps floor(n_max * R^(-i/(C-1))), never more than it has; R = 0 keeps all."""
+    if not ratio or len(counts) < 2:
+        return list(counts)
+    n_max, c = max(counts), len(counts)
+    return [min(n, math.floor(n_max * ratio ** (-i / (c - 1)))) for i, n in enumerate(counts)]
+
+
+def _long_tail(ds, ratio: float):
+    return ds.first_per_class(long_tail_counts(list(ds.class_counts().values()), ratio)) if ratio else ds
+
+
 def load_train_split(cfg: Config):
     """The images a run trains on, and its validation set when it carves one out of train.
 
-    `data.subset_per_class` applies first. With `data.val_fraction` > 0 a fixed permutation (seed
+    `data.subset_per_class` applies first, then `data.imbalance_ratio` (the first images of each
+    class in file order, so the long-tail set is reproducible). With `data.val_fraction` > 0 a fixed permutation (seed
     `data.val_seed`) holds that fraction of train out; otherwise the run evaluates on
     `data.test_split`, which `load_eval_split` loads.
 
@@ -40,7 +55,7 @@ def load_train_split(cfg: Config):
     if not cfg.data.root:
         raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
     ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
-    ds = _subset_per_class(ds, cfg.data.subset_per_class)
+    ds = _long_tail(_subset_per_class(ds, cfg.data.subset_per_class), cfg.data.imbalance_ratio)
     if cfg.data.val_fraction > 0:
         perm = np.random.default_rng(cfg.data.val_seed).permutation(len(ds))
         n_val = max(1, int(round(len(ds) * cfg.data.val_fraction)))
@@ -78,6 +93,8 @@ class RunData:
         train_images: training images for data-dependent init (airnet's whitening): all of them on
             the device when held in memory, else the first 5,000 on the CPU.
         num_train: the number of training images.
+        class_counts: training images per class, in label order (class weights, samplers, the
+            logit-adjustment prior; saved in checkpoints for analyze's many/medium/few-shot split).
     """
     loader: TensorLoader
     eval_images: torch.Tensor  # (M, 3, H, W) uint8, CPU
@@ -87,6 +104,7 @@ class RunData:
     prep: Preprocess
     train_images: torch.Tensor | None  # for data-dependent init (airnet whitening)
     num_train: int
+    class_counts: list[int]
 
 
 def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
@@ -126,7 +144,9 @@ def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1)
         fetch = streaming_fetch(paths, train.images.shape[1], d.workers, device)
     else:
         x = to_chw_tensor(train.images).to(device)  # (N, 3, H, W) uint8, resident for the whole run
+    counts = list(train.class_counts().values())
     loader = TensorLoader(x, y, cfg.train.batch_size, aug, prep, cfg.train.seed, drop_last=True, fetch=fetch,
-                          rank=rank, world=world)
+                          rank=rank, world=world, sampler=d.sampler,
+                          mix=Mix(d.mixup, d.cutmix, d.mix_prob, train.num_classes))
     return RunData(loader, images, labels, eval_name, train.classes, prep,
-                   x if x is not None else to_chw_tensor(train.images[:5000]), len(train))
+                   x if x is not None else to_chw_tensor(train.images[:5000]), len(train), counts)

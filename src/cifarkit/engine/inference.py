@@ -71,7 +71,8 @@ class Inference:
         amp = amp_dtype({"fp32": "none"}.get(precision, precision) or cfg.train.amp, dev)
         forward = model_forward(model, dev, amp, cfg.train.channels_last)
         return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
-                   cfg.eval.batch_size, str(path), dev, model, cfg, {"epoch": ck.get("epoch")})
+                   cfg.eval.batch_size, str(path), dev, model, cfg,
+                   {"epoch": ck.get("epoch"), "class_counts": ck.get("class_counts")})
 
     @classmethod
     def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:

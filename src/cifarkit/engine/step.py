@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cifarkit.config import Config
 from cifarkit.engine.dist import DistInfo, all_reduce_sum
 from cifarkit.engine.evaluate import autocast_ctx
+from cifarkit.engine.losses import batch_weight, weighted_cross_entropy
 from cifarkit.engine.runlog import RunLog
 from cifarkit.errors import CifarkitError
 
@@ -62,6 +63,8 @@ class Trainer:
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     ema: dict[str, torch.Tensor] | None = None  # train.ema
     lookahead: dict[str, torch.Tensor] | None = None  # train.lookahead
+    class_weights: torch.Tensor | None = None  # train.class_weights (C,), on the device
+    logit_adjust: torch.Tensor | None = None  # train.logit_adjust: tau * log prior (C,), on the device
     state: TrainState = field(default_factory=TrainState)
 
     @property
@@ -113,9 +116,7 @@ def forward_backward(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     for xc, yc in zip(x.split(mb), y.split(mb)):
         with autocast_ctx(t.device, t.amp):
             logits = t.net(xc)  # (b, C)
-        part = F.cross_entropy(logits.float(), yc, label_smoothing=c.label_smoothing, reduction=c.loss_reduction)
-        if c.loss_reduction == "mean":
-            part = part * (len(yc) / len(y))  # chunk means weighted into the batch mean
+        part = chunk_loss(t, logits, yc, y)
         # DDP averages gradients over ranks; a summed loss must be the sum over the global batch
         scaled = part * t.dinfo.world if c.loss_reduction == "sum" else part
         (t.scaler.scale(scaled) if t.scaler is not None else scaled).backward()  # fp16: loss scaling
@@ -123,6 +124,21 @@ def forward_backward(t: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     if t.dinfo.enabled:  # every rank takes the same skip/stop decision
         loss = all_reduce_sum(loss, t.dinfo) / t.dinfo.world
     return loss
+
+
+def chunk_loss(t: Trainer, logits: torch.Tensor, yc: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of chunk `yc` of batch `y`, as its share of the batch loss (mean: chunk means
+    weighted into the batch mean). Plain cross-entropy unless class weights (from
+    train.class_weights_from_epoch on), logit adjustment or soft (mixed) targets ask for more."""
+    c = t.cfg.train
+    weights = t.class_weights if t.state.epoch >= c.class_weights_from_epoch else None
+    mean = c.loss_reduction == "mean"
+    if weights is None and t.logit_adjust is None and yc.dim() == 1:
+        part = F.cross_entropy(logits.float(), yc, label_smoothing=c.label_smoothing, reduction=c.loss_reduction)
+        return part * (len(yc) / len(y)) if mean else part
+    loss, w = weighted_cross_entropy(logits, yc, weights, t.logit_adjust, c.label_smoothing)
+    total = (loss * w).sum()
+    return total / batch_weight(y, weights) if mean else total
 
 
 def loss_ok(t: Trainer, loss: torch.Tensor) -> bool:

@@ -32,6 +32,7 @@ from cifarkit.engine.dist import DistInfo, barrier, broadcast_flag, cleanup, ini
 from cifarkit.engine.early_stop import EarlyStop
 from cifarkit.engine.evaluate import evaluate
 from cifarkit.engine.loggers import make_sinks, summary_writer_class
+from cifarkit.engine.losses import adjustment, class_weights, log_prior
 from cifarkit.engine.memory import hold_freed_memory
 from cifarkit.engine.optimizers import build_optimizer, lr_lambdas
 from cifarkit.engine.rundir import check_work_dir, claim_fresh, locked
@@ -233,6 +234,10 @@ def build(cfg: Config, dev: torch.device, dinfo: DistInfo, fresh: bool, quiet: b
     t = Trainer(cfg, model, model, optimizer, scheduler, dev, amp, total, spe, dinfo,
                 scaler=torch.amp.GradScaler(dev.type) if amp == torch.float16 else None,
                 ema=copy() if cfg.train.ema else None, lookahead=copy() if cfg.train.lookahead else None)
+    weights = class_weights(cfg.train.class_weights, data.class_counts, cfg.train.cb_beta)
+    t.class_weights = weights.to(dev) if weights is not None else None
+    adjust = adjustment(cfg.train.logit_adjust, log_prior(data.class_counts))
+    t.logit_adjust = adjust.to(dev) if adjust is not None else None
     use_compile = cfg.train.compile == "on" or (cfg.train.compile == "cuda" and dev.type == "cuda")
     t.net = torch.compile(model, mode=cfg.train.compile_mode) if use_compile else model
     return t, data, totals
@@ -285,7 +290,8 @@ def open_log(t: Trainer, data: RunData, run_dir: Path, resumed: bool) -> RunLog:
     save_config(t.cfg, run_dir / "config.yaml")
     header = {"config": config_to_dict(t.cfg), "versions": versions(), "device": str(t.device),
               "seed": t.cfg.train.seed, "classes": data.classes, "params": count_params(t.model),
-              "num_train": data.num_train, "num_eval": len(data.eval_labels), "eval_split": data.eval_name,
+              "num_train": data.num_train, "class_counts": data.class_counts,
+              "num_eval": len(data.eval_labels), "eval_split": data.eval_name,
               "steps_per_epoch": t.steps_per_epoch, "total_steps": t.total_steps, "world_size": t.dinfo.world}
     resume_iter = t.state.step if resumed else None
     return RunLog(run_dir / "log.jsonl", header, resume_iter=resume_iter,
@@ -353,7 +359,7 @@ def checkpoint_dict(t: Trainer, data: RunData) -> dict[str, Any]:
     """Everything a checkpoint holds, for resuming the run and for inference.
 
     Weights, optimiser, schedule, scaler, EMA and lookahead averages, RNG states, counters and
-    early-stop state; classes, config, preprocessing and versions."""
+    early-stop state; classes, training class counts, config, preprocessing and versions."""
     return {
         "model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
         "scaler": t.scaler.state_dict() if t.scaler is not None else None,
@@ -363,7 +369,7 @@ def checkpoint_dict(t: Trainer, data: RunData) -> dict[str, Any]:
         "epoch": t.state.epoch, "iter": t.state.step, "best_top1": t.state.best_top1,
         "early_stop": t.state.early_stop,
         "classes": list(data.classes), "config": config_to_dict(t.cfg), "preprocess": data.prep.as_dict(),
-        "model_name": t.cfg.model.name, "versions": versions(),
+        "model_name": t.cfg.model.name, "versions": versions(), "class_counts": list(data.class_counts),
     }
 
 
