@@ -13,6 +13,7 @@ from test_cli_data import run
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_models_lists_params_and_macs():
     r = run("models")
     assert r.returncode == 0, r.stderr

@@ -62,6 +62,7 @@ def test_onnx_with_bad_metadata_is_named(name: str, good: Path, image: Path, tmp
     one_line_error(run("predict", str(bad), str(image)), str(bad), ONNX_METADATA[name][1])
 
 
+@pytest.mark.slow
 def test_cam_on_onnx_and_on_a_non_spatial_layer(good: Path, image: Path, tmp_path: Path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("pytorch_grad_cam")
@@ -80,6 +81,7 @@ def test_bad_cli_values_are_one_line(args: tuple[str, str], good: Path, image: P
     one_line_error(r, args[0])
 
 
+@pytest.mark.slow
 def test_export_parity_says_which_images(good: Path, tmp_path: Path, cifar10_dir: Path):
     """Run from elsewhere (the checkpoint's data root does not exist): the export says it checked
     random pixels, and `--data` makes it use real images."""

@@ -76,6 +76,7 @@ def test_checkpoint_config_goes_through_the_same_validation():
         config_from_dict(["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_cli_negative_max_iters_fails_instead_of_training_nothing(tmp_path: Path):
     r = run("train", str(FAST), "--set", "train.max_iters=-1", "--work-dir", str(tmp_path / "w"))
     one_error_line(r, "train.max_iters")
@@ -110,6 +111,7 @@ def test_locked_run_dir_refuses_a_second_run(cifar10_small: Path, tmp_path: Path
     assert (work / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_two_concurrent_cli_runs_one_wins(cifar10_small: Path, tmp_path: Path):
     work = tmp_path / "w"
     cmd = [sys.executable, "-m", "cifarkit", *train_args(cifar10_small, work)]

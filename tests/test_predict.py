@@ -25,7 +25,8 @@ def exported(cifar10_small: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("tta", ["none", "flip_translate", None])
+@pytest.mark.parametrize("tta", [pytest.param("none", marks=pytest.mark.slow), "flip_translate",
+                                 pytest.param(None, marks=pytest.mark.slow)])
 def test_predict_folder_matches_eval_image_for_image(trained_run: Path, exported: Path, tmp_path: Path, tta):
     """predict == eval by construction: every exported test image gets eval's own prediction,
     with TTA off, on, and as the checkpoint says (None: the default both take from it)."""
@@ -86,6 +87,7 @@ def _odd_images(d: Path) -> list[Path]:
     return sorted(d.iterdir())
 
 
+@pytest.mark.slow
 def test_odd_formats_and_one_broken_file(trained_run: Path, tmp_path: Path):
     files = _odd_images(tmp_path / "odd")
     (tmp_path / "odd" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")

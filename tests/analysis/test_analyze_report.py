@@ -64,6 +64,7 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (.ci/run installs Debian's chromium)")
 def test_report_renders_in_a_real_browser(trained_run: Path, tmp_path: Path):
     run_dir = tmp_path / "run"

@@ -38,6 +38,7 @@ class _Evil:
         return (os.system, (f"touch {self.path}",))
 
 
+@pytest.mark.slow
 def test_checkpoint_with_code_payload_is_refused(trained_run: Path, tmp_path: Path):
     marker = tmp_path / "pwned"
     ck = torch.load(trained_run / "last.pt", weights_only=True)
@@ -51,6 +52,7 @@ def test_checkpoint_with_code_payload_is_refused(trained_run: Path, tmp_path: Pa
     assert r.returncode == 2 and not marker.exists()
 
 
+@pytest.mark.slow
 def test_truncated_and_mismatched_checkpoints(trained_run: Path, tmp_path: Path, cifar10_small: Path):
     data = (trained_run / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
