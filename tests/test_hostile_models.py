@@ -121,3 +121,9 @@ def test_checkpoint_validators_fuzzed(prep: dict, classes):
         pass
     else:
         assert c and all(isinstance(x, str) and x for x in c) and len(set(c)) == len(c)
+
+
+def test_model_kwargs_of_the_wrong_type_are_one_line(cifar10_dir: Path, tmp_path: Path):
+    r = run("train", "fast", "--set", f"data.root={cifar10_dir}", "--set", "model.kwargs.widths=hello",
+            "--work-dir", str(tmp_path / "r"))
+    one_line_error(r, "model.kwargs", "'airnet' cannot be built")

@@ -77,3 +77,11 @@ def test_timm_models_need_timm():
             create_model("timm/resnet18", 10)
     else:
         assert create_model("timm/resnet18", 10)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_cifar_resnet_accepts_cifar_stem_restated():
+    """resnet*_cifar always has the CIFAR stem; `model.cifar_stem=true` restating it was a TypeError."""
+    a = create_model("resnet18_cifar", 10, cifar_stem=True)
+    b = create_model("resnet18_cifar", 10)
+    assert [tuple(p.shape) for p in a.parameters()] == [tuple(p.shape) for p in b.parameters()]
+    assert a.conv1.kernel_size == (3, 3)

@@ -197,8 +197,12 @@ def find_resume(run_dir: Path, resume: str | bool | None) -> Path | None:
 
 def build_model(cfg: Config, dev: torch.device, data: RunData, fresh: bool, quiet: bool) -> torch.nn.Module:
     """The model on `dev`, data-initialised when fresh (model hook), in its training layout."""
-    model = create_model(cfg.model.name, cfg.model.num_classes, pretrained=cfg.model.pretrained,
-                         cifar_stem=cfg.model.cifar_stem, **cfg.model.kwargs)
+    try:
+        model = create_model(cfg.model.name, cfg.model.num_classes, pretrained=cfg.model.pretrained,
+                             cifar_stem=cfg.model.cifar_stem, **cfg.model.kwargs)
+    except (TypeError, ValueError) as e:  # a model.kwargs value of the wrong type or range
+        raise ConfigError(f"model.kwargs {cfg.model.kwargs}: {cfg.model.name!r} cannot be built with them "
+                          f"({str(e).splitlines()[0][:160]})") from None
     if getattr(model, "pretrained_report", None) and not quiet:
         print(model.pretrained_report)
     init = train_hooks(cfg.model.name).data_init

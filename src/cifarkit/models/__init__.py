@@ -100,6 +100,7 @@ def _cifar_resnet(arch: str):
     def build(num_classes: int, **kw) -> nn.Module:
         from cifarkit.models.torchvision_models import torchvision_model
 
+        kw.pop("cifar_stem", None)  # always on for these; model.cifar_stem=true only restates it
         return torchvision_model(arch, num_classes, cifar_stem=True, **kw)
 
     return build
