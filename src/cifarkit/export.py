@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarkit.engine.inference import Inference, eval_data, load_onnx  # noqa: F401  (load_onnx: public here too)
+from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError
 
 

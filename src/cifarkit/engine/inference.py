@@ -57,7 +57,7 @@ class Inference:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     model: torch.nn.Module | None = None  # PyTorch checkpoints only: Grad-CAM needs the module
     config: Config | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # checkpoint epoch etc.
+    meta: dict[str, Any] = field(default_factory=dict)  # checkpoint: epoch, best_top1, class_counts; ONNX: model
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
@@ -72,7 +72,8 @@ class Inference:
         forward = model_forward(model, dev, amp, cfg.train.channels_last)
         return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
                    cfg.eval.batch_size, str(path), dev, model, cfg,
-                   {"epoch": ck.get("epoch"), "class_counts": ck.get("class_counts")})
+                   {"epoch": ck.get("epoch"), "class_counts": ck.get("class_counts"),
+                    "best_top1": ck.get("best_top1")})
 
     @classmethod
     def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:
@@ -106,7 +107,7 @@ class Inference:
             return torch.from_numpy(session.run(None, {name: arr})[0]).float()
 
         return cls(forward, meta["classes"], meta["preprocess"], check_tta(tta) or meta.get("tta", "none"),
-                   "fp32", 256, str(path))
+                   "fp32", 256, str(path), meta={"model": meta["model"]})
 
     # ---- inference --------------------------------------------------------------------------
     def logits(self, images: torch.Tensor | Sequence[torch.Tensor], tta: str | None = None) -> torch.Tensor:

@@ -29,7 +29,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarkit.cam import METHODS, compute_cam, overlay
 from cifarkit.data.decode import load_rgb
-from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.errors import CifarkitError
 from cifarkit.logs import read_jsonl
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
@@ -111,9 +110,7 @@ def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
                             "epoch": clf.meta.get("epoch"), "test_top1": None, "test_split": None,
                             "cam": clf.model is not None, "cam_methods": list(METHODS)}
     if clf.config is None:  # an exported .onnx file: the model name is in its metadata
-        from cifarkit.engine.inference import load_onnx
-
-        info["model"] = load_onnx(path)[1].get("model") or None
+        info["model"] = clf.meta.get("model") or None
         return info
     info["model"] = clf.config.model.name
     log = path.parent / "log.jsonl"  # the checkpoint's own run: its evaluation at this epoch
@@ -122,7 +119,7 @@ def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
     if at_epoch:
         info["test_top1"], info["test_split"] = at_epoch[-1]["top1"], at_epoch[-1].get("split")
     else:
-        best = load_checkpoint(path).get("best_top1")
+        best = clf.meta.get("best_top1")
         info["test_top1"] = best if isinstance(best, (int, float)) and best >= 0 else None
     return info
 
