@@ -127,8 +127,11 @@ def test_recipe_page_numbers_come_from_the_benchmark_files():
         assert f"{r['img_per_s']:,.0f}" in page
     gpu = json.loads((results / "gpu_speed.json").read_text())["fast"]
     assert f"{gpu['timed_mean_s']:.2f}" in page
-    for name in ("fast", "airbench94", "resnet18", "mobilenetv2_finetune"):
+    for name in ("fast", "airbench94", "resnet18", "mobilenetv2_finetune", "lt100"):
         assert f"| `{name}` |" in page
+    lt = json.loads((results / "long_tail.json").read_text())["results"]
+    recipe = [r["top1"] for r in lt["recipe (cifar10_lt100.yaml)"]]
+    assert f"**{sum(recipe) / len(recipe):.2f} ± " in page
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import json
 import sys
 
 from cifarkit import __version__
-from cifarkit.errors import CifarkitError
+from cifarkit.errors import CifarkitError, DataError
 
 
 def _print_json(obj) -> None:
@@ -57,7 +57,9 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     from cifarkit.data.export import export_dataset
     from cifarkit.data.folder import manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, load_dataset
+    from cifarkit.data.splits import check_imbalance_ratio, long_tail
 
+    check_imbalance_ratio(a.imbalance_ratio, "--imbalance-ratio")  # before any reading
     kind = describe_kind(a.path)
     if kind == "cifar":
         splits: list[str | None] = ["train", "test"]
@@ -66,6 +68,11 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     else:
         splits = manifest_splits(a.path) or [None]  # "" is a split too: its rows are not dropped
     data = {"all" if s is None else s: load_dataset(a.path, s) for s in splits}
+    if a.imbalance_ratio:  # the long-tail train split a run with data.imbalance_ratio R trains on
+        if "train" not in data:
+            raise DataError(f"{a.path}: has no train split to cut to --imbalance-ratio {a.imbalance_ratio:g} "
+                            f"(splits: {', '.join(data)})")
+        data["train"] = long_tail(data["train"], a.imbalance_ratio)
     with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
         res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
                              overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0)
@@ -153,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=None)
     e.add_argument("--overwrite", action="store_true")
     e.add_argument("--compress", action="store_true", help="deflate PNGs (~9%% smaller for CIFAR, ~3x slower)")
+    e.add_argument("--imbalance-ratio", type=float, default=0.0, metavar="R",
+                   help="write the train split cut to the long-tail profile of data.imbalance_ratio R (Cao et al. "
+                        "2019: the first floor(n_max * R^(-i/(C-1))) images of class i; test untouched)")
     e.set_defaults(fn=cmd_data_export)
     c = dsub.add_parser("check", help="decode every image; exit 1 if anything is unusable")
     c.add_argument("path")

@@ -19,7 +19,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     """`cifarkit analyze`: confusion matrix, per-class metrics and calibration of a checkpoint."""
     from cifarkit.analysis.analyze import analyze
 
-    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite)
+    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
+                logit_adjust=a.logit_adjust)
     print(f"{m['split']} ({m['n']} images, tta {m['tta']}, {m['precision']}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
@@ -45,14 +46,14 @@ def cmd_stats(a: argparse.Namespace) -> int:
     """`cifarkit data stats`: class balance, mean/std, sizes and duplicates."""
     from cifarkit.data.stats import dataset_stats, format_stats
 
-    s = dataset_stats(a.path, a.out)
+    s = dataset_stats(a.path, a.out, a.imbalance_ratio)
     print(json.dumps(s) if a.json else format_stats(s))
     return 1 if s["unreadable"] else 0
 
 
 def add_commands(sub, data_sub=None) -> None:
     """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
-    from cifarkit.cli_use import add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_tta_option
 
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
@@ -70,6 +71,7 @@ def add_commands(sub, data_sub=None) -> None:
     z.add_argument("--out", default="analysis", help="output folder (new or empty)")
     z.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     add_tta_option(z)
+    add_logit_adjust_option(z)
     z.add_argument("--device", default="auto")
     z.set_defaults(fn=cmd_analyze)
 
@@ -83,5 +85,8 @@ def add_commands(sub, data_sub=None) -> None:
         s = data_sub.add_parser("stats", help="class balance, mean/std, sizes, duplicates, unreadable files")
         s.add_argument("path")
         s.add_argument("--out", default=None, help="folder for stats.json and class_balance.png")
+        s.add_argument("--imbalance-ratio", type=float, default=0.0, metavar="R",
+                       help="describe the train split cut to the long-tail profile a run with data.imbalance_ratio "
+                            "R trains on (0 = as it is)")
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=cmd_stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -30,12 +31,30 @@ def add_tta_option(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation (default: the checkpoint's eval.tta; --tta alone = flip_translate)")
 
 
+def finite_tau(text: str) -> float:
+    """argparse type for --logit-adjust: a finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"{v} must be a finite number >= 0")
+    return v
+
+
+def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
+    """Add `--logit-adjust TAU` (default: the checkpoint's eval.logit_adjust) to `p`."""
+    p.add_argument("--logit-adjust", type=finite_tau, default=None, metavar="TAU",
+                   help="post-hoc logit adjustment: logits - TAU * log(training class prior) (Menon et al. 2021); "
+                        "default the checkpoint's eval.logit_adjust, 0 = off")
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
     from cifarkit.predict import expand_inputs, load, show_result
 
-    clf = load(a.model, a.device, a.tta)
+    clf = load(a.model, a.device, a.tta, a.logit_adjust)
     if a.batch_size:
         clf.batch_size = a.batch_size
     out = output_dir(a.out, a.overwrite) if a.out else None
@@ -142,6 +161,7 @@ def add_commands(sub) -> None:
     p.add_argument("--topk", type=positive_int, default=5)
     p.add_argument("--batch-size", type=positive_int, default=None)
     add_tta_option(p)
+    add_logit_adjust_option(p)
     p.add_argument("--out", default=None, help="folder for predictions.csv and drawn results (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")

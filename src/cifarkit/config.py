@@ -189,6 +189,9 @@ class EvalConfig:
     interval: int = _f(1, "evaluate every N epochs (and always at the end)", ge=1)
     batch_size: int = _f(512, "evaluation batch size", ge=1)
     tta: str = _f("none", "none | flip | flip_translate")
+    logit_adjust: float = _f(0.0, "post-hoc logit adjustment: predict with logits - tau * log(training class prior) "
+                                  "(Menon et al. 2021; 0 = off); every evaluation and prediction of the run uses it",
+                             ge=0)
 
 
 @dataclass

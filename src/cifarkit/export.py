@@ -46,7 +46,19 @@ class ExportReport:
 def _metadata(inf: Inference) -> str:
     """What `Inference.from_onnx` needs: classes, preprocessing, the run's TTA, the model's name."""
     return json.dumps({"classes": inf.classes, "preprocess": inf.prep.as_dict(), "model": inf.config.model.name,
-                       "tta": inf.config.eval.tta})
+                       "tta": inf.config.eval.tta, "logit_adjust": inf.logit_adjust})
+
+
+class _AddBias(torch.nn.Module):
+    """The model with the run's post-hoc logit adjustment baked in: logits + bias (C,)."""
+
+    def __init__(self, model: torch.nn.Module, bias: torch.Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("bias", bias.float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.bias
 
 
 def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tensor, str]:
@@ -96,6 +108,8 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
         raise CifarkitError(f"--format {fmt!r}: use onnx or torchscript")
     ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32")
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
+    if ref.logit_bias is not None:
+        model = _AddBias(model, ref.logit_bias).eval()
     s = ref.prep.input_size
     out = Path(out) if out else Path(ckpt).with_suffix(ext)
     if out.is_dir():

@@ -150,7 +150,8 @@ def check_topk(topk: int) -> int:
     return topk
 
 
-def load(path: str | Path, device: str = "auto", tta: str | None = None) -> Classifier:
+def load(path: str | Path, device: str = "auto", tta: str | None = None,
+         logit_adjust: float | None = None) -> Classifier:
     """Open a checkpoint (.pt) or an exported model (.onnx), ready to predict.
 
     Args:
@@ -158,6 +159,8 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None) -> Clas
         device: "auto" (a GPU when there is one), "cpu", "cuda", ...
         tta: none | flip | flip_translate; default the model's own (its run's `eval.tta`), so
             predictions match `cifarkit eval` image for image.
+        logit_adjust: post-hoc logit adjustment tau (a checkpoint only); default the run's
+            `eval.logit_adjust`.
 
     Returns:
         A `Classifier` (`predict`, `predict_files`, `logits`, `classes`).
@@ -166,8 +169,11 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None) -> Clas
         CheckpointError: the file is missing, edited or not a cifarkit model.
     """
     if Path(path).suffix.lower() == ".onnx":
+        if logit_adjust is not None:
+            raise ConfigError(f"{path}: an exported model keeps the logit adjustment it was exported with; drop "
+                              "--logit-adjust, or export again from the checkpoint")
         return Classifier.from_onnx(path, tta)
-    return Classifier.from_checkpoint(path, device, tta)
+    return Classifier.from_checkpoint(path, device, tta, logit_adjust=logit_adjust)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

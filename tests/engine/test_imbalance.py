@@ -205,3 +205,99 @@ def test_resume_is_bitwise_identical_with_a_sampler_and_with_mixing(extra: list[
     val = lambda run: [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())  # noqa: E731
                        if r["type"] == "val"]
     assert val(tmp_path / "a")[-1]["loss"] == val(tmp_path / "b")[-1]["loss"]
+
+
+# ---- label smoothing with logit adjustment, post-hoc adjustment ------------------------------------
+def test_label_smoothing_with_logit_adjustment_smooths_toward_the_prior():
+    """The adjusted loss's optimum keeps the raw logits of the non-target classes equal (balanced):
+    with uniform smoothing the rarest class's raw logit would rise by -log prior."""
+    eps, adjust = 0.2, log_prior([5000, 500, 50])
+    y = torch.tensor([0, 1, 2])
+    target = (1 - eps) * F.one_hot(y, 3).float() + eps * adjust.softmax(0)
+    z = (target.log() - adjust).requires_grad_()  # softmax(z + adjust) == target: the optimum
+    loss, _ = weighted_cross_entropy(z, y, adjust=adjust, label_smoothing=eps)
+    loss.sum().backward()
+    assert float(z.grad.abs().max()) < 1e-5
+    for i in range(3):  # every non-target raw logit is log(eps): no class is favoured
+        others = z.detach()[i][torch.arange(3) != i]
+        assert torch.allclose(others, torch.full_like(others, float(np.log(eps))), atol=1e-5)
+    # without adjustment, smoothing stays exactly F.cross_entropy's uniform smoothing
+    logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(1))
+    plain, _ = weighted_cross_entropy(logits, y, label_smoothing=eps)
+    assert float(plain.mean()) == pytest.approx(float(F.cross_entropy(logits, y, label_smoothing=eps)))
+
+
+@pytest.fixture(scope="module")
+def lt_run(cifar10_small: Path, tmp_path_factory) -> Path:
+    """A 1-epoch long-tail run (R = 10) whose evaluation uses post-hoc logit adjustment tau = 1."""
+    run_dir = tmp_path_factory.mktemp("lt") / "run"
+    fit(small_cfg(cifar10_small, "train.epochs=1", "data.imbalance_ratio=10", "eval.logit_adjust=1.0",
+                  "eval.tta=none"), work_dir=run_dir, quiet=True)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Path, tmp_path: Path):
+    from cifarkit.engine.inference import Inference, eval_data
+
+    ckpt = str(lt_run / "last.pt")
+    raw = Inference.from_checkpoint(ckpt, "cpu", logit_adjust=0)
+    images, labels, _ = eval_data(raw, None, None)
+    counts = raw.meta["class_counts"]
+    assert counts == long_tail_counts([50] * 10, 10)
+    by_hand = (raw.logits(images) - log_prior(counts)).argmax(1)  # Menon et al.: argmax f(x) - tau log prior
+    def evaluate(*extra: str) -> tuple[dict, list[int]]:
+        out = tmp_path / f"pred{len(list(tmp_path.iterdir()))}.csv"
+        r = run("eval", ckpt, "--json", "--predictions", str(out), *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout), [int(row.split(",")[1]) for row in out.read_text().splitlines()[1:]]
+
+    m1, p1 = evaluate()  # the run's eval.logit_adjust = 1
+    assert m1["logit_adjust"] == 1.0 and p1 == by_hand.tolist()
+    m0, p0 = evaluate("--logit-adjust", "0")
+    assert "logit_adjust" not in m0 and p0 == raw.logits(images).argmax(1).tolist()
+    assert sum(x >= 5 for x in p1) > sum(x >= 5 for x in p0)  # the rare classes gain predictions
+    # training's per-epoch evaluation used the same adjustment
+    val = [json.loads(x) for x in (lt_run / "log.jsonl").read_text().splitlines() if '"val"' in x][-1]
+    assert val["top1"] == pytest.approx(m1["top1"])
+    # analyze reports it; an exported ONNX model bakes it into its graph (the parity check compares)
+    r = run("analyze", ckpt, "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["logit_adjust"] == 1.0
+    pytest.importorskip("onnxruntime")
+    r = run("export", ckpt, "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0, r.stderr
+    onnx = Inference.from_onnx(tmp_path / "m.onnx")
+    assert onnx.logit_adjust == 1.0 and onnx.logits(images).argmax(1).tolist() == by_hand.tolist()
+    r = run("predict", str(tmp_path / "m.onnx"), str(tmp_path / "a" / "misclassified.png"), "--logit-adjust", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--logit-adjust" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["eval", "x.pt", "--logit-adjust", "-1"], ["eval", "x.pt", "--logit-adjust", "nan"],
+                                  ["data", "stats", "d", "--imbalance-ratio", "0.5"],
+                                  ["data", "export", "d", "o", "--imbalance-ratio", "-3"]])
+def test_bad_tau_and_ratio_are_one_error_line(args: list[str], tmp_path: Path):
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode != 0 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1, r.stderr
+    assert ("--logit-adjust" if "eval" in args else "--imbalance-ratio") in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ---- data stats / data export --imbalance-ratio -------------------------------------------------
+def test_data_stats_and_export_show_and_write_the_long_tail_profile(cifar10_dir: Path, tmp_path: Path):
+    want = long_tail_counts([10] * 10, 10)
+    r = run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert list(s["class_counts"]["train"].values()) == want and s["imbalance_ratio"] == 10
+    assert s["imbalance"]["train"] == 10 / want[-1] and s["imbalance"]["test"] == 1.0
+    text = run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10").stdout
+    assert "imbalance 10.0" in text and f"truck {want[-1]}" in text and "imbalance 1.0" in text
+    r = run("data", "export", str(cifar10_dir), str(tmp_path / "out"), "--imbalance-ratio", "10")
+    assert r.returncode == 0, r.stderr
+    classes = list(s["class_counts"]["train"])
+    assert [len(list((tmp_path / "out" / "train" / c).iterdir())) for c in classes] == want
+    assert sum(1 for _ in (tmp_path / "out" / "test").rglob("*.png")) == 40  # the test split stays balanced
+    # the exported folder is the same long-tail train split a run trains on
+    cfg = load_config(None, [f"data.root={cifar10_dir}", "data.imbalance_ratio=10"])
+    assert list(load_train_split(cfg)[0].class_counts().values()) == want

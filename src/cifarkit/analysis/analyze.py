@@ -31,10 +31,10 @@ from cifarkit.safepath import output_dir
 
 
 def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
-                    tta: str | None = None) -> dict[str, Any]:
+                    tta: str | None = None, logit_adjust: float | None = None) -> dict[str, Any]:
     """One pass through the one inference path (`engine.inference`, as `cifarkit eval` and
     `predict`): logits (N, C), labels, predicted ids, the uint8 images (for galleries), class names."""
-    inf = Inference.from_checkpoint(ckpt, device, tta)
+    inf = Inference.from_checkpoint(ckpt, device, tta, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)
     logits = inf.logits(images)
     return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
@@ -44,7 +44,8 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
 
 
 def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
-            device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True) -> dict[str, Any]:
+            device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True,
+            logit_adjust: float | None = None) -> dict[str, Any]:
     """Confusion matrix, per-class metrics, calibration and the worst errors of a checkpoint.
 
     One pass of predictions through the one inference path, so top1/top5/loss are exactly what
@@ -60,9 +61,10 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         n_errors: how many highest-loss errors `misclassified.png` shows.
         tta: none | flip | flip_translate (default: the checkpoint's `eval.tta`).
         overwrite: False refuses a non-empty `out`.
+        logit_adjust: post-hoc logit adjustment tau (default: the checkpoint's `eval.logit_adjust`).
 
     Returns:
-        metrics.json's dict: checkpoint, split, n, tta, precision, top1 and top5 [%], loss,
+        metrics.json's dict: checkpoint, split, n, tta, precision, logit_adjust, top1 and top5 [%], loss,
         balanced_accuracy [%] (mean per-class recall), shot_accuracy (many > 100, medium 20-100,
         few < 20 training images per class [%]; None without the checkpoint's class counts),
         train_class_counts, ece
@@ -73,7 +75,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         DataError: the data is missing or malformed, or `out` is not empty without `overwrite`.
     """
     out = output_dir(out, overwrite)
-    p = predictions_for(ckpt, data, split, device, tta)
+    p = predictions_for(ckpt, data, split, device, tta, logit_adjust)
     logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
     m = metrics_from_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     np.savez_compressed(out / "predictions.npz", logits=logits, labels=labels, index=np.arange(len(labels)),
@@ -84,7 +86,8 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     table = per_class_table(cm, classes)
     cal = calibration(probs, labels, preds=preds)
     metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)), "tta": p["tta"],
-               "precision": p["precision"], "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
+               "precision": p["precision"], "logit_adjust": p.get("logit_adjust", 0.0),
+               "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
                "balanced_accuracy": balanced_accuracy(cm),
                "shot_accuracy": shot_accuracy(cm, p.get("class_counts")), "train_class_counts": p.get("class_counts"),
                "ece": cal["ece"], "per_class": table, "most_confused": most_confused(cm, classes),

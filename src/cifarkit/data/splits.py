@@ -33,8 +33,23 @@ def long_tail_counts(counts: list[int], ratio: float) -> list[int]:
     return [min(n, math.floor(n_max * ratio ** (-i / (c - 1)))) for i, n in enumerate(counts)]
 
 
-def _long_tail(ds, ratio: float):
+def long_tail(ds, ratio: float):
+    """`ds` cut to the long-tail profile of `long_tail_counts` (the first images of each class, in
+    dataset order); `ds` itself when `ratio` is 0. One selection for training, `data stats` and
+    `data export --imbalance-ratio`."""
     return ds.first_per_class(long_tail_counts(list(ds.class_counts().values()), ratio)) if ratio else ds
+
+
+def check_imbalance_ratio(ratio: float, what: str = "data.imbalance_ratio") -> float:
+    """`ratio` unchanged when it is 0 (off) or a finite number >= 1.
+
+    Raises:
+        ConfigError: otherwise, naming `what`.
+    """
+    if not (math.isfinite(ratio) and (ratio == 0 or ratio >= 1)):
+        raise ConfigError(f"{what}: must be 0 (off) or a finite number >= 1 (max / min images per class), "
+                          f"got {ratio!r}")
+    return ratio
 
 
 def load_train_split(cfg: Config):
@@ -55,7 +70,7 @@ def load_train_split(cfg: Config):
     if not cfg.data.root:
         raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
     ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
-    ds = _long_tail(_subset_per_class(ds, cfg.data.subset_per_class), cfg.data.imbalance_ratio)
+    ds = long_tail(_subset_per_class(ds, cfg.data.subset_per_class), cfg.data.imbalance_ratio)
     if cfg.data.val_fraction > 0:
         perm = np.random.default_rng(cfg.data.val_seed).permutation(len(ds))
         n_val = max(1, int(round(len(ds) * cfg.data.val_fraction)))

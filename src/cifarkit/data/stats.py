@@ -64,21 +64,29 @@ def duplicates(splits: dict[str, ImageSet]) -> dict[str, Any]:
     return {"within_split": dict(within), "across_splits": dict(across), "examples": examples}
 
 
-def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_ratio: float = 0.0) -> dict[str, Any]:
     """Class balance, per-channel mean/std, image sizes and duplicates of a dataset.
 
     Args:
         path: CIFAR batches (folder or `.tar.gz`), an image folder or a CSV manifest.
         out: a folder for `stats.json` and `class_balance.png`; None writes nothing.
+        imbalance_ratio: describe the train split cut to this long-tail profile (what a run with
+            `data.imbalance_ratio` trains on); 0 = the data as it is.
 
     Returns:
-        A JSON-ready dict: classes, class_counts per split, mean and std per channel on the
+        A JSON-ready dict: classes, class_counts per split, imbalance (max / min images per
+        class, per split), imbalance_ratio (the profile applied), mean and std per channel on the
         0..255 scale (of the train split; the values for `data.mean` / `data.std`), sizes,
         duplicates (within and across splits) and unreadable files.
 
     Raises:
-        DataError: the path is missing or holds no readable image.
+        DataError: the path is missing or holds no readable image, or `imbalance_ratio` is given
+            for data without a train split.
+        ConfigError: `imbalance_ratio` is neither 0 nor a finite number >= 1.
     """
+    from cifarkit.data.splits import check_imbalance_ratio, long_tail
+
+    check_imbalance_ratio(imbalance_ratio, "--imbalance-ratio")
     from cifarkit.data.cache import cached_decode
     from cifarkit.data.folder import FileList, check_files, splits_of
     from cifarkit.data.sources import describe_kind, list_files, load_dataset
@@ -106,6 +114,11 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
     if not splits:
         raise DataError(f"{path}: no readable images ({len(unreadable)} unreadable files); "
                         f"`cifarkit data check {path}` lists them")
+    if imbalance_ratio:
+        if "train" not in splits:
+            raise DataError(f"{path}: has no train split to cut to --imbalance-ratio {imbalance_ratio:g} "
+                            f"(splits: {', '.join(splits)})")
+        splits["train"] = long_tail(splits["train"], imbalance_ratio)
     if kind == "cifar":
         sizes = {"32x32": sum(len(d) for d in splits.values())}
     ref = splits.get("train") or next(iter(splits.values()))
@@ -113,6 +126,8 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
     result = {
         "path": str(path), "kind": kind, "classes": ref.classes,
         "class_counts": {n: d.class_counts() for n, d in splits.items()},
+        "imbalance": {n: imbalance(d.class_counts()) for n, d in splits.items()},
+        "imbalance_ratio": imbalance_ratio,
         "mean": mean, "std": std, "mean_std_split": "train" if "train" in splits else next(iter(splits)),
         "sizes": sizes, "duplicates": duplicates(splits), "unreadable": unreadable,
     }
@@ -122,6 +137,12 @@ def dataset_stats(path: str | Path, out: str | Path | None = None) -> dict[str, 
         (out / "stats.json").write_text(json.dumps(result, indent=1))
         plot_class_balance(result, out / "class_balance.png")
     return result
+
+
+def imbalance(counts: dict[str, int]) -> float | None:
+    """max / min images per class (1.0 = balanced); None when a class has no image."""
+    vals = list(counts.values())
+    return max(vals) / min(vals) if vals and min(vals) > 0 else None
 
 
 def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
@@ -145,10 +166,15 @@ def plot_class_balance(stats: dict[str, Any], out: Path) -> None:
 
 def format_stats(s: dict[str, Any]) -> str:
     """The text `cifarkit data stats` prints for `dataset_stats`' result."""
-    lines = [f"{s['path']} ({s['kind']}, {len(s['classes'])} classes)"]
+    lt = f", train cut to imbalance ratio {s['imbalance_ratio']:g}" if s.get("imbalance_ratio") else ""
+    lines = [f"{s['path']} ({s['kind']}, {len(s['classes'])} classes{lt})"]
     for split, counts in s["class_counts"].items():
         vals = list(counts.values())
-        lines.append(f"  {split:<6} {sum(vals):>7,} images  per class min {min(vals)} max {max(vals)}")
+        r = imbalance(counts)
+        lines.append(f"  {split:<6} {sum(vals):>7,} images  per class min {min(vals)} max {max(vals)}  "
+                     f"imbalance {'inf (an empty class)' if r is None else f'{r:.1f}'}")
+        if r != 1.0 and len(counts) <= 20:  # the profile, class by class
+            lines.append("         " + ", ".join(f"{c} {n}" for c, n in counts.items()))
     lines.append(f"  mean/std over {s['mean_std_split']} (0..255, paste into a config):")
     lines.append(f"    data.mean: {s['mean']}")
     lines.append(f"    data.std:  {s['std']}")

@@ -33,8 +33,11 @@ def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
 
 
 def model_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype | None = None,
-                  channels_last: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
-    """normalised float (B, 3, S, S) -> float32 logits (B, C), in eval mode, under `amp` autocast."""
+                  channels_last: bool = False, bias: torch.Tensor | None = None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """normalised float (B, 3, S, S) -> float32 logits (B, C), in eval mode, under `amp` autocast;
+    `bias` (C,) is added to the logits (post-hoc logit adjustment, `losses.posthoc_bias`)."""
+    add = bias.float().to(device) if bias is not None else None
     @torch.no_grad()
     def forward(x: torch.Tensor) -> torch.Tensor:
         n = len(x)
@@ -47,7 +50,8 @@ def model_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype
         model.eval()
         try:
             with autocast_ctx(device, amp):
-                return model(x).float()[:n]
+                out = model(x).float()[:n]
+                return out + add if add is not None else out
         finally:
             model.train(was)
 
@@ -122,9 +126,11 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, prep: Preprocess,
              batch_size: int, device: torch.device, amp: torch.dtype | None = None, tta: str = "none",
-             channels_last: bool = False) -> dict[str, float]:
-    """What training logs every `eval.interval` epochs: loss, top1, top5 [%] and n."""
-    logits = predict_logits(model_forward(model, device, amp, channels_last), images, prep, batch_size, tta, device)
+             channels_last: bool = False, bias: torch.Tensor | None = None) -> dict[str, float]:
+    """What training logs every `eval.interval` epochs: loss, top1, top5 [%] and n (`bias`: see
+    `model_forward`)."""
+    logits = predict_logits(model_forward(model, device, amp, channels_last, bias), images, prep, batch_size, tta,
+                            device)
     m = metrics_from_logits(logits, labels)
     m.pop("predicted")
     return m

@@ -7,12 +7,14 @@ precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a 
 
 Defaults come from the model file: TTA from the checkpoint's `eval.tta` (an ONNX file's
 metadata), precision from `train.amp` (bf16 autocast on a CPU, fp32 logits out; an ONNX file
-runs in fp32). Both can be overridden per call; every result says which were used.
+runs in fp32), post-hoc logit adjustment from `eval.logit_adjust` (an ONNX file has it in its
+graph). They can be overridden per call; every result says which were used.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from cifarkit.data.loader import Preprocess
 from cifarkit.data.splits import load_eval_split
 from cifarkit.engine.device import amp_dtype, resolve_device
 from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
+from cifarkit.engine.losses import posthoc_bias
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 
@@ -58,22 +61,32 @@ class Inference:
     model: torch.nn.Module | None = None  # PyTorch checkpoints only: Grad-CAM needs the module
     config: Config | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # checkpoint: epoch, best_top1, class_counts; ONNX: model
+    logit_adjust: float = 0.0  # post-hoc tau: `forward` already adds -tau * log prior to the logits
+    logit_bias: torch.Tensor | None = None  # that (C,) bias, for an export to bake into its graph
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
-                        precision: str | None = None) -> Inference:
-        """`precision`: None = the run's `train.amp`, or one of auto | bf16 | fp16 | none (fp32)."""
+                        precision: str | None = None, logit_adjust: float | None = None) -> Inference:
+        """`precision`: None = the run's `train.amp`, or one of auto | bf16 | fp16 | none (fp32).
+        `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0)."""
         dev = resolve_device(device)
         model, ck, cfg, prep = load_for_inference(path, dev)
         if precision is not None and precision not in ("auto", "bf16", "fp16", "none", "fp32"):
             raise ConfigError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
+        tau = cfg.eval.logit_adjust if logit_adjust is None else check_tau(logit_adjust)
+        counts = ck.get("class_counts")
+        if tau and not (isinstance(counts, list) and len(counts) == len(ck["classes"])
+                        and all(isinstance(c, int) and c >= 0 for c in counts)):
+            raise CheckpointError(f"{path}: post-hoc logit adjustment needs the training class counts, which this "
+                                  "checkpoint does not record; use --logit-adjust 0")
+        bias = posthoc_bias(tau, counts)
         amp = amp_dtype({"fp32": "none"}.get(precision, precision) or cfg.train.amp, dev)
-        forward = model_forward(model, dev, amp, cfg.train.channels_last)
+        forward = model_forward(model, dev, amp, cfg.train.channels_last, bias)
         return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
                    cfg.eval.batch_size, str(path), dev, model, cfg,
-                   {"epoch": ck.get("epoch"), "class_counts": ck.get("class_counts"),
-                    "best_top1": ck.get("best_top1")})
+                   {"epoch": ck.get("epoch"), "class_counts": counts, "best_top1": ck.get("best_top1")},
+                   float(tau), bias)
 
     @classmethod
     def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:
@@ -107,7 +120,7 @@ class Inference:
             return torch.from_numpy(session.run(None, {name: arr})[0]).float()
 
         return cls(forward, meta["classes"], meta["preprocess"], check_tta(tta) or meta.get("tta", "none"),
-                   "fp32", 256, str(path), meta={"model": meta["model"]})
+                   "fp32", 256, str(path), meta={"model": meta["model"]}, logit_adjust=meta["logit_adjust"])
 
     # ---- inference --------------------------------------------------------------------------
     def logits(self, images: torch.Tensor | Sequence[torch.Tensor], tta: str | None = None) -> torch.Tensor:
@@ -115,16 +128,24 @@ class Inference:
         return predict_logits(self.forward, images, self.prep, self.batch_size, check_tta(tta) or self.tta,
                               self.device)
 
-    def settings(self, tta: str | None = None) -> dict[str, str]:
-        """What a result was computed with: printed by every command and in every --json record."""
-        return {"tta": check_tta(tta) or self.tta, "precision": self.precision}
+    def settings(self, tta: str | None = None) -> dict[str, Any]:
+        """What a result was computed with: printed by every command and in every --json record
+        (`logit_adjust` only when post-hoc adjustment is on)."""
+        out: dict[str, Any] = {"tta": check_tta(tta) or self.tta, "precision": self.precision}
+        if self.logit_adjust:
+            out["logit_adjust"] = self.logit_adjust
+        return out
 
 
-def load_inference(path: str | Path, device: str = "auto", tta: str | None = None) -> Inference:
-    """A checkpoint (.pt) or an exported model (.onnx), ready for inference."""
-    if Path(path).suffix.lower() == ".onnx":
-        return Inference.from_onnx(path, tta)
-    return Inference.from_checkpoint(path, device, tta)
+def check_tau(tau: float) -> float:
+    """`tau` unchanged when it is a finite number >= 0 (a post-hoc logit adjustment).
+
+    Raises:
+        ConfigError: it is negative, NaN or infinite.
+    """
+    if not (isinstance(tau, int | float) and math.isfinite(tau) and tau >= 0):
+        raise ConfigError(f"--logit-adjust {tau!r}: give a finite number >= 0 (0 = off, 1 = Menon et al.'s tau)")
+    return float(tau)
 
 
 def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
@@ -160,16 +181,21 @@ def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
     tta = meta.get("tta", "none")
     if tta not in TTA_MODES:
         raise CheckpointError(f"{path}: metadata tta {tta!r} is not one of {', '.join(TTA_MODES)}")
-    return session, {"classes": classes, "preprocess": prep, "tta": tta, "model": str(meta.get("model", ""))}
+    tau = meta.get("logit_adjust", 0.0)
+    if not (isinstance(tau, int | float) and not isinstance(tau, bool) and math.isfinite(tau) and tau >= 0):
+        raise CheckpointError(f"{path}: metadata logit_adjust {tau!r} is not a number >= 0")
+    return session, {"classes": classes, "preprocess": prep, "tta": tta, "model": str(meta.get("model", "")),
+                     "logit_adjust": float(tau)}
 
 
 def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,
-                        tta: str | None = None, device: str = "auto") -> dict[str, Any]:
+                        tta: str | None = None, device: str = "auto", logit_adjust: float | None = None
+                        ) -> dict[str, Any]:
     """Loss, top-1 and top-5 [%] of a checkpoint on its own evaluation split (or `data`/`split`).
 
     Returns also `split`, `n`, `tta`, `precision`, `checkpoint`, `epoch` and `classes`;
     `predictions` holds the per-image predicted class ids, in the split's order."""
-    inf = Inference.from_checkpoint(ckpt, device, tta)
+    inf = Inference.from_checkpoint(ckpt, device, tta, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)
     logits = inf.logits(images)
     m = metrics_from_logits(logits, labels)

@@ -38,16 +38,24 @@ def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch
     """Per-image losses (B,) and their weights (B,): cross-entropy of `logits` (+ `adjust`, e.g.
     tau * log prior) against `y`, class ids (B,) or soft targets (B, C).
 
-    Label smoothing mixes the targets with the uniform distribution, as `F.cross_entropy` does. An
-    image's weight is its target's class weight (a mixed target: the same mix of its two classes'
-    weights); the batch loss is sum(w * loss) / sum(w) (mean) or sum(w * loss) (sum), which equals
+    Label smoothing mixes the targets with the uniform distribution, as `F.cross_entropy` does;
+    with `adjust` it mixes them with softmax(adjust) (the prior, for tau = 1) instead. Why: the
+    adjusted loss fits softmax(logits + tau * log prior) to the targets, so uniform smoothing mass
+    on a class with 50 of 12,406 images forces that class's raw logit up by -log prior (~5.5)
+    on every image, and at test time the rarest class wins everywhere (measured on CIFAR-10-LT,
+    R = 100, smoothing 0.2: 50.6% top-1, truck recall 99.5%, airplane 0%). Smoothing toward the
+    prior puts the smoothing mass uniformly over the raw, balanced logits.
+
+    An image's weight is its target's class weight (a mixed target: the same mix of its two
+    classes' weights); the batch loss is sum(w * loss) / sum(w) (mean) or sum(w * loss) (sum), which equals
     `F.cross_entropy(weight=...)` for class ids without smoothing."""
     z = logits.float() if adjust is None else logits.float() + adjust
     c = z.shape[1]
     target = F.one_hot(y, c).float() if y.dim() == 1 else y.float()
     w = target @ weights if weights is not None else torch.ones(len(z), device=z.device)
     if label_smoothing:
-        target = target * (1 - label_smoothing) + label_smoothing / c
+        smooth = 1 / c if adjust is None else F.softmax(adjust.float(), 0)  # (C,)
+        target = target * (1 - label_smoothing) + label_smoothing * smooth
     loss = -(target * F.log_softmax(z, 1)).sum(1)
     return loss, w
 
@@ -64,3 +72,13 @@ def batch_weight(y: torch.Tensor, weights: torch.Tensor | None) -> float | torch
 def adjustment(tau: float, prior: torch.Tensor) -> torch.Tensor | None:
     """tau * log prior (Menon et al. 2021), or None when tau is 0."""
     return tau * prior if tau else None
+
+
+def posthoc_bias(tau: float, counts: list[int] | None) -> torch.Tensor | None:
+    """What post-hoc logit adjustment (Menon et al. 2021) adds to a model's logits: -tau * log prior
+    (C,), or None when tau is 0. Raises ValueError when tau > 0 but the class counts are unknown."""
+    if not tau:
+        return None
+    if not counts:
+        raise ValueError("post-hoc logit adjustment needs the training class counts")
+    return -tau * log_prior(list(counts))

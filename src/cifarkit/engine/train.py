@@ -32,7 +32,7 @@ from cifarkit.engine.dist import DistInfo, barrier, broadcast_flag, cleanup, ini
 from cifarkit.engine.early_stop import EarlyStop
 from cifarkit.engine.evaluate import evaluate
 from cifarkit.engine.loggers import make_sinks, summary_writer_class
-from cifarkit.engine.losses import adjustment, class_weights, log_prior
+from cifarkit.engine.losses import adjustment, class_weights, log_prior, posthoc_bias
 from cifarkit.engine.memory import hold_freed_memory
 from cifarkit.engine.optimizers import build_optimizer, lr_lambdas
 from cifarkit.engine.rundir import check_work_dir, claim_fresh, locked
@@ -347,7 +347,7 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
             model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     val = evaluate(model, data.eval_images, data.eval_labels, data.prep, cfg.eval.batch_size, t.device, t.amp,
-                   cfg.eval.tta, cfg.train.channels_last)
+                   cfg.eval.tta, cfg.train.channels_last, posthoc_bias(cfg.eval.logit_adjust, data.class_counts))
     totals.eval += time.perf_counter() - t0
     totals.last_val = val
     log.write({"type": "val", "epoch": t.state.epoch, "iter": t.state.step, "loss": val["loss"], "top1": val["top1"],
