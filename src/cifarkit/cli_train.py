@@ -77,7 +77,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     Raises:
         CifarkitError: the --predictions file already exists.
     """
-    from cifarkit.engine.inference import evaluate_checkpoint
+    from cifarkit.engine.inference import describe, evaluate_checkpoint
 
     if a.predictions and Path(a.predictions).exists():
         raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
@@ -92,7 +92,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(m))
     else:
-        print(f"{m['checkpoint']}  {m['split']} ({m['n']} images, tta {m['tta']}, {m['precision']}): "
+        print(f"{m['checkpoint']}  {m['split']} ({m['n']} images, {describe(m)}): "
               f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
     return 0
 

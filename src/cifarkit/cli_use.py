@@ -52,6 +52,7 @@ def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
+    from cifarkit.engine.inference import describe
     from cifarkit.predict import expand_inputs, load, show_result
 
     clf = load(a.model, a.device, a.tta, a.logit_adjust)
@@ -63,8 +64,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
         print(f"error: {p}", file=sys.stderr)
     rows, failed = [], len(problems)
     if not a.json and files:
-        s = clf.settings()
-        print(f"# {clf.source}: tta {s['tta']}, {s['precision']}", file=sys.stderr)
+        print(f"# {clf.source}: {describe(clf.settings())}", file=sys.stderr)
         print(f"{'path':<48} {'label':<14} {'score':>6}  top-{min(a.topk, len(clf.classes))}")
     for path, pred, err in clf.predict_files(files, a.topk):
         if pred is None:
@@ -83,9 +83,10 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if out:
         with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision"])
+            w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision", "logit_adjust"])
             for r in rows:
-                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta, r.precision])
+                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta, r.precision,
+                            r.logit_adjust])
         print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)
@@ -138,7 +139,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     """`cifarkit export`: ONNX or TorchScript with a parity check."""
     from cifarkit.export import export_model
 
-    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite)
+    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite,
+                     logit_adjust=a.logit_adjust)
     print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
           f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
     return 0
@@ -194,6 +196,7 @@ def add_commands(sub) -> None:
     e.add_argument("--dynamic-batch", action="store_true")
     e.add_argument("--data", default=None, help="images for the parity check (default: the run's data.root)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_logit_adjust_option(e)
     e.set_defaults(fn=cmd_export)
 
     v = sub.add_parser("serve", help="local web page and JSON API for a model (and its runs)")

@@ -44,7 +44,8 @@ class ExportReport:
 
 
 def _metadata(inf: Inference) -> str:
-    """What `Inference.from_onnx` needs: classes, preprocessing, the run's TTA, the model's name."""
+    """What `Inference.from_onnx` needs: classes, preprocessing, the run's TTA, the model's name and
+    the post-hoc logit adjustment baked into the graph (for display: the graph already adds it)."""
     return json.dumps({"classes": inf.classes, "preprocess": inf.prep.as_dict(), "model": inf.config.model.name,
                        "tta": inf.config.eval.tta, "logit_adjust": inf.logit_adjust})
 
@@ -78,13 +79,14 @@ def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tens
 
 def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, dynamic_batch: bool = False,
                  check_images: torch.Tensor | None = None, tol: float = 1e-3, data: str | None = None,
-                 overwrite: bool = False) -> ExportReport:
+                 overwrite: bool = False, logit_adjust: float | None = None) -> ExportReport:
     """Write a checkpoint as ONNX (opset 17) or TorchScript and check it against the checkpoint.
 
     The parity check runs the exported file and the checkpoint (fp32, no TTA) through the one
     inference path on `check_images`, else on 8 images of `data` / the run's evaluation split, else
     on random pixels (and says so). ONNX files carry the classes, preprocessing and TTA in their
-    metadata, so `cifarkit.load("model.onnx")` predicts like the checkpoint.
+    metadata, so `cifarkit.load("model.onnx")` predicts like the checkpoint. A post-hoc logit
+    adjustment (the run's `eval.logit_adjust`, or `logit_adjust`) is baked into the graph.
 
     Args:
         ckpt: the checkpoint (.pt).
@@ -95,6 +97,7 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
         tol: the largest relative logit difference accepted.
         data: a dataset path to take the check images from.
         overwrite: replace an existing `out`.
+        logit_adjust: post-hoc logit adjustment tau to bake in (default: the run's `eval.logit_adjust`).
 
     Returns:
         An `ExportReport`.
@@ -106,7 +109,7 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
     ext = {"onnx": ".onnx", "torchscript": ".ts"}.get(fmt)
     if ext is None:
         raise CifarkitError(f"--format {fmt!r}: use onnx or torchscript")
-    ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32")
+    ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
     if ref.logit_bias is not None:
         model = _AddBias(model, ref.logit_bias).eval()

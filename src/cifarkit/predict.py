@@ -45,6 +45,7 @@ class Prediction:
         path: the image's path, when it was given as one.
         tta: the test-time augmentation the logits were computed with.
         precision: "fp32" or "bf16" (the run's `train.amp`).
+        logit_adjust: the post-hoc logit adjustment tau (0 = none).
     """
     label: str
     label_id: int
@@ -53,6 +54,7 @@ class Prediction:
     path: str | None = None
     tta: str = "none"  # what the logits were computed with
     precision: str = "fp32"
+    logit_adjust: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict, path first (what `cifarkit predict --json` prints)."""
@@ -167,12 +169,14 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
 
     Raises:
         CheckpointError: the file is missing, edited or not a cifarkit model.
+        ConfigError: `logit_adjust` differs from the one an ONNX file was exported with.
     """
     if Path(path).suffix.lower() == ".onnx":
-        if logit_adjust is not None:
-            raise ConfigError(f"{path}: an exported model keeps the logit adjustment it was exported with; drop "
-                              "--logit-adjust, or export again from the checkpoint")
-        return Classifier.from_onnx(path, tta)
+        clf = Classifier.from_onnx(path, tta)
+        if logit_adjust is not None and logit_adjust != clf.logit_adjust:
+            raise ConfigError(f"{path}: has logit adjustment {clf.logit_adjust:g} in its graph; drop --logit-adjust, "
+                              "or export the checkpoint again with `cifarkit export --logit-adjust TAU`")
+        return clf
     return Classifier.from_checkpoint(path, device, tta, logit_adjust=logit_adjust)
 
 

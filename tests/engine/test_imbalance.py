@@ -255,7 +255,7 @@ def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Pat
     m1, p1 = evaluate()  # the run's eval.logit_adjust = 1
     assert m1["logit_adjust"] == 1.0 and p1 == by_hand.tolist()
     m0, p0 = evaluate("--logit-adjust", "0")
-    assert "logit_adjust" not in m0 and p0 == raw.logits(images).argmax(1).tolist()
+    assert m0["logit_adjust"] == 0.0 and p0 == raw.logits(images).argmax(1).tolist()
     assert sum(x >= 5 for x in p1) > sum(x >= 5 for x in p0)  # the rare classes gain predictions
     # training's per-epoch evaluation used the same adjustment
     val = [json.loads(x) for x in (lt_run / "log.jsonl").read_text().splitlines() if '"val"' in x][-1]
@@ -269,8 +269,22 @@ def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Pat
     assert r.returncode == 0, r.stderr
     onnx = Inference.from_onnx(tmp_path / "m.onnx")
     assert onnx.logit_adjust == 1.0 and onnx.logits(images).argmax(1).tolist() == by_hand.tolist()
-    r = run("predict", str(tmp_path / "m.onnx"), str(tmp_path / "a" / "misclassified.png"), "--logit-adjust", "0")
+    img = str(tmp_path / "a" / "misclassified.png")
+    r = run("predict", str(tmp_path / "m.onnx"), img, "--logit-adjust", "0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--logit-adjust" in r.stderr
+    # predict says and records the adjustment, and agrees with the checkpoint's own
+    r = run("predict", str(tmp_path / "m.onnx"), img, "--json")
+    assert r.returncode == 0, r.stderr
+    via_onnx = json.loads(r.stdout)
+    from cifarkit.predict import load
+
+    want = load(ckpt, "cpu").predict(img)
+    assert via_onnx["logit_adjust"] == 1.0 and want.logit_adjust == 1.0 and via_onnx["label"] == want.label
+    r = run("predict", ckpt, img)
+    assert r.returncode == 0 and "logit-adjust 1" in r.stderr, r.stderr
+    r = run("export", ckpt, "--out", str(tmp_path / "raw.onnx"), "--logit-adjust", "0")
+    assert r.returncode == 0, r.stderr
+    assert Inference.from_onnx(tmp_path / "raw.onnx").logit_adjust == 0.0
 
 
 @pytest.mark.parametrize("args", [["eval", "x.pt", "--logit-adjust", "-1"], ["eval", "x.pt", "--logit-adjust", "nan"],
@@ -298,6 +312,10 @@ def test_data_stats_and_export_show_and_write_the_long_tail_profile(cifar10_dir:
     classes = list(s["class_counts"]["train"])
     assert [len(list((tmp_path / "out" / "train" / c).iterdir())) for c in classes] == want
     assert sum(1 for _ in (tmp_path / "out" / "test").rglob("*.png")) == 40  # the test split stays balanced
+    # its manifest has the splits too: stats reads them as export does (the profile cut again is the same)
+    r = run("data", "stats", str(tmp_path / "out" / "manifest.csv"), "--imbalance-ratio", "10", "--json")
+    assert r.returncode == 0, r.stderr
+    assert list(json.loads(r.stdout)["class_counts"]["train"].values()) == want
     # the exported folder is the same long-tail train split a run trains on
     cfg = load_config(None, [f"data.root={cifar10_dir}", "data.imbalance_ratio=10"])
     assert list(load_train_split(cfg)[0].class_counts().values()) == want

@@ -86,7 +86,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     table = per_class_table(cm, classes)
     cal = calibration(probs, labels, preds=preds)
     metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)), "tta": p["tta"],
-               "precision": p["precision"], "logit_adjust": p.get("logit_adjust", 0.0),
+               "precision": p["precision"], "logit_adjust": p["logit_adjust"],
                "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
                "balanced_accuracy": balanced_accuracy(cm),
                "shot_accuracy": shot_accuracy(cm, p.get("class_counts")), "train_class_counts": p.get("class_counts"),

@@ -88,11 +88,16 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
 
     check_imbalance_ratio(imbalance_ratio, "--imbalance-ratio")
     from cifarkit.data.cache import cached_decode
-    from cifarkit.data.folder import FileList, check_files, splits_of
+    from cifarkit.data.folder import FileList, check_files, manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, list_files, load_dataset
 
     kind = describe_kind(path)
-    names = ["train", "test"] if kind == "cifar" else (splits_of(path) or [None]) if kind == "folder" else [None]
+    if kind == "cifar":
+        names: list[str | None] = ["train", "test"]
+    elif kind == "folder":
+        names = splits_of(path) or [None]
+    else:  # a manifest: its split column, as `data export` reads it
+        names = manifest_splits(path) or [None]
     splits: dict[str, ImageSet] = {}
     unreadable: list[str] = []
     sizes: dict[str, int] = {}

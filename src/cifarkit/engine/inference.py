@@ -8,7 +8,8 @@ precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a 
 Defaults come from the model file: TTA from the checkpoint's `eval.tta` (an ONNX file's
 metadata), precision from `train.amp` (bf16 autocast on a CPU, fp32 logits out; an ONNX file
 runs in fp32), post-hoc logit adjustment from `eval.logit_adjust` (an ONNX file has it in its
-graph). They can be overridden per call; every result says which were used.
+graph). TTA can be overridden per call, precision and (for a checkpoint) the adjustment when the
+model is loaded; every result says which were used.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Inference:
         if tau and not (isinstance(counts, list) and len(counts) == len(ck["classes"])
                         and all(isinstance(c, int) and c >= 0 for c in counts)):
             raise CheckpointError(f"{path}: post-hoc logit adjustment needs the training class counts, which this "
-                                  "checkpoint does not record; use --logit-adjust 0")
+                                  "checkpoint does not record; set eval.logit_adjust 0 (or pass --logit-adjust 0)")
         bias = posthoc_bias(tau, counts)
         amp = amp_dtype({"fp32": "none"}.get(precision, precision) or cfg.train.amp, dev)
         forward = model_forward(model, dev, amp, cfg.train.channels_last, bias)
@@ -129,12 +130,15 @@ class Inference:
                               self.device)
 
     def settings(self, tta: str | None = None) -> dict[str, Any]:
-        """What a result was computed with: printed by every command and in every --json record
-        (`logit_adjust` only when post-hoc adjustment is on)."""
-        out: dict[str, Any] = {"tta": check_tta(tta) or self.tta, "precision": self.precision}
-        if self.logit_adjust:
-            out["logit_adjust"] = self.logit_adjust
-        return out
+        """What a result was computed with (tta, precision, logit_adjust): in every --json record
+        and metrics file; `describe` is the text commands print."""
+        return {"tta": check_tta(tta) or self.tta, "precision": self.precision, "logit_adjust": self.logit_adjust}
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """`settings()` as commands print it: "tta flip_translate, bf16" (+ ", logit-adjust 1" when on)."""
+    tau = settings.get("logit_adjust") or 0.0
+    return f"tta {settings['tta']}, {settings['precision']}" + (f", logit-adjust {tau:g}" if tau else "")
 
 
 def check_tau(tau: float) -> float:
@@ -143,13 +147,13 @@ def check_tau(tau: float) -> float:
     Raises:
         ConfigError: it is negative, NaN or infinite.
     """
-    if not (isinstance(tau, int | float) and math.isfinite(tau) and tau >= 0):
+    if isinstance(tau, bool) or not (isinstance(tau, int | float) and math.isfinite(tau) and tau >= 0):
         raise ConfigError(f"--logit-adjust {tau!r}: give a finite number >= 0 (0 = off, 1 = Menon et al.'s tau)")
     return float(tau)
 
 
 def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """(onnxruntime session, validated cifarkit metadata: classes, Preprocess, tta)."""
+    """(onnxruntime session, validated cifarkit metadata: classes, Preprocess, tta, model, logit_adjust)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -193,7 +197,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | 
                         ) -> dict[str, Any]:
     """Loss, top-1 and top-5 [%] of a checkpoint on its own evaluation split (or `data`/`split`).
 
-    Returns also `split`, `n`, `tta`, `precision`, `checkpoint`, `epoch` and `classes`;
+    Returns also `split`, `n`, `tta`, `precision`, `logit_adjust`, `checkpoint`, `epoch` and `classes`;
     `predictions` holds the per-image predicted class ids, in the split's order."""
     inf = Inference.from_checkpoint(ckpt, device, tta, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)

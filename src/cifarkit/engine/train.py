@@ -351,7 +351,8 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
     totals.eval += time.perf_counter() - t0
     totals.last_val = val
     log.write({"type": "val", "epoch": t.state.epoch, "iter": t.state.step, "loss": val["loss"], "top1": val["top1"],
-               "top5": val["top5"], "split": data.eval_name, "tta": cfg.eval.tta})
+               "top5": val["top5"], "split": data.eval_name, "tta": cfg.eval.tta,
+               **({"logit_adjust": cfg.eval.logit_adjust} if cfg.eval.logit_adjust else {})})
     if not quiet:
         print(f"epoch {t.state.epoch}/{math.ceil(t.total_steps / t.steps_per_epoch)}  train loss {ep.loss:.4f}  "
               f"{data.eval_name} loss {val['loss']:.4f}  top1 {val['top1']:.2f}  top5 {val['top5']:.2f}  "

@@ -106,7 +106,8 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
 def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
     """What the page shows about the model: name, classes, preprocessing, test accuracy."""
     info: dict[str, Any] = {"file": path.name, "model": None, "classes": clf.classes, "preprocess": clf.prep.as_dict(),
-                            "tta": clf.tta, "precision": clf.precision, "device": str(clf.device),
+                            "tta": clf.tta, "precision": clf.precision, "logit_adjust": clf.logit_adjust,
+                            "device": str(clf.device),
                             "epoch": clf.meta.get("epoch"), "test_top1": None, "test_split": None,
                             "cam": clf.model is not None, "cam_methods": list(METHODS)}
     if clf.config is None:  # an exported .onnx file: the model name is in its metadata
