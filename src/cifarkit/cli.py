@@ -13,7 +13,7 @@ import json
 import sys
 
 from cifarkit import __version__
-from cifarkit.errors import CifarkitError, DataError
+from cifarkit.errors import CifarkitError
 
 
 def _print_json(obj) -> None:
@@ -57,7 +57,7 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     from cifarkit.data.export import export_dataset
     from cifarkit.data.folder import manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, load_dataset
-    from cifarkit.data.splits import check_imbalance_ratio, long_tail
+    from cifarkit.data.splits import check_imbalance_ratio, long_tail_train
 
     check_imbalance_ratio(a.imbalance_ratio, "--imbalance-ratio")  # before any reading
     kind = describe_kind(a.path)
@@ -68,11 +68,7 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     else:
         splits = manifest_splits(a.path) or [None]  # "" is a split too: its rows are not dropped
     data = {"all" if s is None else s: load_dataset(a.path, s) for s in splits}
-    if a.imbalance_ratio:  # the long-tail train split a run with data.imbalance_ratio R trains on
-        if "train" not in data:
-            raise DataError(f"{a.path}: has no train split to cut to --imbalance-ratio {a.imbalance_ratio:g} "
-                            f"(splits: {', '.join(data)})")
-        data["train"] = long_tail(data["train"], a.imbalance_ratio)
+    data = long_tail_train(data, a.imbalance_ratio, a.path)  # what data.imbalance_ratio R trains on
     with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
         res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
                              overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0)

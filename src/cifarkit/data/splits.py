@@ -17,7 +17,7 @@ import torch
 from cifarkit.config import Config
 from cifarkit.data.loader import Augment, Mix, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
 from cifarkit.data.sources import describe_kind, load_dataset
-from cifarkit.errors import ConfigError
+from cifarkit.errors import ConfigError, DataError
 
 
 def _subset_per_class(ds, n: int):
@@ -38,6 +38,21 @@ def long_tail(ds, ratio: float):
     dataset order); `ds` itself when `ratio` is 0. One selection for training, `data stats` and
     `data export --imbalance-ratio`."""
     return ds.first_per_class(long_tail_counts(list(ds.class_counts().values()), ratio)) if ratio else ds
+
+
+def long_tail_train(splits: dict, ratio: float, path: str | Path) -> dict:
+    """`splits` (name -> dataset) with its "train" split cut by `long_tail`, for `data stats` and
+    `data export --imbalance-ratio`; unchanged when `ratio` is 0.
+
+    Raises:
+        DataError: `ratio` is set but there is no "train" split.
+    """
+    if not ratio:
+        return splits
+    if "train" not in splits:
+        raise DataError(f"{path}: has no train split to cut to --imbalance-ratio {ratio:g} "
+                        f"(splits: {', '.join(splits)})")
+    return {**splits, "train": long_tail(splits["train"], ratio)}
 
 
 def check_imbalance_ratio(ratio: float, what: str = "data.imbalance_ratio") -> float:

@@ -84,7 +84,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
             for data without a train split.
         ConfigError: `imbalance_ratio` is neither 0 nor a finite number >= 1.
     """
-    from cifarkit.data.splits import check_imbalance_ratio, long_tail
+    from cifarkit.data.splits import check_imbalance_ratio, long_tail_train
 
     check_imbalance_ratio(imbalance_ratio, "--imbalance-ratio")
     from cifarkit.data.cache import cached_decode
@@ -119,11 +119,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
     if not splits:
         raise DataError(f"{path}: no readable images ({len(unreadable)} unreadable files); "
                         f"`cifarkit data check {path}` lists them")
-    if imbalance_ratio:
-        if "train" not in splits:
-            raise DataError(f"{path}: has no train split to cut to --imbalance-ratio {imbalance_ratio:g} "
-                            f"(splits: {', '.join(splits)})")
-        splits["train"] = long_tail(splits["train"], imbalance_ratio)
+    splits = long_tail_train(splits, imbalance_ratio, path)
     if kind == "cifar":
         sizes = {"32x32": sum(len(d) for d in splits.values())}
     ref = splits.get("train") or next(iter(splits.values()))
