@@ -41,6 +41,16 @@ def cli_predict(capsys, model: Path, files: list[Path], *args: str) -> dict[str,
     return {Path(r.pop("path")).name: r for r in recs}
 
 
+def same_record(got: dict, want: dict) -> bool:
+    """Equal prediction records: labels, ids, order and settings exactly; scores to 1e-6. A batch
+    of other size runs other CPU kernels, which can move a bf16 softmax score in the 8th decimal
+    (seen once in CI: 0.10067747 vs 0.10067748 for a third-ranked class)."""
+    got, want = {k: v for k, v in got.items() if k != "path"}, {k: v for k, v in want.items() if k != "path"}
+    strip = lambda r: {**r, "score": None, "topk": [{**t, "score": None} for t in r["topk"]]}  # noqa: E731
+    scores = lambda r: [r["score"], *(t["score"] for t in r["topk"])]  # noqa: E731
+    return strip(got) == strip(want) and scores(got) == pytest.approx(scores(want), abs=1e-6)
+
+
 def write_log(run: Path, records: list[dict]) -> None:
     run.mkdir(parents=True, exist_ok=True)
     with open(run / "log.jsonl", "a", encoding="utf-8") as f:
@@ -116,12 +126,12 @@ def test_concurrent_requests_are_batched_without_changing_results(served, capsys
     assert [r.status_code for _, r in results] == [200] * 200
     for name, r in results:
         (rec,) = r.json()
-        assert rec["path"] == name and {k: v for k, v in rec.items() if k != "path"} == want[name]
+        assert rec["path"] == name and same_record(rec, want[name])
     after = httpx.get(srv.url + "/api/health").json()
     assert after["requests"] - before["requests"] == 200
     assert after["batches"] - before["batches"] < 200 and after["largest_batch"] > 1  # really merged
     alone = post(srv.url + "/api/predict", [(files[0].name, files[0].read_bytes())], batch="false").json()[0]
-    assert {k: v for k, v in alone.items() if k != "path"} == want[files[0].name]
+    assert same_record(alone, want[files[0].name])
 
 
 def bomb_png(side: int = 100_000) -> bytes:
