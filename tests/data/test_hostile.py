@@ -117,6 +117,11 @@ def test_killed_export_takes_its_workers_and_next_run_cleans_up(tmp_path: Path):
             workers = hd.children_of(p.pid)
             time.sleep(0.002)
         assert workers, "the export finished before its workers were seen; give it more images"
+        # let the workers run their start-up (PR_SET_PDEATHSIG): one frozen between fork and that call
+        # could never learn of its parent's death (CI caught the test freezing one that early, once)
+        time.sleep(0.05)
+        workers = hd.children_of(p.pid)
+        assert workers and p.poll() is None, "the export finished too soon; give it more images"
         for w in workers:  # frozen, they cannot finish on their own: only the parent's death ends them
             os.kill(w, signal.SIGSTOP)
         p.kill()
