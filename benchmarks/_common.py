@@ -24,13 +24,56 @@ def machine() -> dict:
     try:
         import torch
 
+        from cifarkit.engine.device import amp_dtype, cpu_kind, hardware_bf16, precision_name
+
         info["torch"] = str(torch.__version__)
         info["torch_threads"] = torch.get_num_threads()
+        info["cpu_kind"] = cpu_kind()  # AMX / AVX512-BF16 / AVX512 / AVX2: every figure says which
+        info["hardware_bf16"] = hardware_bf16()
+        # what `train.amp: auto` computes in here (a benchmark that measures others says so per row)
+        info["precision"] = precision_name(amp_dtype("auto", torch.device("cpu")))
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         pass
     return info
+
+
+def _cpuinfo(key: str) -> str:
+    with contextlib.suppress(OSError, StopIteration):
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.split(":")[0].strip() == key)
+    return ""
+
+
+def fp32_peak() -> tuple[float, str]:
+    """The machine's fp32 peak [GFLOP/s] = cores x FMA units x fp32 lanes x 2 x clock, and how it
+    was worked out. FMA units and vector width are not in /proc/cpuinfo: they come from the vendor,
+    family and flags (AMD Zen 1 has two 128-bit FMA pipes, Zen 2-4 two 256-bit ones, Zen 5 two
+    512-bit; Intel with AVX-512 two 512-bit units on server parts, with AVX2 two 256-bit ones);
+    the clock is /proc/cpuinfo's "cpu MHz" (a VM often shows the base clock: turbo makes the real
+    peak higher and the share of it lower). An estimate, labelled as one."""
+    from cifarkit.engine.device import cpu_flags
+
+    flags = cpu_flags()
+    vendor, family = _cpuinfo("vendor_id"), int(_cpuinfo("cpu family") or 0)
+    model = int(_cpuinfo("model") or 0)
+    if vendor == "AuthenticAMD":
+        if family == 0x17 and model < 0x30:
+            units, lanes, arch = 2, 4, "AMD Zen 1/Zen+: 2 x 128-bit FMA"
+        elif family >= 0x1A:
+            units, lanes, arch = 2, 16, "AMD Zen 5: 2 x 512-bit FMA"
+        else:
+            units, lanes, arch = 2, 8, "AMD Zen 2-4: 2 x 256-bit FMA"
+    elif "avx512f" in flags:
+        units, lanes, arch = 2, 16, "Intel AVX-512: 2 x 512-bit FMA"
+    elif "fma" in flags:
+        units, lanes, arch = 2, 8, "AVX2: 2 x 256-bit FMA"
+    else:
+        units, lanes, arch = 1, 4, "no FMA flags: 1 x 128-bit assumed"
+    ghz = float(_cpuinfo("cpu MHz") or 0) / 1000 or 2.0
+    cores = os.cpu_count() or 1
+    peak = cores * units * lanes * 2 * ghz
+    return peak, f"{cores} cores x {arch} x 2 x {ghz:.2f} GHz (/proc/cpuinfo)"
 
 
 def save(name: str, result: dict, path: Path | None = None) -> Path:

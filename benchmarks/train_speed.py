@@ -1,20 +1,25 @@
 """The speed recipe end to end vs the pure compute of a plain eager airbench loop, same run.
 
-    python benchmarks/train_speed.py [--data CIFAR_DIR] [--seeds 0 1 2] [--plain-steps 12]
+    python benchmarks/train_speed.py [--data CIFAR_DIR] [--seeds 0 1 2] [--plain-steps 12] [--name NAME]
 
 (a) `cifarkit train configs/cifar10_fast.yaml` as a user runs it (a subprocess: start-up, data
     load, whitening init, 8 epochs, TTA evaluation, run directory), once per seed: wall time,
     per-phase times and TTA top-1 on the test split; mean and sd.
 (b) The baseline from the issue: a plain eager loop of the same network in airbench's style
-    (bf16 weights and activations, fp32 BatchNorm, channels_last, batch 1024, Nesterov SGD) on
-    random data, timed for a fixed number of steps after warm-up in a fresh process and projected
+    (weights and activations in the precision `train.amp: auto` picks on this machine: bf16 with
+    fp32 BatchNorm where the CPU has hardware bf16, else fp32; channels_last, batch 1024,
+    Nesterov SGD) on random data, timed for a fixed number of steps after warm-up in a fresh process and projected
     to the recipe's 476 steps (9.9 epochs of 48 steps). Pure compute: no data pipeline, no
     evaluation. It runs before (a)'s first seed and after each seed, since this machine's speed
     drifts; the mean of those runs is the denominator of the ratio (a)/(b).
 (b') The same loop with the allocator setting that cifarkit's CPU training applies
     (`train.hold_memory`, engine/memory.py: freed memory stays in the process), measured next to
     each (b): what our engine gains from that setting is not counted as a gain over the loop.
-Writes benchmarks/results/train_speed.json.
+(c) Achieved GFLOP/s of (a)'s training phase and of (b), against the machine's fp32 peak
+    (cores x FMA units x vector width x 2 x clock, `_common.fp32_peak`); FLOPs of one training
+    image counted by torch.utils.flop_counter.
+Every figure is printed and saved with the CPU model, its kind (AMX / AVX512-BF16 / AVX2) and the
+precision. Writes benchmarks/results/train_speed.json.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import full_cifar10, save
+from _common import fp32_peak, full_cifar10, save
 
 from cifarkit.engine.runlog import read_jsonl
 
@@ -49,15 +54,18 @@ def _plain_step(steps: int, warmup: int, batch: int, whiten_bias: bool) -> float
     from cifarkit.models.airnet import AirNet
 
     torch.manual_seed(0)
+    from cifarkit.engine.device import amp_dtype
+
+    dtype = amp_dtype("auto", torch.device("cpu")) or torch.float32
     net = AirNet(10).to(memory_format=torch.channels_last)
     net.whiten.bias.requires_grad_(whiten_bias)
-    net = net.bfloat16()
+    net = net.to(dtype)
     for m in net.modules():  # airbench keeps BatchNorm in fp32
         if isinstance(m, torch.nn.BatchNorm2d):
             m.float()
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.0015, momentum=0.85, nesterov=True, weight_decay=1e-3)
-    x = torch.randn(batch, 3, 32, 32).bfloat16().contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     times = []
     for i in range(warmup + steps):
@@ -69,6 +77,19 @@ def _plain_step(steps: int, warmup: int, batch: int, whiten_bias: bool) -> float
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def train_flop_per_image() -> float:
+    """FLOPs of one airnet training image (forward + backward), counted on a batch of 8."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cifarkit.models.airnet import AirNet
+
+    net = AirNet(10)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    return fc.get_total_flops() / 8
 
 
 def plain_in_fresh_process(steps: int, hold: bool) -> float:
@@ -104,6 +125,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--plain-steps", type=int, default=12)
+    ap.add_argument("--name", default="train_speed",
+                    help="results file benchmarks/results/NAME.json (e.g. train_speed_avx2: one file per CPU kind)")
     ap.add_argument("--plain-only", type=int, default=0, help=argparse.SUPPRESS)  # child: time (b), print s/step
     ap.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)  # child: (b') instead of (b)
     args = ap.parse_args()
@@ -118,7 +141,14 @@ def main() -> None:
     if data is None:
         raise SystemExit("no data: pass --data CIFAR_DIR (../shared/datasets is absent)")
     work = Path(tempfile.mkdtemp(prefix="cifarkit-speed-"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {data}", flush=True)
+    from cifarkit.engine.device import amp_dtype, cpu_kind, cpu_model, precision_name
+
+    prec = precision_name(amp_dtype("auto", torch.device("cpu")))
+    peak, peak_note = fp32_peak()
+    flop = train_flop_per_image()
+    print(f"CPU {cpu_model()} ({cpu_kind()}), precision {prec} (train.amp auto); torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; data {data}", flush=True)
+    print(f"fp32 peak {peak:.0f} GFLOP/s ({peak_note}); airnet training image {flop / 1e9:.3f} GFLOP", flush=True)
 
     plain, held = [], []
 
@@ -147,10 +177,17 @@ def main() -> None:
           f"sd {sd:.2f} over {len(accs)} seeds")
     print(f"(b) plain eager loop, 9.9 epochs projected: {plain_s:.1f} s (b') memory held: {held_s:.1f} s")
     print(f"ratio (a)/(b) = {ratio:.2f}  (target <= 0.80); (a)/(b') = {statistics.mean(walls) / held_s:.2f}")
-    save("train_speed", {"runs": runs, "plain_s_per_step": plain, "plain_held_s_per_step": held,
+    a_gflops = statistics.mean(r["train_img_per_s"] for r in runs) * flop / 1e9
+    b_gflops = 1024 / statistics.mean(plain) * flop / 1e9
+    print(f"(c) achieved: (a) training {a_gflops:.1f} GFLOP/s = {a_gflops / peak:.0%} of the fp32 peak; (b) "
+          f"{b_gflops:.1f} GFLOP/s = {b_gflops / peak:.0%} ({prec}, {cpu_kind()})")
+    save(args.name, {"runs": runs, "plain_s_per_step": plain, "plain_held_s_per_step": held,
                          "plain_9_9_epochs_s": plain_s, "plain_held_9_9_epochs_s": held_s,
                          "mean_wall_s": statistics.mean(walls), "top1_tta_mean": statistics.mean(accs),
-                         "top1_tta_sd": sd, "ratio": ratio, "ratio_vs_held": statistics.mean(walls) / held_s})
+                         "top1_tta_sd": sd, "ratio": ratio, "ratio_vs_held": statistics.mean(walls) / held_s,
+                         "precision": prec, "cpu_kind": cpu_kind(), "fp32_peak_gflops": peak, "peak_note": peak_note,
+                         "train_flop_per_image": flop, "achieved_gflops": {"recipe_training": a_gflops,
+                                                                           "plain_loop": b_gflops}})
 
 
 if __name__ == "__main__":

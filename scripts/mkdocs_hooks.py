@@ -82,8 +82,32 @@ def _load(name: str) -> dict:
 
 
 def _machine(m: dict) -> str:
+    """Where a figure was measured: CPU model and kind (AMX / AVX512-BF16 / AVX2), precision, cores, GPU."""
     gpu = f", {m['gpu']}" if m.get("gpu") else ""
-    return f"{m['cpu']}, {m['cores']} cores{gpu}; torch {m['torch']}; {m['date'][:10]}"
+    kind = f" ({m['cpu_kind']}, {m['precision']})" if m.get("cpu_kind") and m.get("precision") else ""
+    return f"{m['cpu']}{kind}, {m['cores']} cores{gpu}; torch {m['torch']}; {m['date'][:10]}"
+
+
+def precision_section() -> list[str]:
+    """The speed recipe per CPU kind and on a GPU: precision `auto` chose, wall time, top-1."""
+    rows = ["| machine | CPU kind | precision (`auto`) | `fast` wall time per run | TTA top-1 [%] |",
+            "| --- | --- | --- | --- | --- |"]
+    for name in ("train_speed.json", "train_speed_avx2.json"):
+        path = ROOT / "benchmarks" / "results" / name
+        if not path.is_file():
+            continue
+        ts = json.loads(path.read_text())
+        m = ts["machine"]
+        rows.append(f"| {m['cpu']}, {m['cores']} cores | {m['cpu_kind']} | {ts.get('precision', m.get('precision'))} | "
+                    f"{ts['mean_wall_s'] / 60:.1f} min | {ts['top1_tta_mean']:.2f} ({len(ts['runs'])} seed(s)) |")
+    gpu = _load("gpu_speed.json")
+    rows.append(f"| {gpu['machine']['gpu']} | GPU | bf16 | {gpu['fast']['timed_mean_s']:.2f} s (airbench's timing) | "
+                f"{gpu['fast']['top1_tta_mean']:.2f} ({len(gpu['fast']['runs'])} seeds) |")
+    return ["## The speed recipe per CPU kind\n",
+            "`train.amp: auto` trains in bf16 only where the CPU has it in hardware (AMX, AVX512-BF16) and in "
+            "fp32 elsewhere. Each row is `python benchmarks/train_speed.py` on that machine (the GPU row: "
+            "`benchmarks/gpu_speed.py`); the recipe reaches its final top-1 at its one, final evaluation, so the "
+            "wall time is also its time to 90%.\n", "\n".join(rows) + "\n"]
 
 
 def recipes_page() -> str:
@@ -108,6 +132,7 @@ def recipes_page() -> str:
     out += ["## Training throughput (CPU)\n",
             f"`python benchmarks/train_throughput.py` on {_machine(tp['machine'])}.\n", "\n".join(rows) + "\n"]
 
+    out += precision_section()
     ts = _load("train_speed.json")
     accs = ", ".join(f"{r['top1_tta']:.2f}" for r in ts["runs"])
     out += ["## The speed recipe end to end (CPU)\n",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import NARROW_SET
 from test_cli_data import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def test_models_lists_params_and_macs():
 def test_train_resume_eval(cifar10_small: Path, tmp_path: Path):
     work = tmp_path / "run"
     common = ["--set", f"data.root={cifar10_small}", "--set", "train.batch_size=100", "--set", "train.epochs=2",
-              "--set", "log.plots=false", "--work-dir", str(work)]
+              "--set", "log.plots=false", "--work-dir", str(work), *NARROW_SET]
     r = run("train", str(ROOT / "configs/cifar10_fast.yaml"), *common, "--set", "train.max_iters=5")
     assert r.returncode == 0, r.stderr
     assert "final" in r.stdout and "top1" in r.stdout

@@ -16,9 +16,10 @@ from cifarkit.engine.early_stop import EarlyStop
 from cifarkit.engine.loggers import summary_writer_class
 from cifarkit.engine.lr_find import smooth, steepest, swept_kinds, valley
 from cifarkit.errors import ConfigError
+from conftest import NARROW_SET
 
 TINY = ["--set", "train.batch_size=100", "--set", "eval.tta=none", "--set", "eval.batch_size=100",
-        "--set", "log.interval=1", "--set", "log.plots=false", "--set", "train.device=cpu"]
+        "--set", "log.interval=1", "--set", "log.plots=false", "--set", "train.device=cpu", *NARROW_SET]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -129,6 +129,16 @@ def test_recipe_page_numbers_come_from_the_benchmark_files():
     assert f"{gpu['timed_mean_s']:.2f}" in page
     for name in ("fast", "airbench94", "resnet18", "mobilenetv2_finetune", "lt100"):
         assert f"| `{name}` |" in page
+    for name in ("train_speed.json", "train_speed_avx2.json"):  # the recipe per CPU kind, with its precision
+        if (results / name).is_file():
+            ts = json.loads((results / name).read_text())
+            m = ts["machine"]
+            assert f"| {m['cpu_kind']} | {ts.get('precision', m.get('precision'))} |" in page
+            assert f"{ts['top1_tta_mean']:.2f} (" in page
+    for f in results.glob("*.json"):  # every results file says on which CPU kind and in what precision
+        d = json.loads(f.read_text())
+        m = d.get("machine", {})
+        assert m.get("cpu_kind") and (m.get("precision") or d.get("precision")), f.name
     lt = json.loads((results / "long_tail.json").read_text())["results"]
     recipe = [r["top1"] for r in lt["recipe (cifar10_lt100.yaml)"]]
     assert f"**{sum(recipe) / len(recipe):.2f} ± " in page

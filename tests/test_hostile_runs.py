@@ -16,7 +16,7 @@ from cifarkit.config import config_from_dict, load_config
 from cifarkit.engine.rundir import RunDirBusy, RunDirTaken
 from cifarkit.engine.train import RunFinished, fit
 from cifarkit.errors import ConfigError
-from conftest import make_checkpoint
+from conftest import NARROW, make_checkpoint
 from hostile_runs import BAD_OVERRIDES, chattr_works, hostile_configs, hostile_logs, output_places, unwritable_dir
 from test_cli_data import run
 
@@ -35,11 +35,12 @@ def one_error_line(r: subprocess.CompletedProcess, *names: str) -> str:
 
 def tiny(root: Path, *extra: str):
     return load_config(FAST, [f"data.root={root}", "train.batch_size=100", "log.plots=false", "eval.tta=none",
-                              "train.epochs=1", *extra])
+                              "train.epochs=1", NARROW, *extra])
 
 
 def train_args(root: Path, work: Path, *extra: str) -> list[str]:
-    sets = [f"data.root={root}", "train.batch_size=100", "log.plots=false", "eval.tta=none", "train.max_iters=1"]
+    sets = [f"data.root={root}", "train.batch_size=100", "log.plots=false", "eval.tta=none", "train.max_iters=1",
+            NARROW]
     return ["train", str(FAST), *[a for s in sets for a in ("--set", s)], "--work-dir", str(work), *extra]
 
 

@@ -21,7 +21,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     from cifarkit.engine.inference import describe
 
     m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
-                logit_adjust=a.logit_adjust)
+                logit_adjust=a.logit_adjust, precision=a.precision)
     print(f"{m['split']} ({m['n']} images, {describe(m)}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
@@ -38,7 +38,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     """`cifarkit report`: one self-contained HTML report of a run."""
     from cifarkit.analysis.report import write_report
 
-    out = write_report(a.run_dir, a.out, data=a.data)
+    out = write_report(a.run_dir, a.out, data=a.data, precision=a.precision)
     print(f"wrote {out}")
     return 0
 
@@ -54,7 +54,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
 
 def add_commands(sub, data_sub=None) -> None:
     """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
 
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
@@ -73,6 +73,7 @@ def add_commands(sub, data_sub=None) -> None:
     z.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     add_tta_option(z)
     add_logit_adjust_option(z)
+    add_precision_option(z)
     z.add_argument("--device", default="auto")
     z.set_defaults(fn=cmd_analyze)
 
@@ -80,6 +81,7 @@ def add_commands(sub, data_sub=None) -> None:
     r.add_argument("run_dir")
     r.add_argument("--out", default=None, help="default: RUN_DIR/report.html")
     r.add_argument("--data", default=None, help="dataset for the analysis (default: the run's)")
+    add_precision_option(r)
     r.set_defaults(fn=cmd_report)
 
     if data_sub is not None:

@@ -81,7 +81,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.predictions and Path(a.predictions).exists():
         raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
-    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust)
+    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision)
     predicted = m.pop("predictions")
     if a.predictions:
         with open(a.predictions, "x", newline="", encoding="utf-8") as f:
@@ -130,7 +130,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Add the models, train, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
 
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
     m.add_argument("--input-size", type=int, default=None, help="input size for MACs [px]")
@@ -167,6 +167,7 @@ def add_commands(sub) -> None:
     e.add_argument("--split", default=None, help="split (default: the run's evaluation split)")
     add_tta_option(e)
     add_logit_adjust_option(e)
+    add_precision_option(e)
     e.add_argument("--predictions", default=None, metavar="CSV",
                    help="also write each image's predicted class (index in the split, id, name) to a new CSV")
     e.add_argument("--device", default="auto")

@@ -49,13 +49,20 @@ def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
                         "default the checkpoint's eval.logit_adjust, 0 = off")
 
 
+def add_precision_option(p: argparse.ArgumentParser) -> None:
+    """Add `--precision auto|fp32|bf16|fp16` (default auto: what this machine is fast at) to `p`."""
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="inference precision (default auto: bf16 on CUDA or a CPU with AMX / AVX512-BF16, else "
+                        "fp32, whatever the run trained in)")
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
     from cifarkit.engine.inference import describe
     from cifarkit.predict import expand_inputs, load, show_result
 
-    clf = load(a.model, a.device, a.tta, a.logit_adjust)
+    clf = load(a.model, a.device, a.tta, a.logit_adjust, a.precision)
     if a.batch_size:
         clf.batch_size = a.batch_size
     out = output_dir(a.out, a.overwrite) if a.out else None
@@ -104,7 +111,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
     from cifarkit.cam import compute_cam, default_layer, save_cam_figure, spatial_layers
     from cifarkit.predict import expand_inputs, load
 
-    clf = load(a.checkpoint, a.device, a.tta)
+    clf = load(a.checkpoint, a.device, a.tta, precision=a.precision)
     if clf.model is None:
         raise CifarkitError(f"{a.checkpoint}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
                             "exported from; an exported .onnx file has no gradients to read")
@@ -151,7 +158,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from cifarkit.serve.app import Limits, serve
 
     serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
-          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue))
+          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue), a.precision)
     return 0
 
 
@@ -164,6 +171,7 @@ def add_commands(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None)
     add_tta_option(p)
     add_logit_adjust_option(p)
+    add_precision_option(p)
     p.add_argument("--out", default=None, help="folder for predictions.csv and drawn results (new or empty)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")
@@ -186,6 +194,7 @@ def add_commands(sub) -> None:
     c.add_argument("--out", default="cam_out", help="output folder (new or empty)")
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     add_tta_option(c)
+    add_precision_option(c)
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=cmd_cam)
 
@@ -205,6 +214,7 @@ def add_commands(sub) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
     add_tta_option(v)
+    add_precision_option(v)
     v.add_argument("--device", default="auto")
     v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body [MiB]")
     v.add_argument("--max-files", type=positive_int, default=64, help="most image files in one request")

@@ -5,10 +5,10 @@
     fig = cifarkit.show_result("cat.jpg", result)
 
 Logits come from `engine.inference.Inference`, the one path that `cifarkit eval` uses too: the
-checkpoint's evaluation transform, its TTA (`eval.tta`, overridable) and its precision (bf16
-autocast on a CPU), so predicting an exported test folder gives, image for image, the
-predictions `cifarkit eval` scores. Files are decoded in a thread pool and the network runs on
-batches, which is what makes a folder fast.
+checkpoint's evaluation transform, its TTA (`eval.tta`, overridable) and the precision this
+machine is fast at (bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16), so predicting
+an exported test folder gives, image for image, the predictions `cifarkit eval` scores. Files
+are decoded in a thread pool and the network runs on batches, which is what makes a folder fast.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from cifarkit.data.decode import is_image_name, load_rgb
 from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference
+from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ class Prediction:
         topk: the best classes as dicts (label, label_id, score), best first.
         path: the image's path, when it was given as one.
         tta: the test-time augmentation the logits were computed with.
-        precision: "fp32" or "bf16" (the run's `train.amp`).
+        precision: "fp32", "bf16" or "fp16": what this machine computed in (`--precision`, default auto).
         logit_adjust: the post-hoc logit adjustment tau (0 = none).
     """
     label: str
@@ -153,7 +153,7 @@ def check_topk(topk: int) -> int:
 
 
 def load(path: str | Path, device: str = "auto", tta: str | None = None,
-         logit_adjust: float | None = None) -> Classifier:
+         logit_adjust: float | None = None, precision: str | None = None) -> Classifier:
     """Open a checkpoint (.pt) or an exported model (.onnx), ready to predict.
 
     Args:
@@ -163,6 +163,8 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
             predictions match `cifarkit eval` image for image.
         logit_adjust: post-hoc logit adjustment tau (a checkpoint only); default the run's
             `eval.logit_adjust`.
+        precision: auto (default: what this machine is fast at, whatever the run trained in) |
+            fp32 | bf16 | fp16; an .onnx file always runs in fp32.
 
     Returns:
         A `Classifier` (`predict`, `predict_files`, `logits`, `classes`).
@@ -172,12 +174,15 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
         ConfigError: `logit_adjust` differs from the one an ONNX file was exported with.
     """
     if Path(path).suffix.lower() == ".onnx":
+        if check_precision(precision) not in ("auto", "fp32", "none"):
+            raise ConfigError(f"{path}: an ONNX model runs in fp32 (onnxruntime on the CPU); drop --precision "
+                              f"{precision}")
         clf = Classifier.from_onnx(path, tta)
         if logit_adjust is not None and logit_adjust != clf.logit_adjust:
             raise ConfigError(f"{path}: has logit adjustment {clf.logit_adjust:g} in its graph; drop --logit-adjust, "
                               "or export the checkpoint again with `cifarkit export --logit-adjust TAU`")
         return clf
-    return Classifier.from_checkpoint(path, device, tta, logit_adjust=logit_adjust)
+    return Classifier.from_checkpoint(path, device, tta, precision, logit_adjust=logit_adjust)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

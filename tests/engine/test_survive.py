@@ -20,6 +20,7 @@ from cifarkit.engine import checkpoint as ckmod
 from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import CheckpointError, CifarkitError
+from conftest import NARROW
 from test_cli_data import run
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yaml"
@@ -27,7 +28,7 @@ FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yam
 
 def tiny(root: Path, *extra: str):
     return load_config(FAST, [f"data.root={root}", "train.batch_size=100", "train.epochs=3", "eval.interval=1",
-                              "log.plots=false", "train.deterministic=true", "eval.tta=none", *extra])
+                              "log.plots=false", "train.deterministic=true", "eval.tta=none", NARROW, *extra])
 
 
 class _Evil:

@@ -14,6 +14,7 @@ from cifarkit.engine.inference import evaluate_checkpoint
 from cifarkit.engine.optimizers import lr_factor
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import ConfigError
+from conftest import NARROW
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
 
@@ -21,7 +22,7 @@ FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
 def small_cfg(root: Path, *extra: str):
     return load_config(FAST, [f"data.root={root}", "train.batch_size=100", "train.epochs=3", "eval.interval=1",
                               "eval.batch_size=50", "log.interval=1", "log.plots=false",
-                              "train.deterministic=true", *extra])
+                              "train.deterministic=true", NARROW, *extra])
 
 
 @pytest.mark.slow
@@ -87,7 +88,7 @@ def test_resume_mid_epoch_after_max_iters_is_bitwise_identical(cifar10_small: Pa
 
 
 def test_val_fraction_and_ema_and_resnet(cifar10_small: Path, tmp_path: Path):
-    cfg = load_config(None, [f"data.root={cifar10_small}", "model.name=resnet18_cifar", "train.batch_size=50",
+    cfg = load_config(None, [f"data.root={cifar10_small}", "model.name=resnet18_cifar", "train.batch_size=20",
                              "train.max_iters=2", "train.ema=true", "data.val_fraction=0.2", "log.plots=false",
                              "optim.lr=0.05", "eval.batch_size=100"])
     s = fit(cfg, work_dir=tmp_path / "v", quiet=True)
@@ -156,7 +157,7 @@ def test_train_from_image_folders_and_manifests(source: str, cifar10_small: Path
 def test_muon_recipe_runs_and_resumes(cifar10_small: Path, tmp_path: Path):
     cfg = load_config(FAST.parent / "cifar10_fast.yaml",
                       [f"data.root={cifar10_small}", "train.batch_size=100", "train.micro_batch=50",
-                       "train.epochs=2", "log.plots=false", "eval.tta=none", "train.deterministic=true"])
+                       "train.epochs=2", "log.plots=false", "eval.tta=none", "train.deterministic=true", NARROW])
     s = fit(cfg, work_dir=tmp_path / "m", quiet=True)
     ck = load_checkpoint(tmp_path / "m" / "last.pt")
     kinds = [g["kind"] for g in ck["optimizer"]["param_groups"]]

@@ -31,10 +31,11 @@ from cifarkit.safepath import output_dir
 
 
 def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
-                    tta: str | None = None, logit_adjust: float | None = None) -> dict[str, Any]:
+                    tta: str | None = None, logit_adjust: float | None = None, precision: str | None = None
+                    ) -> dict[str, Any]:
     """One pass through the one inference path (`engine.inference`, as `cifarkit eval` and
     `predict`): logits (N, C), labels, predicted ids, the uint8 images (for galleries), class names."""
-    inf = Inference.from_checkpoint(ckpt, device, tta, logit_adjust=logit_adjust)
+    inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)
     logits = inf.logits(images)
     return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
@@ -45,7 +46,7 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
 
 def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
             device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True,
-            logit_adjust: float | None = None) -> dict[str, Any]:
+            logit_adjust: float | None = None, precision: str | None = None) -> dict[str, Any]:
     """Confusion matrix, per-class metrics, calibration and the worst errors of a checkpoint.
 
     One pass of predictions through the one inference path, so top1/top5/loss are exactly what
@@ -62,6 +63,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         tta: none | flip | flip_translate (default: the checkpoint's `eval.tta`).
         overwrite: False refuses a non-empty `out`.
         logit_adjust: post-hoc logit adjustment tau (default: the checkpoint's `eval.logit_adjust`).
+        precision: auto (default: what this machine is fast at) | fp32 | bf16 | fp16.
 
     Returns:
         metrics.json's dict: checkpoint, split, n, tta, precision, logit_adjust, top1 and top5 [%], loss,
@@ -75,7 +77,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         DataError: the data is missing or malformed, or `out` is not empty without `overwrite`.
     """
     out = output_dir(out, overwrite)
-    p = predictions_for(ckpt, data, split, device, tta, logit_adjust)
+    p = predictions_for(ckpt, data, split, device, tta, logit_adjust, precision)
     logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
     m = metrics_from_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     np.savez_compressed(out / "predictions.npz", logits=logits, labels=labels, index=np.arange(len(labels)),

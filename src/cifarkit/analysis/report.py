@@ -82,7 +82,8 @@ def _table(rows: list[dict], cols: list[str], fmt: dict[str, str] | None = None)
     return f'<div class="scroll"><table><tr>{head}</tr>{"".join(body)}</table></div>'
 
 
-def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12) -> str:
+def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 12, precision: str | None = None
+             ) -> str:
     """The worst errors beside their Grad-CAM; reuses analyze's predictions.npz (no second pass)."""
     import torch
 
@@ -106,7 +107,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
         from cifarkit.cam import compute_cam, overlay
         from cifarkit.predict import Classifier
 
-        clf = Classifier.from_checkpoint(ckpt, "cpu")
+        clf = Classifier.from_checkpoint(ckpt, "cpu", precision=precision)
     except CifarkitError:
         clf = None
     figs = []
@@ -129,7 +130,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, data: str | None = None,
-                 analysis: bool = True) -> Path:
+                 analysis: bool = True, precision: str | None = None) -> Path:
     """Write one self-contained HTML report of a run (images inlined, readable offline).
 
     Holds the summary, the config, the curves, and with `analysis` the confusion matrix, per-class
@@ -140,6 +141,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
         out: the HTML file to write (default `run_dir/report.html`).
         data: a dataset path to analyse on (default: the run's own).
         analysis: False leaves out everything that needs predictions (curves and config only).
+        precision: of the analysis: auto (default: what this machine is fast at) | fp32 | bf16 | fp16.
 
     Returns:
         The path of the HTML file.
@@ -191,7 +193,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
 
         adir = run_dir / "analysis"
         try:
-            m = analyze(ckpt, adir, data=data)
+            m = analyze(ckpt, adir, data=data, precision=precision)
         except CifarkitError as e:
             parts.append(f'<h2>Analysis</h2><p class="note">not available: {html.escape(str(e))}</p>')
         else:
@@ -206,7 +208,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
                              {"fraction_of_true": ".2%"}),
                       f"<h2>Calibration (ECE {m['ece'] * 100:.2f}%)</h2>",
                       _file_img(adir / "reliability.png", "reliability diagram"),
-                      "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(adir, ckpt, m, data)]
+                      "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(adir, ckpt, m, data, precision=precision)]
     try:
         from cifarkit.data.stats import dataset_stats
 

@@ -5,11 +5,12 @@ logits from `Inference.logits`, so a test folder exported from a dataset is pred
 `eval` scores that dataset: same transform (`data.loader.eval_transform`), same TTA, same
 precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a tie).
 
-Defaults come from the model file: TTA from the checkpoint's `eval.tta` (an ONNX file's
-metadata), precision from `train.amp` (bf16 autocast on a CPU, fp32 logits out; an ONNX file
-runs in fp32), post-hoc logit adjustment from `eval.logit_adjust` (an ONNX file has it in its
-graph). TTA can be overridden per call, precision and (for a checkpoint) the adjustment when the
-model is loaded; every result says which were used.
+Defaults: TTA from the checkpoint's `eval.tta` (an ONNX file's metadata); precision from the
+machine that runs the inference, not the one that trained (`--precision auto`, the rule of
+`engine.device.amp_dtype`: bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16, fp32
+elsewhere; fp32 logits out either way; an ONNX file runs in fp32); post-hoc logit adjustment from
+`eval.logit_adjust` (an ONNX file has it in its graph). TTA can be overridden per call, precision
+and (for a checkpoint) the adjustment when the model is loaded; every result says which were used.
 """
 
 from __future__ import annotations
@@ -27,13 +28,27 @@ import torch
 from cifarkit.config import Config
 from cifarkit.data.loader import Preprocess
 from cifarkit.data.splits import load_eval_split
-from cifarkit.engine.device import amp_dtype, resolve_device
+from cifarkit.engine.device import PRECISION_NAMES, amp_dtype, resolve_device, warn_slow_precision
 from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
 from cifarkit.engine.losses import posthoc_bias
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 
-PRECISIONS = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+PRECISIONS = PRECISION_NAMES
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str | None) -> str:
+    """`precision` ("auto" when None) when it is one of auto | fp32 | bf16 | fp16 (or none = fp32).
+
+    Raises:
+        ConfigError: it is anything else.
+    """
+    if precision is None:
+        return "auto"
+    if precision not in (*PRECISION_CHOICES, "none"):
+        raise ConfigError(f"--precision {precision!r}: choose {', '.join(PRECISION_CHOICES)}")
+    return precision
 
 
 def check_tta(tta: str | None) -> str | None:
@@ -69,12 +84,12 @@ class Inference:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
                         precision: str | None = None, logit_adjust: float | None = None) -> Inference:
-        """`precision`: None = the run's `train.amp`, or one of auto | bf16 | fp16 | none (fp32).
+        """`precision`: auto (None) = what this machine is fast at (`engine.device.amp_dtype`), whatever
+        the run trained in; or fp32 | bf16 | fp16 (none = fp32).
         `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0)."""
+        precision = check_precision(precision)
         dev = resolve_device(device)
         model, ck, cfg, prep = load_for_inference(path, dev)
-        if precision is not None and precision not in ("auto", "bf16", "fp16", "none", "fp32"):
-            raise ConfigError(f"--precision {precision!r}: choose auto, bf16, fp16 or fp32")
         tau = cfg.eval.logit_adjust if logit_adjust is None else check_tau(logit_adjust)
         counts = ck.get("class_counts")
         if tau and not (isinstance(counts, list) and len(counts) == len(ck["classes"])
@@ -82,7 +97,9 @@ class Inference:
             raise CheckpointError(f"{path}: post-hoc logit adjustment needs the training class counts, which this "
                                   "checkpoint does not record; set eval.logit_adjust 0 (or pass --logit-adjust 0)")
         bias = posthoc_bias(tau, counts)
-        amp = amp_dtype({"fp32": "none"}.get(precision, precision) or cfg.train.amp, dev)
+        amp = amp_dtype(precision, dev)
+        if precision != "auto":
+            warn_slow_precision(amp, dev, f"--precision {precision}")
         forward = model_forward(model, dev, amp, cfg.train.channels_last, bias)
         return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
                    cfg.eval.batch_size, str(path), dev, model, cfg,
@@ -193,13 +210,13 @@ def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 
 def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,
-                        tta: str | None = None, device: str = "auto", logit_adjust: float | None = None
-                        ) -> dict[str, Any]:
+                        tta: str | None = None, device: str = "auto", logit_adjust: float | None = None,
+                        precision: str | None = None) -> dict[str, Any]:
     """Loss, top-1 and top-5 [%] of a checkpoint on its own evaluation split (or `data`/`split`).
 
     Returns also `split`, `n`, `tta`, `precision`, `logit_adjust`, `checkpoint`, `epoch` and `classes`;
     `predictions` holds the per-image predicted class ids, in the split's order."""
-    inf = Inference.from_checkpoint(ckpt, device, tta, logit_adjust=logit_adjust)
+    inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)
     logits = inf.logits(images)
     m = metrics_from_logits(logits, labels)

@@ -17,7 +17,8 @@ def hold_freed_memory() -> Callable[[], None]:
 
     Why: glibc serves every allocation above 32 MiB (a batch's activations) with a fresh mmap and
     unmaps it on free, so each training step page-faults its whole working set in again and the
-    kernel zeroes it. Measured on the 2-core CI machine, airnet batch 2000 in bf16: 745,000 minor
+    kernel zeroes it. Measured on the 2-core CI machine (a CPU with hardware bf16; its kind was not
+    recorded), airnet batch 2000 in bf16: 745,000 minor
     faults and 2.49 s per step by default, 0 faults and 1.83 s with mmap off and no trimming; the
     issue's plain airbench loop (batch 1024) gains ~5% the same way. No-op off glibc, or when the
     user already tunes malloc through GLIBC_TUNABLES or MALLOC_* variables."""

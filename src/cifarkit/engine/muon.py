@@ -16,10 +16,14 @@ import torch
 NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic chosen for a steep slope at zero (airbench94_muon)
 
 
-def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
-    """Approximate U V^T of g = U S V^T (singular values land in ~[0.5, 1.5]); g: (rows, cols)."""
+def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Approximate U V^T of g = U S V^T (singular values land in ~[0.5, 1.5]); g: (rows, cols).
+
+    `dtype`: the iteration's precision; bf16 as in airbench94_muon where the run computes in bf16,
+    fp32 where it does not (a CPU without hardware bf16 emulates these matmuls ~10x slower)."""
     a, b, c = NS_COEFFS
-    x = g.bfloat16()
+    x = g.to(dtype)
     x = x / (x.norm() + eps)  # top singular value <= 1
     tall = g.shape[0] > g.shape[1]
     if tall:
@@ -40,12 +44,14 @@ class MuonSGD(torch.optim.Optimizer):
         momentum: the default momentum.
         nesterov: Nesterov momentum (on by default).
         ns_steps: Newton-Schulz iterations per Muon update.
+        ns_dtype: their precision: bf16 for a run in bf16 (airbench's choice), else fp32.
     """
     def __init__(self, groups: list[dict], lr: float = 1e-3, momentum: float = 0.9, nesterov: bool = True,
-                 ns_steps: int = 3):
+                 ns_steps: int = 3, ns_dtype: torch.dtype = torch.bfloat16):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=0.0, muon=False,
                         ns_steps=ns_steps)
         super().__init__(groups, defaults)
+        self.ns_dtype = ns_dtype  # not state: a resumed run decides it again from its precision
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
@@ -70,7 +76,7 @@ class MuonSGD(torch.optim.Optimizer):
                 g = g.add(buf, alpha=mom) if group["nesterov"] else buf
                 if group["muon"]:
                     p.mul_(len(p) ** 0.5 / p.norm())  # keep each filter bank at norm sqrt(C_out)
-                    update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"]).view_as(g)
+                    update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"], dtype=self.ns_dtype).view_as(g)
                     p.add_(update, alpha=-lr)
                 else:
                     p.add_(g, alpha=-lr)

@@ -13,7 +13,8 @@ from cifarkit.engine.muon import MuonSGD
 from cifarkit.models import train_hooks
 
 
-def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: torch.nn.Module, amp: torch.dtype | None = torch.bfloat16
+                    ) -> torch.optim.Optimizer:
     """Parameter groups, each tagged with a `kind`:
 
     - `weights` (ndim > 1): base lr (the 2-D head gets `optim.head_lr` when set);
@@ -63,7 +64,9 @@ def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimize
             g.update(muon=True, momentum=o.muon_momentum)
         groups.append(g)
     if o.name == "muon":
-        return MuonSGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+        # Newton-Schulz in bf16 only for a bf16 run: fp32 autocast means no fast bf16 here
+        ns_dtype = torch.bfloat16 if amp == torch.bfloat16 else torch.float32
+        return MuonSGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, ns_dtype=ns_dtype)
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999))

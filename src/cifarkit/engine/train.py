@@ -27,7 +27,7 @@ from cifarkit.config import Config, config_to_dict, save_config
 from cifarkit.data.loader import normalize
 from cifarkit.data.splits import RunData, build_data
 from cifarkit.engine.checkpoint import atomic_save, check_resume_compatible, load_checkpoint, newest_valid_checkpoint
-from cifarkit.engine.device import amp_dtype, resolve_device, versions
+from cifarkit.engine.device import amp_dtype, cpu_kind, precision_name, resolve_device, versions, warn_slow_precision
 from cifarkit.engine.dist import DistInfo, barrier, broadcast_flag, cleanup, init_from_env
 from cifarkit.engine.early_stop import EarlyStop
 from cifarkit.engine.evaluate import evaluate
@@ -124,6 +124,8 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
     if resume_path is not None:
         restore(t, stopper, resume_path, quiet)
     log = open_log(t, data, run_dir, resumed=resume_path is not None) if dinfo.main else None
+    if not quiet and dinfo.main:
+        print(start_line(t, data, run_dir), flush=True)
     if stopper.enabled and data.eval_name != "val" and dinfo.main:
         print(f"warning: train.early_stop watches the {data.eval_name!r} split, so the test score is no longer "
               "an unbiased estimate; hold out a validation set with data.val_fraction=0.1", file=sys.stderr)
@@ -159,6 +161,15 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
     if not quiet:
         print(format_summary(summary, cfg))
     return summary
+
+
+def start_line(t: Trainer, data: RunData, run_dir: Path) -> str:
+    """What a run prints first: model, where and in what precision it computes, and how long it is."""
+    where = str(t.device)
+    if t.device.type == "cpu":
+        where += f" ({cpu_kind()}, {torch.get_num_threads()} threads)"
+    return (f"training {t.cfg.model.name} on {where} in {precision_name(t.amp)}: {data.num_train} images, "
+            f"{t.steps_per_epoch} steps/epoch x {t.cfg.train.epochs:g} epochs -> {run_dir}")
 
 
 def configure_torch(cfg: Config, dev: torch.device, dinfo: DistInfo) -> None:
@@ -226,14 +237,16 @@ def build(cfg: Config, dev: torch.device, dinfo: DistInfo, fresh: bool, quiet: b
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     rescale_bn_momentum(model, micro_batches(cfg.train.batch_size // dinfo.world, cfg.train.micro_batch))
-    optimizer = build_optimizer(cfg, model)
+    amp = amp_dtype(cfg.train.amp, dev)
+    optimizer = build_optimizer(cfg, model, amp)
     spe = len(data.loader)
     if spe == 0:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is larger than the {data.num_train} "
                           "training images; lower it")
     total = math.ceil(cfg.train.epochs * spe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambdas(cfg, optimizer, total, spe))
-    amp = amp_dtype(cfg.train.amp, dev)
+    if dinfo.main:
+        warn_slow_precision(amp, dev, f"train.amp={cfg.train.amp}")
     copy = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
     t = Trainer(cfg, model, model, optimizer, scheduler, dev, amp, total, spe, dinfo,
                 scaler=torch.amp.GradScaler(dev.type) if amp == torch.float16 else None,
@@ -293,6 +306,7 @@ def open_log(t: Trainer, data: RunData, run_dir: Path, resumed: bool) -> RunLog:
     log up to the checkpoint's iteration."""
     save_config(t.cfg, run_dir / "config.yaml")
     header = {"config": config_to_dict(t.cfg), "versions": versions(), "device": str(t.device),
+              "precision": precision_name(t.amp),
               "seed": t.cfg.train.seed, "classes": data.classes, "params": count_params(t.model),
               "num_train": data.num_train, "class_counts": data.class_counts,
               "num_eval": len(data.eval_labels), "eval_split": data.eval_name,
@@ -351,7 +365,7 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
     totals.eval += time.perf_counter() - t0
     totals.last_val = val
     log.write({"type": "val", "epoch": t.state.epoch, "iter": t.state.step, "loss": val["loss"], "top1": val["top1"],
-               "top5": val["top5"], "split": data.eval_name, "tta": cfg.eval.tta,
+               "top5": val["top5"], "split": data.eval_name, "tta": cfg.eval.tta, "precision": precision_name(t.amp),
                **({"logit_adjust": cfg.eval.logit_adjust} if cfg.eval.logit_adjust else {})})
     if not quiet:
         print(f"epoch {t.state.epoch}/{math.ceil(t.total_steps / t.steps_per_epoch)}  train loss {ep.loss:.4f}  "
@@ -375,6 +389,7 @@ def checkpoint_dict(t: Trainer, data: RunData) -> dict[str, Any]:
         "early_stop": t.state.early_stop,
         "classes": list(data.classes), "config": config_to_dict(t.cfg), "preprocess": data.prep.as_dict(),
         "model_name": t.cfg.model.name, "versions": versions(), "class_counts": list(data.class_counts),
+        "precision": precision_name(t.amp), "device": str(t.device),
     }
 
 

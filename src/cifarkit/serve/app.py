@@ -169,20 +169,21 @@ def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str)
 
 
 def create_app(model: str | Path, runs: str | Path | None = None, device: str = "auto", tta: str | None = None,
-               limits: Limits | None = None) -> FastAPI:
+               limits: Limits | None = None, precision: str | None = None) -> FastAPI:
     """The FastAPI app for a checkpoint or .onnx `model` (and the runs under `runs`).
 
     Args:
         model: checkpoint (.pt) or exported model (.onnx), loaded once through `cifarkit.predict.load`.
         runs: folder whose run directories the runs view lists; None hides the view.
         device: auto | cpu | cuda[:N]; tta: default TTA (None: the model's own).
+        precision: auto (None: what this machine is fast at) | fp32 | bf16 | fp16.
         limits: request and batching bounds.
 
     Raises:
         CifarkitError: the model file cannot be used.
     """
     limits = limits or Limits()
-    clf = load(model, device, tta)
+    clf = load(model, device, tta, precision=precision)
     info = model_info(clf, Path(model))
     info["limits"] = asdict(limits)
     runs_root = Path(runs).resolve() if runs else None
@@ -293,13 +294,14 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
 
 
 def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          device: str = "auto", tta: str | None = None, limits: Limits | None = None) -> None:
+          device: str = "auto", tta: str | None = None, limits: Limits | None = None,
+          precision: str | None = None) -> None:
     """Run the app until SIGINT/SIGTERM. Binds the socket first, so `port=0` picks a free port."""
     try:
         import uvicorn
     except ImportError:
         raise CifarkitError("cifarkit serve needs FastAPI and uvicorn: pip install 'cifarkit[serve]'") from None
-    app = create_app(model, runs, device, tta, limits)
+    app = create_app(model, runs, device, tta, limits, precision)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
