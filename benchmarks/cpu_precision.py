@@ -7,8 +7,9 @@ For each model a baseline (fp32, channels_last, eager, all threads, the recipe's
 change at a time: NCHW instead of channels_last, torch.compile (inductor's CPU backend), one
 thread, half and double the batch, and bf16 autocast (airnet only on a CPU without hardware bf16,
 where one emulated step takes a minute). Every configuration runs in a fresh process (no shared
-heap, no inherited compile cache), warms up, then times steps; the table prints images/s, the
-ratio to the baseline, achieved GFLOP/s (FLOPs counted by torch.utils.flop_counter on one step)
+heap, no inherited compile cache), warms up one step, then times `--steps` steps (the best
+counts); the table prints images/s, the ratio to the baseline, achieved GFLOP/s (FLOPs of one
+image counted by torch.utils.flop_counter)
 and their share of the machine's fp32 peak (`_common.fp32_peak`). Also `auto`, the precision the
 recipes now pick here. Writes benchmarks/results/cpu_precision.json, with the CPU model and kind.
 """
@@ -29,10 +30,9 @@ MODELS = {"airnet": (32, 500, 500), "resnet18_cifar": (32, 128, 256), "mobilenet
 
 
 def child(model: str, mode: str, prec: str, cl: bool, compiled: bool, threads: int, batch: int, steps: int) -> dict:
-    """One configuration, in this (fresh) process: images/s and FLOPs per image."""
+    """One configuration, in this (fresh) process: images/s, seconds per step, the first step's time."""
     import torch
     import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
 
     from cifarkit.engine.device import amp_dtype
     from cifarkit.models import create_model
@@ -61,28 +61,38 @@ def child(model: str, mode: str, prec: str, cl: bool, compiled: bool, threads: i
         loss.backward()
         opt.step()
 
-    # eager, on the plain module: the work one step does
-    with FlopCounterMode(display=False) as fc, torch.autocast("cpu", dtype=dtype or torch.bfloat16,
-                                                              enabled=dtype is not None):
-        if mode == "train":
-            F.cross_entropy(net(x).float(), y).backward()
-        else:
-            with torch.no_grad():
-                net(x)
     opt.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     step()  # warm-up (and, compiled, the compilation)
     first = time.perf_counter() - t0
-    if steps > 1:
-        step()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
     best = min(times)
-    return {"img_s": batch / best, "s_per_step": best, "first_step_s": first,
-            "flop_per_img": fc.get_total_flops() / batch}
+    return {"img_s": batch / best, "s_per_step": best, "first_step_s": first}
+
+
+def flop_per_image(model: str, mode: str) -> float:
+    """FLOPs of one image's forward (infer) or forward + backward (train), counted by
+    torch.utils.flop_counter on a batch of 2 in fp32 (the count does not depend on the precision)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cifarkit.models import create_model
+
+    size = MODELS[model][0]
+    net = create_model(model, 10).train(mode == "train")
+    x, y = torch.randn(2, 3, size, size), torch.randint(0, 10, (2,))
+    with FlopCounterMode(display=False) as fc:
+        if mode == "train":
+            F.cross_entropy(net(x), y).backward()
+        else:
+            with torch.no_grad():
+                net(x)
+    return fc.get_total_flops() / 2
 
 
 def matmul_roof(n: int = 2048, reps: int = 5) -> float:
@@ -113,7 +123,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration (best of)")
+    ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration, after one warm-up (best of)")
     ap.add_argument("--quick", action="store_true", help="baseline, auto and bf16 only")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -137,6 +147,7 @@ def main() -> None:
         _, train_b, infer_b = MODELS[model]
         for mode in args.modes:
             batch = train_b if mode == "train" else infer_b
+            flop = flop_per_image(model, mode)
             base = {"model": model, "mode": mode, "prec": "fp32", "cl": True, "compiled": False,
                     "threads": threads, "batch": batch, "steps": args.steps}
             variants = [("baseline fp32, channels_last, eager", {}), ("auto (what the recipes pick)", {"prec": "auto"})]
@@ -155,9 +166,9 @@ def main() -> None:
                 else:
                     r = run_config(**{**base, **change})
                 ref = ref or r
-                row = {"model": model, "mode": mode, "variant": label, **base, **change, **r}
+                row = {"model": model, "mode": mode, "variant": label, **base, **change, **r, "flop_per_img": flop}
                 if "img_s" in r:
-                    gflops = r["img_s"] * r["flop_per_img"] / 1e9
+                    gflops = r["img_s"] * flop / 1e9
                     row.update(gflops=gflops, peak_share=gflops / peak, vs_baseline=r["img_s"] / ref["img_s"])
                     print(f"{model:<15} {mode:<5} {label:<40} {r['img_s']:8.1f} img/s  x{row['vs_baseline']:5.2f}  "
                           f"{gflops:6.1f} GFLOP/s ({gflops / peak:4.0%} of fp32 peak)  first step "

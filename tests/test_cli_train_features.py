@@ -111,6 +111,11 @@ def test_lr_find_cli_writes_plot_and_csv_and_suggests_a_set_line(recipe: str, ke
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 1000
     assert f"--set {key}=" in r.stdout and "valley" in r.stdout and "steepest" in r.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lrf"]  # no run directory left behind
+    before = (tmp_path / "lrf" / "lr_find.csv").read_bytes()
+    again = cli("lr-find", recipe, "--set", f"data.root={cifar10_small}", "--steps", "15", "--out", "lrf",
+                cwd=tmp_path)  # refused before any training: the earlier result is not overwritten
+    assert again.returncode != 0 and again.stderr.count("error:") == 1 and "--overwrite" in again.stderr
+    assert (tmp_path / "lrf" / "lr_find.csv").read_bytes() == before
 
 
 def test_lr_find_suggestions_on_a_known_curve():

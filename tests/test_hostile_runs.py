@@ -47,7 +47,7 @@ def train_args(root: Path, work: Path, *extra: str) -> list[str]:
 # ---- config values and files -----------------------------------------------------------------
 @pytest.mark.parametrize("item, key", BAD_OVERRIDES)
 def test_bad_values_name_the_key(item: str, key: str):
-    with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}: "):
+    with pytest.raises(ConfigError, match=rf"^(--set )?{key.replace('.', '[.]')}: "):  # never the YAML file's name
         load_config(None, [item])
 
 
@@ -159,7 +159,7 @@ def test_resume_of_a_finished_run_changes_nothing_then_continues_with_more_epoch
         fit(tiny(cifar10_small), work_dir=work, resume=True, quiet=True)
     assert (work / "log.jsonl").read_bytes() == log  # summary kept, not rewritten with final_top1: null
     r = run("train", str(FAST), "--set", f"data.root={cifar10_small}", "--set", "train.batch_size=100",
-            "--set", "log.plots=false", "--set", "eval.tta=none", "--set", "train.epochs=1",
+            "--set", "log.plots=false", "--set", "eval.tta=none", "--set", "train.epochs=1", "--set", NARROW,
             "--work-dir", str(work), "--resume")
     one_error_line(r, "already finished", "train.epochs")
     assert (work / "log.jsonl").read_bytes() == log
@@ -214,10 +214,12 @@ def command(name: str, out: Path, i: dict[str, Path]) -> list[str]:
         "data stats": ["data", "stats", str(i["data"]), "--out", str(out)],
         "export": ["export", str(i["ckpt"]), "--out", str(out)],
         "train": train_args(i["data"], out)[:-2] + ["--set", "train.batch_size=10", "--work-dir", str(out)],
+        "lr-find": ["lr-find", "fast", "--set", f"data.root={i['data']}", "--set", "train.batch_size=10",
+                    "--steps", "3", "--out", str(out)],
     }[name]
 
 
-FOLDER_OUT = ["predict", "cam", "analyze", "data export", "data stats", "train"]  # --out names a folder
+FOLDER_OUT = ["predict", "cam", "analyze", "data export", "data stats", "train", "lr-find"]  # --out: a folder
 FILE_OUT = ["report", "plot", "data show", "export"]  # --out names a file
 
 
@@ -274,3 +276,13 @@ def test_cli_plot_and_report_on_a_malformed_log(tmp_path: Path):
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         expect = f"warning: {d / 'log.jsonl'}: ignored wrongly typed fields in 1 records"
         assert r.stderr.strip().splitlines() == [expect]
+
+
+def test_resume_with_a_model_of_other_shape_is_one_error_line(cifar10_small: Path, tmp_path: Path):
+    """--resume under a config whose model.kwargs build other shapes (a narrow run resumed with
+    the full recipe): one line naming the checkpoint and what to do, not a size-mismatch traceback."""
+    work = tmp_path / "w"
+    fit(tiny(cifar10_small, "train.epochs=2", "train.max_iters=2"), work_dir=work, quiet=True)
+    r = run("train", str(FAST), "--set", f"data.root={cifar10_small}", "--set", "train.batch_size=100",
+            "--set", "log.plots=false", "--set", "train.epochs=2", "--work-dir", str(work), "--resume")
+    one_error_line(r, "last.pt", "do not fit", "config.yaml")

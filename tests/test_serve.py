@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -84,7 +87,14 @@ def served(tmp_path_factory):
     write_log(outside, [HEADER, train_rec(0)])
     (outside / "report.html").write_text("secret")
     (runs / "escape").symlink_to(outside)
-    with running_server(str(model), "--runs", str(runs), "--max-files", "16", "--max-upload-mb", "2") as srv:
+    # a real run directory whose report.html is a symlink to a file outside the runs folder
+    write_log(runs / "linked", [HEADER, train_rec(0)])
+    (runs / "linked" / "report.html").symlink_to(outside / "report.html")
+    # a report.html that is a FIFO: never opened (it would block the server for ever)
+    write_log(runs / "fifo", [HEADER, train_rec(0)])
+    os.mkfifo(runs / "fifo" / "report.html")
+    with running_server(str(model), "--runs", str(runs), "--max-files", "16", "--max-upload-mb", "2",
+                        "--allow-host", "cifar.lab.example") as srv:
         yield srv, model, images, runs
 
 
@@ -181,7 +191,8 @@ def test_cam_png_and_model_info(served):
     assert info["model"] == "airnet" and info["classes"][5] == "dog" and info["preprocess"]["input_size"] == 32
     assert info["limits"]["max_files"] == 16 and info["cam"] and info["runs"]
     assert "/api/predict" in httpx.get(srv.url + "/openapi.json").json()["paths"]
-    assert httpx.get(srv.url + "/docs").status_code == 200
+    for page in ("/docs", "/redoc"):  # FastAPI's pages load their scripts from a CDN: left out
+        assert httpx.get(srv.url + page).status_code == 404
     page = httpx.get(srv.url + "/").text
     assert "<script>" in page and "http" not in page.replace("http://www.w3.org/2000/svg", "")  # nothing remote
     assert "bound to this machine only" in srv.output[0]
@@ -190,11 +201,11 @@ def test_cam_png_and_model_info(served):
 def test_runs_view_serves_only_runs_found_under_the_folder(served):
     srv, _, _, runs = served
     listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
-    assert set(listed) == {"done", "group/training"}  # the symlink leading outside is not a run
+    assert set(listed) == {"done", "group/training", "linked", "fifo"}  # the symlink leading outside is not a run
     assert listed["done"]["best_top1"] == 41.5 and listed["done"]["model"] == "airnet"
     assert listed["done"]["report"] and not listed["done"]["running"] and listed["group/training"]["running"]
     assert httpx.get(srv.url + "/runs/done/report.html").text.startswith("<html><body><h1>the report")
-    for bad in ("escape", "..", "../outside", "%2e%2e/outside", "/etc", "group"):
+    for bad in ("escape", "..", "../outside", "%2e%2e/outside", "/etc", "group", "linked", "fifo"):
         r = httpx.get(f"{srv.url}/runs/{bad}/report.html")
         assert r.status_code == 404 and "secret" not in r.text, bad
     # live: records appended to a training run's log show up in the next poll
@@ -216,3 +227,47 @@ def test_sigint_and_sigterm_stop_it_cleanly(tmp_path: Path):
             assert srv.proc.wait(30) == 0
             srv.reader.join(10)
             assert srv.output[-1] == "cifarkit serve: stopped"
+
+
+def test_files_served_only_from_inside_the_runs_folder(served):
+    """A report.html that is a symlink to a file outside --runs (say the password file) is a 404,
+    like one that is missing; so is a FIFO (never opened: it would block)."""
+    srv, _, _, runs = served
+    assert (runs / "linked" / "report.html").read_text() == "secret"  # the link itself works on disk
+    listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
+    for rid in ("linked", "fifo"):
+        r = httpx.get(f"{srv.url}/runs/{rid}/report.html", timeout=10)
+        assert r.status_code == 404 and "secret" not in r.text, rid
+        assert listed[rid]["report"] is False  # listed as a run, with no report to open
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io",
+                                  "", "cifar.lab.example.evil"])
+def test_a_foreign_host_header_is_refused(served, host):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends
+    `Host: evil.example`; the server answers nothing but a 400 to it."""
+    srv = served[0]
+    for path in ("/api/runs", "/api/model", "/runs/done/report.html", "/"):
+        r = httpx.get(srv.url + path, headers={"Host": host})
+        assert r.status_code == 400 and "Host" in r.json()["detail"] and "secret" not in r.text, (host, path)
+        assert "41.5" not in r.text and "airnet" not in r.text
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:1234", "127.0.0.1", "[::1]:8000", "cifar.lab.example",
+                                  "10.1.2.3:80"])
+def test_local_names_ip_addresses_and_allowed_hosts_are_served(served, host):
+    srv = served[0]
+    r = httpx.get(srv.url + "/api/runs", headers={"Host": host})
+    assert r.status_code == 200 and {x["id"] for x in r.json()} >= {"done"}
+
+
+def test_a_client_that_leaves_mid_body_gets_no_traceback_on_the_server(served):
+    srv = served[0]
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: multipart/form-data; boundary=xyz\r\nContent-Length: 100000\r\n\r\n"
+                     b"--xyz\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n1234")
+    assert httpx.get(srv.url + "/api/health").json()["status"] == "ok"  # and it still answers
+    time.sleep(0.5)  # let the server notice the closed connection
+    assert not [line for line in srv.output if "Traceback" in line or "ClientDisconnect" in line], srv.output[-20:]

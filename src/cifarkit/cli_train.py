@@ -62,7 +62,7 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     from cifarkit.engine.lr_find import lr_find
 
     cfg = load_config(a.config, a.set)
-    r = lr_find(cfg, a.out, a.start_lr, a.end_lr, a.steps, a.diverge, a.device)
+    r = lr_find(cfg, a.out, a.start_lr, a.end_lr, a.steps, a.diverge, a.device, overwrite=a.overwrite)
     print(f"swept {r.key} over {len(r.lrs)} steps ({r.lrs[0]:.2g} .. {r.lrs[-1]:.2g}); wrote {r.csv} and {r.png}")
     print(f"suggested {r.key}: valley {r.valley:.3g}, steepest descent {r.steepest:.3g}")
     print(f"use: cifarkit train {a.config} {' '.join('--set ' + s for s in a.set)} {r.set_line}".replace("  ", " "))
@@ -78,6 +78,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         CifarkitError: the --predictions file already exists.
     """
     from cifarkit.engine.inference import describe, evaluate_checkpoint
+    from cifarkit.safecsv import csv_row
 
     if a.predictions and Path(a.predictions).exists():
         raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
@@ -87,7 +88,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         with open(a.predictions, "x", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["index", "predicted_id", "predicted"])
-            w.writerows([i, p, m["classes"][p]] for i, p in enumerate(predicted))
+            w.writerows(csv_row([i, p, m["classes"][p]]) for i, p in enumerate(predicted))
     m.pop("classes")
     if a.json:
         print(json.dumps(m))
@@ -153,7 +154,8 @@ def add_commands(sub) -> None:
     f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
     f.add_argument("config", help="a YAML file, or a shipped recipe's name")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    f.add_argument("--out", default="lr_find", help="folder for lr_find.png and lr_find.csv")
+    f.add_argument("--out", default="lr_find", help="folder for lr_find.png and lr_find.csv (new or empty)")
+    f.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     f.add_argument("--steps", type=int, default=200, help="sweep length [iterations]")
     f.add_argument("--start-lr", type=float, default=1e-6)
     f.add_argument("--end-lr", type=float, default=10.0)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.safecsv import csv_row
 from cifarkit.safepath import inside, output_dir, safe_component
 
 
@@ -92,8 +93,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             w = csv.writer(f)
             w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision", "logit_adjust"])
             for r in rows:
-                w.writerow([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta, r.precision,
-                            r.logit_adjust])
+                w.writerow(csv_row([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta,
+                                    r.precision, r.logit_adjust]))
         print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)
@@ -158,7 +159,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from cifarkit.serve.app import Limits, serve
 
     serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
-          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue), a.precision)
+          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue), a.precision,
+          tuple(a.allow_host))
     return 0
 
 
@@ -213,6 +215,9 @@ def add_commands(sub) -> None:
     v.add_argument("--runs", default=None, help="folder of run directories to show (only files under it are served)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     v.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    v.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name this server may be reached by, besides localhost and IP addresses; requests "
+                        "naming any other Host are refused (DNS rebinding); repeat for several")
     add_tta_option(v)
     add_precision_option(v)
     v.add_argument("--device", default="auto")

@@ -99,7 +99,7 @@ class OptimConfig:
 
     Read by `engine.optimizers` when the run builds its optimiser."""
     name: str = _f("sgd", "sgd | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)")
-    lr: float = _f(0.1, "learning rate", ge=0)
+    lr: float = _f(0.1, "learning rate (0 freezes those parameters, and they get no weight decay)", ge=0)
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
     nesterov: bool = _f(False, "Nesterov momentum (SGD)")
     weight_decay: float = _f(5e-4, "weight decay", ge=0)
@@ -108,7 +108,7 @@ class OptimConfig:
                                    gt=0)
     grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)", ge=0)
     head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)", ge=0)
-    muon_lr: float = _f(0.24, "muon: lr of the conv filters", ge=0)
+    muon_lr: float = _f(0.24, "muon: lr of the conv filters (0 freezes them)", ge=0)
     muon_momentum: float = _f(0.6, "muon: momentum of the conv filters", ge=0, lt=1)
     wd_per_lr: bool = _f(False, "weight_decay is per step: each group gets weight_decay / its lr (airbench)")
     whiten_bias_decay: bool = _f(False, "airnet: whitening-bias lr decays linearly to 0 over "
@@ -301,18 +301,22 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
 _SWITCHES = {"train.compile"}  # str options that also take a YAML boolean
 
 
-def _build(cls: type, d: dict, prefix: str, where: str) -> Any:
+def _build(cls: type, d: dict, prefix: str, where: str, set_keys: frozenset[str] = frozenset()) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
+    outer = where
     for k, v in d.items():
         key = f"{prefix}{k}"
+        # a value given with --set is named as such, not as the YAML file's (which never held it)
+        where = "--set " if key in set_keys or any(s.startswith(key + ".") for s in set_keys if not
+                                                   dataclasses.is_dataclass(hints.get(k))) else outer
         if k not in hints:
             raise ConfigError(_suggest(key, where))
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
                 raise ConfigError(f"{where}{key}: expected a mapping of {tp.__name__} fields, got {v!r}")
-            kwargs[k] = _build(tp, v, key + ".", where)
+            kwargs[k] = _build(tp, v, key + ".", outer, set_keys)
         else:
             if key in _SWITCHES and isinstance(v, bool):  # was a bool; YAML also reads on/off as bools
                 v = "on" if v else "off"
@@ -451,12 +455,14 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
         raise ConfigError(f"{where}the config must be a mapping of sections (data, model, ...), got "
                           f"{type(d).__name__}")
     d = copy.deepcopy(d or {})
+    set_keys = set()
     for item in overrides or []:
         key, value = parse_override(item)
         if key not in all_keys() and not key.startswith("model.kwargs."):
             raise ConfigError(_suggest(key, "--set: "))
         _nest(d, key, value, "--set: ")
-    cfg = _build(Config, d, "", where)
+        set_keys.add(key)
+    cfg = _build(Config, d, "", where, frozenset(set_keys))
     _validate(cfg)
     return cfg
 

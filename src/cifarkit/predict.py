@@ -14,7 +14,9 @@ are decoded in a thread pool and the network runs on batches, which is what make
 from __future__ import annotations
 
 import glob
+import itertools
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cifarkit.data.decode import is_image_name, load_rgb
+from cifarkit.data.decode import DECODE_MAX_SIDE, is_image_name, load_rgb, reduce_while_decoding, to_rgb
 from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
@@ -62,20 +64,39 @@ class Prediction:
 
 
 ImageLike = "str | Path | np.ndarray | PIL.Image.Image"
+CHUNK_PIXELS = 1 << 26  # predict_files: decoded pixels held before a forward pass (67 Mpx, ~200 MB of uint8)
 
 
 def to_uint8_chw(img: Any) -> torch.Tensor:
-    """A path, PIL image or (H, W, 3) uint8 array -> (3, H, W) uint8 tensor, decoded like training."""
-    if isinstance(img, (str, Path)):
-        arr = load_rgb(img)
-    elif isinstance(img, np.ndarray):
-        arr = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
-        if arr.dtype != np.uint8 or arr.shape[2] != 3:
-            raise DataError(f"image array must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
-    else:
-        from cifarkit.data.decode import to_rgb
+    """A path, PIL image or (H, W, 3) / (H, W) uint8 array -> (3, H, W) uint8 tensor, decoded like
+    training. An image over DECODE_MAX_SIDE px a side is reduced by an integer box filter (a file
+    while it is decoded, `data.decode.load_rgb`), so one huge input never becomes several
+    full-size copies.
 
-        arr = np.asarray(to_rgb(img), dtype=np.uint8)
+    Raises:
+        DataError: the file cannot be decoded, or the array is empty or of another shape or dtype.
+    """
+    if isinstance(img, (str, Path)):
+        arr = load_rgb(img, max_side=DECODE_MAX_SIDE)
+    elif isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3) \
+                or 0 in img.shape:
+            raise DataError(f"image array must be (H, W, 3) or (H, W) uint8 with H, W >= 1, got {img.shape} "
+                            f"{img.dtype}")
+        arr = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+        if max(arr.shape[:2]) > DECODE_MAX_SIDE:
+            from PIL import Image
+
+            arr = np.asarray(reduce_while_decoding(Image.fromarray(arr), DECODE_MAX_SIDE))
+    else:
+        from PIL import Image
+
+        if not isinstance(img, Image.Image):
+            raise DataError(f"cannot predict a {type(img).__name__}: give a path, a PIL image or an (H, W, 3) "
+                            "uint8 array")
+        if 0 in img.size:
+            raise DataError(f"image is empty ({img.size[0]}x{img.size[1]} pixels)")
+        arr = np.asarray(to_rgb(reduce_while_decoding(img, DECODE_MAX_SIDE)), dtype=np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
@@ -113,6 +134,8 @@ class Classifier(Inference):
         check_topk(topk)
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
+        if not items:
+            raise DataError("nothing to predict: the list of images is empty")
         tensors = [to_uint8_chw(x) for x in items]
         paths = [str(x) if isinstance(x, (str, Path)) else None for x in items]
         res = self.records(self.logits(tensors, tta), topk, paths, tta)
@@ -120,25 +143,44 @@ class Classifier(Inference):
 
     def predict_files(self, paths: Iterable[Path], topk: int = 5, workers: int = 4, chunk: int = 1024,
                       tta: str | None = None) -> Iterator[tuple[Path, Prediction | None, str | None]]:
-        """Yield (path, prediction, None) or (path, None, error) for each file, in order."""
+        """Yield (path, prediction, None) or (path, None, error) for each file, in order.
+
+        Memory is bounded for the whole command, not per image: at most 2 x `workers` files are
+        being decoded or waiting at once (each reduced to DECODE_MAX_SIDE while decoding; large raw
+        decodes take turns), and decoded images are run through the model once `chunk` of them or
+        CHUNK_PIXELS pixels are held, whichever comes first."""
         check_topk(topk)
 
-        def decode(p: Path):
+        def decode(p: Path) -> tuple[torch.Tensor | None, str | None]:
             try:
                 return to_uint8_chw(p), None
             except CifarkitError as e:
                 return None, str(e)
 
-        paths = list(paths)
+        def run(held: list[tuple[Path, torch.Tensor | None, str | None]]):
+            ok = [i for i, (_, t, _) in enumerate(held) if t is not None]
+            recs = self.records(self.logits([held[i][1] for i in ok], tta), topk, [str(held[i][0]) for i in ok],
+                                tta) if ok else []  # a chunk of unreadable files runs no forward pass
+            by_index = dict(zip(ok, recs))
+            return [(p, by_index.get(i), err) for i, (p, _, err) in enumerate(held)]
+
+        todo = iter(list(paths))
+        held: list[tuple[Path, torch.Tensor | None, str | None]] = []
+        pixels = 0
         with ThreadPoolExecutor(workers) as pool:
-            for k in range(0, len(paths), chunk):
-                part = paths[k:k + chunk]
-                decoded = list(pool.map(decode, part))
-                ok = [i for i, (t, _) in enumerate(decoded) if t is not None]
-                logits = self.logits([decoded[i][0] for i in ok], tta)
-                by_index = dict(zip(ok, self.records(logits, topk, [str(part[i]) for i in ok], tta)))
-                for i, p in enumerate(part):
-                    yield p, by_index.get(i), decoded[i][1]
+            window = deque((p, pool.submit(decode, p)) for p in itertools.islice(todo, 2 * workers))
+            while window:
+                p, fut = window.popleft()
+                for nxt in itertools.islice(todo, 1):
+                    window.append((nxt, pool.submit(decode, nxt)))
+                t, err = fut.result()
+                held.append((p, t, err))
+                pixels += t.shape[1] * t.shape[2] if t is not None else 0
+                if len(held) >= chunk or pixels >= CHUNK_PIXELS:
+                    yield from run(held)
+                    held, pixels = [], 0
+        if held:
+            yield from run(held)
 
 
 def check_topk(topk: int) -> int:

@@ -109,3 +109,86 @@ def test_export_folder_gets_the_users_usual_mode(cifar10_dir: Path, tmp_path: Pa
         os.umask(old)
     modes = {stat.S_IMODE(p.stat().st_mode) for p in (out, out / "test", out / "test" / "cat")}
     assert modes == {0o755}, modes  # the top folder too, not mkdtemp's 0700
+
+
+FORMULAS = ['=HYPERLINK("http://x","click")', "+1+2", "-2+3", "@SUM(A1)", "\tx", "'quoted", "-7", "plain"]
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back(cifar10_dir: Path, tmp_path: Path):
+    """Class names and file names that a spreadsheet runs as formulas are written with a leading
+    `'` into manifest.csv; reading our own manifest back gives the original names exactly."""
+    from cifarkit.data.sources import load_dataset
+    from cifarkit.safecsv import FORMULA_STARTS
+
+    ds = read_cifar(cifar10_dir, "test")
+    ds.classes = FORMULAS + ["ok8", "ok9"]
+    ds.filenames = [f"=1+{i}.png" for i in range(len(ds))]
+    res = export_dataset({"test": ds}, tmp_path / "o")
+    raw = list(csv.reader(open(res.manifest, encoding="utf-8")))
+    for row in raw[1:]:
+        for cell in row:
+            assert not (cell[:1] in FORMULA_STARTS and not _is_number(cell)), cell  # nothing a sheet would run
+    names = {r[5] for r in raw[1:]}
+    assert "'=HYPERLINK(\"http://x\",\"click\")" in names and "-7" in names and "''quoted" in names
+    back = load_dataset(res.manifest, "test")
+    assert back.classes == sorted(ds.classes) or set(back.classes) == set(ds.classes)
+    assert [back.classes[y] for y in back.labels] == [ds.classes[y] for y in ds.labels]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def test_predictions_csv_cells_are_neutralised(tmp_path: Path):
+    """`cifarkit predict --out` writes class names and the paths given; a file named `=1+2.png`
+    does not become a formula in predictions.csv."""
+    import subprocess
+    import sys
+
+    from conftest import CLASSES, make_checkpoint
+
+    ck = make_checkpoint("airnet", tmp_path / "m.pt")
+    import torch
+
+    c = torch.load(ck, weights_only=False)
+    c["classes"] = ["=cmd|' /C calc'!A0", *CLASSES[1:]]
+    torch.save(c, ck)
+    img = tmp_path / "=1+2.png"
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(img)
+    r = subprocess.run([sys.executable, "-m", "cifarkit", "predict", str(ck), "=1+2.png", "--out", "out",
+                        "--topk", "10"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.reader(open(tmp_path / "out" / "predictions.csv", encoding="utf-8")))
+    assert rows[1][0] == "'=1+2.png"
+    for cell in rows[1]:
+        assert not (cell[:1] in "=+-@\t\r" and not _is_number(cell)), cell
+
+
+def test_class_and_split_folders_are_unique_after_unicode_and_case_folding(cifar10_dir: Path, tmp_path: Path):
+    """NFC é and NFD é, and Cat / cat / CAT, would merge on macOS / Windows: each gets its own
+    folder; the manifest keeps the originals and reads back to the same labels."""
+    import unicodedata
+
+    from cifarkit.data.export import fold_key
+    from cifarkit.data.sources import load_dataset
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    ds = read_cifar(cifar10_dir, "test")
+    ds.classes = [nfc, nfd, "Cat", "cat", "CAT", "cat-2", "dog", "Dog", "x", "y"]
+    tr = read_cifar(cifar10_dir, "test")
+    tr.classes = list(ds.classes)
+    res = export_dataset({"Train": tr, "train": ds}, tmp_path / "o")
+    splits = [p.name for p in res.out.iterdir() if p.is_dir()]
+    assert len(splits) == 2 and len({fold_key(s) for s in splits}) == 2
+    for split in splits:
+        folders = [p.name for p in (res.out / split).iterdir()]
+        assert len(folders) == 10 and len({fold_key(f) for f in folders}) == 10, folders
+    rows = list(csv.DictReader(open(res.manifest, encoding="utf-8")))
+    assert {r["label_name"] for r in rows} == set(ds.classes) and {r["split"] for r in rows} == {"Train", "train"}
+    back = load_dataset(res.manifest, "train")
+    assert [back.classes[y] for y in back.labels] == [ds.classes[y] for y in ds.labels]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import NARROW
+
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yaml"
 
 
@@ -30,7 +32,7 @@ def _torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess:
 def _sets(root: Path, *extra: str) -> list[str]:
     out = []
     for s in (f"data.root={root}", "train.batch_size=100", "train.epochs=4", "eval.interval=1", "log.plots=false",
-              "eval.tta=none", *extra):
+              "eval.tta=none", NARROW, *extra):
         out += ["--set", s]
     return out
 

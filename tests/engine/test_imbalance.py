@@ -153,6 +153,27 @@ def test_invalid_settings_name_their_key(setting: str, key: str):
         load_config(None, [setting])
 
 
+@pytest.mark.parametrize("ratio", ["1e9", "51"])
+def test_a_ratio_that_empties_a_class_is_one_error_line(ratio: str, cifar10_small: Path, tmp_path: Path):
+    """cifar10_small has 50 training images per class: R above 50 leaves the last classes with none.
+    Training, data stats and data export all refuse it, naming the class and the ratio; nothing is
+    trained or written."""
+    r = run("train", str(FAST), "--set", f"data.root={cifar10_small}", "--set", f"data.imbalance_ratio={ratio}",
+            "--set", "train.class_weights=effective", "--set", "data.sampler=balanced",
+            "--work-dir", str(tmp_path / "r"))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: data.imbalance_ratio "), r.stderr
+    assert "truck" in lines[0] and "no training image" in lines[0] and "at most 50" in lines[0]
+    assert not (tmp_path / "r" / "last.pt").exists()
+    for cmd in (["data", "stats", str(cifar10_small)], ["data", "export", str(cifar10_small), str(tmp_path / "x")]):
+        r = run(*cmd, "--imbalance-ratio", ratio)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode != 0 and len(lines) == 1 and "--imbalance-ratio" in lines[0] and "truck" in lines[0]
+    assert not (tmp_path / "x").exists()
+    run_ok = run("data", "stats", str(cifar10_small), "--imbalance-ratio", "50", "--json")  # the edge still works
+    assert run_ok.returncode == 0 and list(json.loads(run_ok.stdout)["class_counts"]["train"].values())[-1] == 1
+
+
 def test_cli_reports_one_error_line_naming_the_key(tmp_path: Path):
     r = run("train", str(FAST), "--set", "data.sampler=classaware", "--work-dir", str(tmp_path / "r"))
     assert r.returncode != 0

@@ -32,8 +32,12 @@ def test_muon_keeps_each_filter_bank_at_norm_sqrt_cout():
     w = torch.nn.Parameter(torch.randn(16, 8, 3, 3) * 5)
     opt = MuonSGD([dict(params=[w], lr=0.0, momentum=0.9, muon=True)], lr=0.0, momentum=0.9)
     w.grad = torch.randn_like(w)
+    frozen = w.detach().clone()
     opt.step()
-    assert abs(float(w.norm()) - 16 ** 0.5) < 1e-4  # renormalised before the (here zero) update
+    assert torch.equal(w.detach(), frozen)  # lr 0 (optim.muon_lr=0) freezes the filters: not even renormalised
+    opt.param_groups[0]["lr"] = 1e-12
+    opt.step()
+    assert abs(float(w.detach().norm()) - 16 ** 0.5) < 1e-4  # renormalised before the (here ~zero) update
     opt.param_groups[0]["lr"] = 0.1
     before = w.detach().clone()
     w.grad = torch.randn_like(w)

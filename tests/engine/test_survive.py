@@ -28,7 +28,8 @@ FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_airbench94.yam
 
 def tiny(root: Path, *extra: str):
     return load_config(FAST, [f"data.root={root}", "train.batch_size=100", "train.epochs=3", "eval.interval=1",
-                              "log.plots=false", "train.deterministic=true", "eval.tta=none", NARROW, *extra])
+                              "log.plots=false", "train.deterministic=true", "eval.tta=none",
+                              *([] if any(x.startswith("model.name=") for x in extra) else [NARROW]), *extra])
 
 
 class _Evil:
@@ -94,7 +95,7 @@ def _cli_train(cfg_args: list[str], work: Path, *extra: str) -> subprocess.Popen
 def test_kill_9_then_resume_is_bitwise_identical(cifar10_small: Path, tmp_path: Path):
     args = []
     for s in (f"data.root={cifar10_small}", "train.batch_size=100", "train.epochs=6", "eval.interval=1",
-              "log.plots=false", "train.deterministic=true", "eval.tta=none", "log.interval=1"):
+              "log.plots=false", "train.deterministic=true", "eval.tta=none", "log.interval=1", NARROW):
         args += ["--set", s]
     ref = _cli_train(args, tmp_path / "ref")
     assert ref.wait(timeout=600) == 0, ref.stderr.read()

@@ -27,6 +27,7 @@ from cifarkit.analysis.metrics import (
 from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.engine.evaluate import metrics_from_logits, ranked
 from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.safecsv import csv_dict, csv_row
 from cifarkit.safepath import output_dir
 
 
@@ -97,14 +98,14 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["true \\ predicted", *classes])
+        w.writerow(csv_row(["true \\ predicted", *classes]))
         for i, row in enumerate(cm.tolist()):
-            w.writerow([classes[i], *row])
+            w.writerow(csv_row([classes[i], *row]))
     with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "accuracy", "support"])
         w.writeheader()
         for r in table:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+            w.writerow(csv_dict({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}))
     plot_confusion(cm, classes, out / "confusion_matrix.png")
     plot_reliability(cal, out / "reliability.png")
     errors = plot_misclassified(p["images"], labels, probs, preds, classes, out / "misclassified.png", n_errors)

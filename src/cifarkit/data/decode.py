@@ -4,10 +4,24 @@ Training from folders, `data check` and `predict` all go through `load_rgb`, so 
 decoded one way for training and another for prediction. Odd inputs are normalised here:
 EXIF rotation applied, transparency composited on white, 16-bit scaled to 8-bit, CMYK/palette/
 grayscale converted to RGB; decompression bombs are refused instead of filling memory.
+
+Bounded memory (`max_side`, what predict, serve and cam ask for): a classifier needs at most a few
+hundred pixels a side, so an image larger than `max_side` (DECODE_MAX_SIDE, 1024 px) is reduced
+*while* decoding: a JPEG by its DCT scaling (`draft`, never decoded at full size), any other format
+by an integer-factor box filter (`Image.reduce`) straight after its raw decode and before any
+conversion, so no full-size RGB, float64 or float copy is ever made. Decodes of large images
+(over BIG_DECODE_PIXELS) take turns, one at a time per process, so ten files cannot each hold a
+full-size raw decode at once. Only regular files are opened: a FIFO, a device or a folder is one
+`DataError` (opening a FIFO would block for ever).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
+import stat
+import threading
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +32,9 @@ from PIL import Image, ImageOps
 from cifarkit.errors import DataError
 
 MAX_PIXELS = 64_000_000  # ~8k x 8k; more is far beyond any classifier input and likely a bomb
+DECODE_MAX_SIDE = 1024  # predict / serve / cam: larger images are reduced while decoding (module docstring)
+BIG_DECODE_PIXELS = 4_000_000  # 2000 x 2000: such decodes take turns (one raw decode <= 256 MB at a time)
+_BIG_DECODE = threading.Lock()
 
 
 @lru_cache(maxsize=1)
@@ -49,8 +66,52 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode `path` to (H, W, 3) uint8; resize (bilinear, antialiased) to `size` = (W, H) if given."""
+def check_regular_file(path: str | Path) -> None:
+    """Refuse anything but a regular file (after symlinks): a FIFO would block `open` for ever, a
+    device (/dev/zero) never ends.
+
+    Raises:
+        DataError: it is missing, or a FIFO, device, socket or folder.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise DataError(f"{path}: is {kind}, not an image file")
+
+
+def reduce_while_decoding(im: Image.Image, max_side: int) -> Image.Image:
+    """`im` (just opened, not yet loaded) decoded with its longer side reduced to <= `max_side`:
+    JPEG by DCT scaling (never decoded at full size), others by an integer box filter right after
+    the raw decode. Returns `im` itself when it is small enough."""
+    w, h = im.size
+    if max(w, h) <= max_side:
+        return im
+    k = math.ceil(max(w, h) / max_side)
+    if im.format == "JPEG":
+        im.draft(None, (math.ceil(w / k), math.ceil(h / k)))  # a power-of-2 scale >= the request
+    im.load()
+    k = math.ceil(max(im.size) / max_side)
+    if k <= 1:
+        return im
+    if im.mode not in ("1", "L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F", "La", "RGBa"):
+        # Image.reduce has no kernel for these (16-bit grey, palette): one conversion first
+        im = im.convert("I" if im.mode.startswith("I;16") else "RGBA" if "transparency" in im.info else "RGB")
+    return im.reduce(k)
+
+
+def load_rgb(path: str | Path, size: tuple[int, int] | None = None, max_side: int | None = None) -> np.ndarray:
+    """Decode `path` to (H, W, 3) uint8; resize (bilinear, antialiased) to `size` = (W, H) if given.
+
+    `max_side`: reduce a larger image while decoding (`reduce_while_decoding`), for callers that
+    bound memory (predict, serve, cam). A path must be a regular file (`check_regular_file`)."""
+    if isinstance(path, (str, Path)):
+        check_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -58,7 +119,9 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarra
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,} "
                                     "limit (possible decompression bomb); resize it first")
-                img = to_rgb(im)
+                big = im.width * im.height > BIG_DECODE_PIXELS
+                with _BIG_DECODE if big else contextlib.nullcontext():
+                    img = to_rgb(reduce_while_decoding(im, max_side) if max_side else im)
                 if size is not None and img.size != tuple(size):
                     img = img.resize(tuple(size), Image.BILINEAR)
                 return np.asarray(img, dtype=np.uint8).copy()

@@ -27,6 +27,7 @@ import signal
 import struct
 import sys
 import tempfile
+import unicodedata
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ import numpy as np
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import DataError
+from cifarkit.safecsv import csv_row
 from cifarkit.safepath import inside, safe_component
 
 MANIFEST_COLUMNS = ["split", "source", "index", "path", "label_id", "label_name"]
@@ -81,6 +83,28 @@ def _stem(name: str) -> str:
     return safe_component(stem if dot and stem else name or "image")
 
 
+def fold_key(name: str) -> str:
+    """What a file system may treat as the same name: Unicode NFC plus case folding (macOS and
+    Windows fold case; macOS also normalises NFD and NFC to one name)."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def unique_folder_names(names: list[str]) -> list[str]:
+    """One safe, distinct folder name per input name: `safe_component`, then a `-2`, `-3`, ...
+    suffix for a name that equals an earlier one after `fold_key` (NFC é and NFD é; Cat, cat and
+    CAT), so no two classes or splits can merge on any file system."""
+    used: set[str] = set()
+    out = []
+    for name in names:
+        base = safe_component(name)
+        cand, k = base, 2
+        while fold_key(cand) in used:
+            cand, k = f"{base}-{k}", k + 1
+        used.add(fold_key(cand))
+        out.append(cand)
+    return out
+
+
 def _relative_paths(split_dir: str, ds: ImageSet, class_dirs: list[str], ext: str,
                     used: set[str]) -> list[str]:
     """`split/class/file` per image from safe components, unique across the whole export.
@@ -92,9 +116,9 @@ def _relative_paths(split_dir: str, ds: ImageSet, class_dirs: list[str], ext: st
     for y, name in zip(ds.labels.tolist(), ds.filenames):
         folder, stem = f"{split_dir}/{class_dirs[y]}", _stem(name)
         cand, k = f"{folder}/{stem}{ext}", 1
-        while cand.casefold() in used:
+        while fold_key(cand) in used:
             cand, k = f"{folder}/{stem}_{k}{ext}", k + 1
-        used.add(cand.casefold())
+        used.add(fold_key(cand))
         out.append(cand)
     return out
 
@@ -247,8 +271,8 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
         raise DataError(f"PNG compression level {png_level} is outside 0..9")
     if workers is not None and workers < 1:
         raise DataError(f"--workers {workers}: use 1 or more (or leave it out for one per core, up to 8)")
-    split_dirs = {split: safe_component(split) for split in splits}
-    if "manifest.csv" in {d.casefold() for d in split_dirs.values()}:
+    split_dirs = dict(zip(splits, unique_folder_names(list(splits))))
+    if "manifest.csv" in {fold_key(d) for d in split_dirs.values()}:
         raise DataError("a split named 'manifest.csv' would clash with the export's manifest; rename that split")
     encode = _encoder(fmt, quality, png_level)
     ext = ".jpg" if fmt in ("jpg", "jpeg") else ".png"
@@ -264,7 +288,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
     try:
         jobs = []
         for split, ds in splits.items():
-            class_dirs = [safe_component(c) for c in ds.classes]
+            class_dirs = unique_folder_names(list(ds.classes))
             for c in class_dirs:
                 # safe components cannot climb out; inside() is the last check. Files below are
                 # safe components too, created with O_EXCL|O_NOFOLLOW in this fresh folder.
@@ -291,7 +315,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(MANIFEST_COLUMNS)
-            w.writerows(rows)
+            w.writerows(csv_row(r) for r in rows)  # label and split names as given, formulas defused
         if out.exists():
             trash = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, trash)

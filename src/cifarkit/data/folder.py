@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.data.decode import is_image_name, load_rgb
+from cifarkit.data.export import MANIFEST_COLUMNS
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_CLASSES
 from cifarkit.errors import DataError
+from cifarkit.safecsv import csv_uncell
 
 
 def _hidden(name: str) -> bool:
@@ -98,9 +100,15 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
 
 
 def _manifest_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows of a manifest; one in the export's own layout has its cells un-neutralised
+    (`safecsv.csv_uncell`), so the names it was written with come back exactly."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-            return list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            if reader.fieldnames == MANIFEST_COLUMNS:
+                rows = [{k: csv_uncell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
+            return rows
     except FileNotFoundError:
         raise DataError(f"{csv_path}: no such manifest") from None
     except (UnicodeDecodeError, csv.Error, OSError) as e:

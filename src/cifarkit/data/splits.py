@@ -33,14 +33,31 @@ def long_tail_counts(counts: list[int], ratio: float) -> list[int]:
     return [min(n, math.floor(n_max * ratio ** (-i / (c - 1)))) for i, n in enumerate(counts)]
 
 
-def long_tail(ds, ratio: float):
+def long_tail(ds, ratio: float, what: str = "data.imbalance_ratio"):
     """`ds` cut to the long-tail profile of `long_tail_counts` (the first images of each class, in
     dataset order); `ds` itself when `ratio` is 0. One selection for training, `data stats` and
-    `data export --imbalance-ratio`."""
-    return ds.first_per_class(long_tail_counts(list(ds.class_counts().values()), ratio)) if ratio else ds
+    `data export --imbalance-ratio`.
+
+    Raises:
+        ConfigError: the cut leaves a class that had images with none (named, with `what` and the
+            ratio): a run would train on nothing of it.
+    """
+    if not ratio:
+        return ds
+    before = ds.class_counts()
+    keep = long_tail_counts(list(before.values()), ratio)
+    emptied = [c for (c, n), k in zip(before.items(), keep) if n > 0 and k == 0]
+    if emptied:
+        largest = max(before.values())
+        names = ", ".join(repr(c) for c in emptied[:10])
+        names += f" and {len(emptied) - 10} more" if len(emptied) > 10 else ""
+        raise ConfigError(f"{what} {ratio:g} leaves class{'es' if len(emptied) > 1 else ''} {names}"
+                          f" with no training image (the largest class has {largest}, so R may be at most "
+                          f"{largest:g}); lower {what}")
+    return ds.first_per_class(keep)
 
 
-def long_tail_train(splits: dict, ratio: float, path: str | Path) -> dict:
+def long_tail_train(splits: dict, ratio: float, path: str | Path, what: str = "--imbalance-ratio") -> dict:
     """`splits` (name -> dataset) with its "train" split cut by `long_tail`, for `data stats` and
     `data export --imbalance-ratio`; unchanged when `ratio` is 0.
 
@@ -52,7 +69,7 @@ def long_tail_train(splits: dict, ratio: float, path: str | Path) -> dict:
     if "train" not in splits:
         raise DataError(f"{path}: has no train split to cut to --imbalance-ratio {ratio:g} "
                         f"(splits: {', '.join(splits)})")
-    return {**splits, "train": long_tail(splits["train"], ratio)}
+    return {**splits, "train": long_tail(splits["train"], ratio, what)}
 
 
 def check_imbalance_ratio(ratio: float, what: str = "data.imbalance_ratio") -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import ConfigError
+from cifarkit.safecsv import csv_dict
 
 CSV_COLUMNS = ["type", "epoch", "iter", "lr", "loss", "top1", "top5", "split", "time", "data_time", "metric",
                "best", "best_epoch"]
@@ -30,7 +31,7 @@ class CsvSink:
     def write(self, rec: dict[str, Any]) -> None:
         """Append `rec` as a row when it is a train, val or early_stop record, and flush."""
         if rec.get("type") in CSV_TYPES:
-            self.w.writerow(rec)
+            self.w.writerow(csv_dict({k: rec.get(k) for k in CSV_COLUMNS}))
             self.f.flush()
 
     replay = write

@@ -27,6 +27,8 @@ from cifarkit.engine.train import build, configure_torch
 from cifarkit.errors import CifarkitError
 from cifarkit.models import train_hooks
 from cifarkit.plotting import pyplot, save
+from cifarkit.safecsv import csv_row
+from cifarkit.safepath import output_dir
 
 
 @dataclass
@@ -99,15 +101,16 @@ def valley(lrs: list[float], losses: list[float]) -> float:
 
 
 def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: float = 10.0, steps: int = 200,
-            diverge: float = 4.0, device: str | None = None, quiet: bool = False) -> LrFindResult:
+            diverge: float = 4.0, device: str | None = None, quiet: bool = False,
+            overwrite: bool = False) -> LrFindResult:
     """Sweep the lr from start_lr to end_lr over `steps` steps on a fresh model; write
-    `out_dir/lr_find.csv` (step, lr, loss, smoothed) and `out_dir/lr_find.png`."""
+    `out_dir/lr_find.csv` (step, lr, loss, smoothed) and `out_dir/lr_find.png`. A non-empty
+    `out_dir` is refused (before any training) unless `overwrite`."""
     if not 0 < start_lr < end_lr:
         raise CifarkitError(f"lr-find: start lr {start_lr:g} must be positive and below the end lr {end_lr:g}")
     if steps < 2:
         raise CifarkitError("lr-find: needs at least 2 steps")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir, overwrite)
     dev = resolve_device(device or cfg.train.device)
     configure_torch(cfg, dev, DistInfo())
     t, data, _ = build(cfg, dev, DistInfo(), fresh=True, quiet=quiet)
@@ -158,7 +161,7 @@ def write_csv(res: LrFindResult) -> None:
     with open(res.csv, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["step", "lr", "loss", "smoothed"])
-        w.writerows([i, lr, v, s] for i, (lr, v, s) in enumerate(zip(res.lrs, res.losses, res.smoothed)))
+        w.writerows(csv_row([i, lr, v, s]) for i, (lr, v, s) in enumerate(zip(res.lrs, res.losses, res.smoothed)))
 
 
 def plot(res: LrFindResult) -> None:

@@ -75,6 +75,8 @@ class MuonSGD(torch.optim.Optimizer):
                     buf.mul_(mom).add_(g)
                 g = g.add(buf, alpha=mom) if group["nesterov"] else buf
                 if group["muon"]:
+                    if lr == 0:  # optim.muon_lr 0 freezes the filters: not even renormalised
+                        continue
                     p.mul_(len(p) ** 0.5 / p.norm())  # keep each filter bank at norm sqrt(C_out)
                     update = newton_schulz(g.reshape(len(g), -1), group["ns_steps"], dtype=self.ns_dtype).view_as(g)
                     p.add_(update, alpha=-lr)

@@ -54,7 +54,8 @@ def build_optimizer(cfg: Config, model: torch.nn.Module, amp: torch.dtype | None
         if kind == "filters":
             wd = 0.0  # Muon renormalises the filters itself
         elif o.wd_per_lr:
-            wd = o.weight_decay / lr
+            # a zero lr freezes the group (a natural way to freeze one): it then gets no decay either
+            wd = o.weight_decay / lr if lr > 0 else 0.0
         elif kind in ("norm_bias", "whiten"):
             wd = 0.0 if o.no_wd_norm_bias else o.weight_decay / m
         else:

@@ -45,7 +45,7 @@ from cifarkit.engine.step import (  # noqa: F401  (re-exported: older imports of
     train_one_epoch,
     train_step,
 )
-from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.models import count_params, create_model, train_hooks
 from cifarkit.safepath import safe_component
 
@@ -264,7 +264,12 @@ def restore(t: Trainer, stopper: EarlyStop, path: Path, quiet: bool) -> None:
     """Continue from checkpoint `path`: weights, optimiser, schedule, averages, RNG, counters."""
     ck = load_checkpoint(path)
     check_resume_compatible(ck, t.cfg, path)
-    t.model.load_state_dict(ck["model"])
+    try:
+        t.model.load_state_dict(ck["model"])
+    except RuntimeError as e:  # e.g. other model.kwargs (widths) than the run was trained with
+        raise CheckpointError(f"{path}: its weights do not fit the model this config builds "
+                              f"({str(e).splitlines()[-1].strip()[:160]}); resume with the config the run was "
+                              "trained with (its config.yaml)") from None
     t.optimizer.load_state_dict(ck["optimizer"])
     t.scheduler.load_state_dict(ck["scheduler"])
     if t.scaler is not None and ck.get("scaler"):

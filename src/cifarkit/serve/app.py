@@ -26,15 +26,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cifarkit.cam import METHODS, compute_cam, overlay
-from cifarkit.data.decode import load_rgb
+from cifarkit.data.decode import DECODE_MAX_SIDE, load_rgb
 from cifarkit.errors import CifarkitError
 from cifarkit.logs import read_jsonl
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
 from cifarkit.safepath import safe_component
 from cifarkit.serve.batcher import Batcher, Overloaded
-from cifarkit.serve.runs import find_runs, run_curves, run_summary
+from cifarkit.serve.runs import find_runs, run_curves, run_summary, served_file
 
 STATIC = Path(__file__).resolve().parent / "static"
 TTA = Literal["none", "flip", "flip_translate"]
@@ -84,6 +85,46 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def host_allowed(host_header: str, allowed: set[str]) -> bool:
+    """True when a request's Host header names this server as a page on it may: an IP address
+    (a DNS-rebinding page cannot send one that is not the server's own), localhost, or a name the
+    user allowed with --allow-host. Any other name (e.g. evil.example rebound to 127.0.0.1) is not."""
+    import ipaddress
+
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in allowed or host.rstrip(".") in allowed
+
+
+class HostCheck:
+    """ASGI middleware: 400 for a Host header that is not this server's (DNS rebinding, `host_allowed`)."""
+
+    def __init__(self, app: Any, allowed: set[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not host_allowed(host, self.allowed):
+                shown = host[:100].encode("ascii", "backslashreplace").decode()
+                detail = (f"Host {shown!r} is not this server's name; open it as localhost or 127.0.0.1, or start "
+                          "it with --allow-host NAME")
+                return await JSONResponse({"detail": detail}, 400)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 class _Named(io.BytesIO):
     """Upload bytes that print as their (made-safe) file name in decode errors."""
 
@@ -99,8 +140,10 @@ class _Named(io.BytesIO):
 
 
 def decode_upload(data: bytes, name: str) -> np.ndarray:
-    """(H, W, 3) uint8, decoded exactly like a file `cifarkit predict` reads."""
-    return load_rgb(_Named(data, name))
+    """(H, W, 3) uint8, decoded exactly like a file `cifarkit predict` reads: reduced while decoding
+    to at most DECODE_MAX_SIDE px a side, so a request holds at most max_files of those (and a
+    Grad-CAM overlay is at most that size)."""
+    return load_rgb(_Named(data, name), max_side=DECODE_MAX_SIDE)
 
 
 def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
@@ -169,7 +212,8 @@ def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str)
 
 
 def create_app(model: str | Path, runs: str | Path | None = None, device: str = "auto", tta: str | None = None,
-               limits: Limits | None = None, precision: str | None = None) -> FastAPI:
+               limits: Limits | None = None, precision: str | None = None,
+               allow_hosts: tuple[str, ...] = ()) -> FastAPI:
     """The FastAPI app for a checkpoint or .onnx `model` (and the runs under `runs`).
 
     Args:
@@ -177,6 +221,8 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
         runs: folder whose run directories the runs view lists; None hides the view.
         device: auto | cpu | cuda[:N]; tta: default TTA (None: the model's own).
         precision: auto (None: what this machine is fast at) | fp32 | bf16 | fp16.
+        allow_hosts: host names besides localhost and IP addresses that requests may name in their
+            Host header (the names this server is reached by); any other is refused with 400.
         limits: request and batching bounds.
 
     Raises:
@@ -198,10 +244,13 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
         yield
         await batcher.stop()
 
-    app = FastAPI(title="cifarkit serve", version="1", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and the app loads
+    # nothing from outside; the schema itself is at /openapi.json
+    app = FastAPI(title="cifarkit serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Predictions and Grad-CAM for one cifarkit model; the records are those of "
                               "`cifarkit predict --json`.")
     app.add_middleware(BodyLimit, limit=int(limits.max_upload_mb * 2**20))
+    app.add_middleware(HostCheck, allowed={*LOCAL_HOSTS, *(h.strip().lower().rstrip(".") for h in allow_hosts)})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -216,6 +265,10 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
     @app.exception_handler(CifarkitError)
     async def user_error(request: Request, e: CifarkitError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(e)}, 400)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, e: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # the client left before sending its body: nobody to tell
 
     @app.exception_handler(Overloaded)
     async def busy(request: Request, e: Overloaded) -> JSONResponse:
@@ -274,9 +327,9 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
 
     @app.get("/runs/{run_id:path}/report.html", include_in_schema=False)
     async def report(run_id: str) -> FileResponse:
-        path = _run(run_id).path / "report.html"
-        if not path.is_file():
-            raise HTTPException(404, f"run {run_id!r} has no report.html; make one with `cifarkit report`")
+        path = served_file(_run(run_id), _runs_root(), "report.html")
+        if path is None:  # missing, or a symlink / a path resolving outside the runs folder
+            raise HTTPException(404, f"run {run_id[:200]!r} has no report.html; make one with `cifarkit report`")
         return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-store"})
 
     def _runs_root() -> Path:
@@ -295,13 +348,13 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
 
 def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
           device: str = "auto", tta: str | None = None, limits: Limits | None = None,
-          precision: str | None = None) -> None:
+          precision: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
     """Run the app until SIGINT/SIGTERM. Binds the socket first, so `port=0` picks a free port."""
     try:
         import uvicorn
     except ImportError:
         raise CifarkitError("cifarkit serve needs FastAPI and uvicorn: pip install 'cifarkit[serve]'") from None
-    app = create_app(model, runs, device, tta, limits, precision)
+    app = create_app(model, runs, device, tta, limits, precision, allow_hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -314,7 +367,7 @@ def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     local = host in ("127.0.0.1", "localhost", "::1")
-    print(f"serving {model} at http://{shown}:{bound}/ (API docs at /docs); "
+    print(f"serving {model} at http://{shown}:{bound}/ (API schema at /openapi.json); "
           + ("bound to this machine only (--host 0.0.0.0 to share it)" if local else
              f"reachable from other machines on {host}") + "; Ctrl+C stops it", flush=True)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)

@@ -24,10 +24,24 @@ class Run:
     """One run directory found under the runs folder; `id` is the only handle a client gets."""
     id: str  # path relative to the runs folder, with "/" separators
     path: Path
+    root: Path | None = None  # the runs folder it was found in (resolved)
 
 
 def _inside(root: Path, p: Path) -> bool:
     return not p.is_symlink() and p.resolve().is_relative_to(root)
+
+
+def served_file(run: Run, root: Path | None, name: str) -> Path | None:
+    """`run/name` when it is a regular file that is itself no symlink and resolves inside `root`
+    (the runs folder), else None: a link planted in a run directory never leads the server out.
+    A hard link cannot be told from the file it links to; it is served (see the README)."""
+    path = run.path / name
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        return path if path.resolve(strict=True).is_relative_to((root or run.path).resolve()) else None
+    except OSError:
+        return None
 
 
 def find_runs(root: Path) -> dict[str, Run]:
@@ -41,7 +55,7 @@ def find_runs(root: Path) -> dict[str, Run]:
             log = d / "log.jsonl"
             if d != root and log.is_file() and _inside(root, log):
                 rid = d.relative_to(root).as_posix()
-                found[rid] = Run(rid, d)
+                found[rid] = Run(rid, d, root)
             try:
                 nxt += sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".") and _inside(root, c))
             except OSError:
@@ -55,7 +69,8 @@ def run_summary(run: Run) -> dict[str, Any]:
     log = run.path / "log.jsonl"
     info: dict[str, Any] = {"id": run.id, "name": run.id, "model": None, "best_top1": None,
                             "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(log.stat().st_mtime)),
-                            "running": False, "report": (run.path / "report.html").is_file(), "error": None}
+                            "running": False, "report": served_file(run, run.root, "report.html") is not None,
+                            "error": None}
     try:
         rec = read_records(log)
     except CifarkitError as e:
