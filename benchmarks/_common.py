@@ -76,6 +76,21 @@ def fp32_peak() -> tuple[float, str]:
     return peak, f"{cores} cores x {arch} x 2 x {ghz:.2f} GHz (/proc/cpuinfo)"
 
 
+def matmul_roof(n: int = 2048, reps: int = 5) -> float:
+    """fp32 GFLOP/s of a large square matmul (oneDNN/MKL sgemm): the practical ceiling, which checks
+    `fp32_peak` (a share of the estimate above 100% means the estimate is too low)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
 def save(name: str, result: dict, path: Path | None = None) -> Path:
     """Write `result` with the machine's facts to benchmarks/results/<name>.json (or `path`)."""
     path = path or RESULTS / f"{name}.json"

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from _common import fp32_peak, machine, save
+from _common import fp32_peak, machine, matmul_roof, save
 
 # model -> (input size, training batch, inference batch): the shipped recipes' batches for
 # ResNet-18 (128) and MobileNetV2 (32, eval 128); airnet at 500, the micro-batch of the issue's table
@@ -93,23 +93,6 @@ def flop_per_image(model: str, mode: str) -> float:
             with torch.no_grad():
                 net(x)
     return fc.get_total_flops() / 2
-
-
-def matmul_roof(n: int = 2048, reps: int = 5) -> float:
-    """fp32 GFLOP/s of a large square matmul (oneDNN/MKL sgemm): the practical ceiling, which checks
-    the peak estimate (a share of the estimate above 100% means the estimate is too low)."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def run_config(**cfg) -> dict:

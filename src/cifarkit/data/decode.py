@@ -10,19 +10,18 @@ hundred pixels a side, so an image larger than `max_side` (DECODE_MAX_SIDE, 1024
 *while* decoding: a JPEG by its DCT scaling (`draft`, never decoded at full size), any other format
 by an integer-factor box filter (`Image.reduce`) straight after its raw decode and before any
 conversion, so no full-size RGB, float64 or float copy is ever made. Decodes of large images
-(over BIG_DECODE_PIXELS) take turns, one at a time per process, so ten files cannot each hold a
+(over BIG_DECODE_PIXELS) take turns on one thread of their own, so ten files cannot each hold a
 full-size raw decode at once. Only regular files are opened: a FIFO, a device or a folder is one
 `DataError` (opening a FIFO would block for ever).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import stat
-import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,7 +33,12 @@ from cifarkit.errors import DataError
 MAX_PIXELS = 64_000_000  # ~8k x 8k; more is far beyond any classifier input and likely a bomb
 DECODE_MAX_SIDE = 1024  # predict / serve / cam: larger images are reduced while decoding (module docstring)
 BIG_DECODE_PIXELS = 4_000_000  # 2000 x 2000: such decodes take turns (one raw decode <= 256 MB at a time)
-_BIG_DECODE = threading.Lock()
+# Large decodes run one at a time on this one thread. Why one thread and not a lock: Pillow
+# allocates an image in 16 MB blocks, which glibc serves from the calling thread's malloc arena and
+# keeps there after free; big decodes spread over 4 decode threads left up to 4 arenas holding a
+# few hundred MB each (predict of nine 7999^2 PNGs peaked at 1.05 or 1.66 GiB depending on which
+# threads decoded them); on one thread the arena is reused and the peak is one decode's.
+_BIG_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifarkit-big-decode")
 
 
 @lru_cache(maxsize=1)
@@ -119,9 +123,11 @@ def load_rgb(path: str | Path, size: tuple[int, int] | None = None, max_side: in
                 if im.width * im.height > MAX_PIXELS:
                     raise DataError(f"{path}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,} "
                                     "limit (possible decompression bomb); resize it first")
+                def decode() -> Image.Image:
+                    return to_rgb(reduce_while_decoding(im, max_side) if max_side else im)
+
                 big = im.width * im.height > BIG_DECODE_PIXELS
-                with _BIG_DECODE if big else contextlib.nullcontext():
-                    img = to_rgb(reduce_while_decoding(im, max_side) if max_side else im)
+                img = _BIG_DECODER.submit(decode).result() if big else decode()
                 if size is not None and img.size != tuple(size):
                     img = img.resize(tuple(size), Image.BILINEAR)
                 return np.asarray(img, dtype=np.uint8).copy()
