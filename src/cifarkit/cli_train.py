@@ -123,9 +123,9 @@ def cmd_configs(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """`cifarkit demo`: the whole workflow on the bundled sample, written into --out."""
-    from cifarkit.demo import run_demo
+    from cifarkit.demo import DEMO_EPOCHS, run_demo
 
-    run_demo(a.out, epochs=a.epochs, quick=a.quick)
+    run_demo(a.out, epochs=a.epochs or DEMO_EPOCHS, quick=a.quick)
     return 0
 
 
@@ -183,6 +183,6 @@ def add_commands(sub) -> None:
 
     d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--epochs", type=float, default=12)
+    d.add_argument("--epochs", type=float, default=None, help="training epochs (default: the demo's own, 5)")
     d.add_argument("--quick", action="store_true", help="tiny training, for tests")
     d.set_defaults(fn=cmd_demo)

@@ -9,9 +9,9 @@ The precision rule (`train.amp: auto`, the default of every recipe, and inferenc
 - CPU: bf16 only where the CPU computes it in hardware, i.e. it has AMX-BF16 (Intel Sapphire
   Rapids and later) or AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 and later) *and* torch's oneDNN
   reports bf16 support; fp32 everywhere else. Why: without those instructions oneDNN emulates
-  bf16, and a training step is an order of magnitude slower than fp32 (airnet, batch 500, one
-  step on a 2-core AMD EPYC with AVX2 only: fp32 4.8 s, bf16 56.6 s, 11.7x; the issue's quieter
-  machine: 3.5 s vs 52 s), while on AMX / AVX512-BF16 bf16 is several times faster than fp32.
+  bf16, and training is an order of magnitude slower than in fp32 (airnet, batch 500, on a 2-core
+  AMD EPYC with AVX2 only: 87.5 img/s in fp32, 7.7 in bf16, 11.4x; `benchmarks/cpu_precision.py`),
+  while on AMX / AVX512-BF16 bf16 is several times faster than fp32.
 - The features are read twice and either may say yes: torch's own CPU probe (cpuinfo, works on
   every OS) and the Linux `/proc/cpuinfo` flags (`amx_bf16`, `avx512_bf16`). A CPU that hides
   its flags (some hypervisors do) gets fp32: slower than it could be, never 15x slower.
@@ -157,7 +157,7 @@ def slow_precision_warning(dtype: torch.dtype | None, device: torch.device, key:
     else:
         return None
     return (f"warning: {key}: this CPU ({cpu_kind()}) has no hardware {what} (AMX or AVX512-BF16), so it is "
-            f"emulated and expected to run about 10-15x slower than fp32 (airnet training step on AVX2: 11.7x); "
+            f"emulated and expected to run about 10-15x slower than fp32 (airnet training on AVX2: 11.4x); "
             f"use auto (fp32 here) or none to switch")
 
 
