@@ -70,6 +70,7 @@ def model(tmp_path_factory) -> Path:
     return make_checkpoint("airnet", tmp_path_factory.mktemp("bounded") / "model.pt")
 
 
+@pytest.mark.slow
 def test_huge_images_are_reduced_while_decoding(tmp_path: Path):
     """A 7999^2 PNG (8-bit and 16-bit grey) and a 4000 x 3000 JPEG come back at most
     DECODE_MAX_SIDE a side, with their content (a box-filtered grey stays that grey)."""
@@ -138,6 +139,7 @@ def test_serve_request_of_huge_pngs_has_bounded_peak_memory_and_cam_size(model: 
     assert after - before < 0.8 * GIB
 
 
+@pytest.mark.slow
 def test_not_an_image_is_one_error_line_not_a_traceback(model: Path, tmp_path: Path):
     """notes.jpg that is text, /dev/zero and a FIFO: one `error:` line each, exit 1, no hang (a
     FIFO is never opened), the good image still predicted."""

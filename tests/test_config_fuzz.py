@@ -65,6 +65,7 @@ NUMERIC_KEYS = [k for k in all_keys() if k.split(".")[0] in ("optim", "schedule"
                 and isinstance(_default(k), (int, float)) and not isinstance(_default(k), bool)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["fast", "airbench94", "resnet18"])
 def test_zero_in_any_numeric_key_builds_or_is_one_config_error(recipe: str):
     """A zero in any numeric optim/schedule/train key (optim.lr=0 and optim.muon_lr=0 freeze a

@@ -153,6 +153,7 @@ def test_invalid_settings_name_their_key(setting: str, key: str):
         load_config(None, [setting])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", ["1e9", "51"])
 def test_a_ratio_that_empties_a_class_is_one_error_line(ratio: str, cifar10_small: Path, tmp_path: Path):
     """cifar10_small has 50 training images per class: R above 50 leaves the last classes with none.
