@@ -28,13 +28,12 @@ import torch
 from cifarkit.config import Config
 from cifarkit.data.loader import Preprocess
 from cifarkit.data.splits import load_eval_split
-from cifarkit.engine.device import PRECISION_NAMES, amp_dtype, resolve_device, warn_slow_precision
+from cifarkit.engine.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
 from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
 from cifarkit.engine.losses import posthoc_bias
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 
-PRECISIONS = PRECISION_NAMES
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -101,7 +100,7 @@ class Inference:
         if precision != "auto":
             warn_slow_precision(amp, dev, f"--precision {precision}")
         forward = model_forward(model, dev, amp, cfg.train.channels_last, bias)
-        return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, PRECISIONS[amp],
+        return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, precision_name(amp),
                    cfg.eval.batch_size, str(path), dev, model, cfg,
                    {"epoch": ck.get("epoch"), "class_counts": counts, "best_top1": ck.get("best_top1")},
                    float(tau), bias)
