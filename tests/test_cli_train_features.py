@@ -15,7 +15,7 @@ import pytest
 from cifarkit.engine.early_stop import EarlyStop
 from cifarkit.engine.loggers import summary_writer_class
 from cifarkit.engine.lr_find import smooth, steepest, swept_kinds, valley
-from cifarkit.errors import ConfigError
+from cifarkit.extras import MissingExtra
 from conftest import NARROW_SET
 
 TINY = ["--set", "train.batch_size=100", "--set", "eval.tta=none", "--set", "eval.batch_size=100",
@@ -94,7 +94,7 @@ def test_tensorboard_and_csv_loggers(cifar10_small: Path, tmp_path: Path):
 
 def test_tensorboard_missing_extra_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
-    with pytest.raises(ConfigError, match=r"pip install 'cifarkit\[tensorboard\]'"):
+    with pytest.raises(MissingExtra, match=r"pip install 'cifarkit\[tensorboard\]' \(or set log.tensorboard=false\)"):
         summary_writer_class()
 
 

@@ -180,3 +180,21 @@ def test_site_builds_in_strict_mode(tmp_path):
     assert "read_cifar" in api and "Raises" in api
     assert (site / "notebook" / "cifar10_tutorial.html").is_file()
 
+
+
+def test_readme_and_home_page_show_the_generated_pictures():
+    """Both open with the pictures of real outputs that scripts/readme_images.py makes from the demo."""
+    import re
+
+    images = ROOT / "docs" / "images"
+    readme = (ROOT / "README.md").read_text()
+    home = (ROOT / "docs" / "index.md").read_text()
+    in_readme = set(re.findall(r"\]\(docs/images/([\w.]+\.png)\)", readme))
+    in_home = set(re.findall(r"\]\(images/([\w.]+\.png)\)", home))
+    made = {p.name for p in images.glob("*.png")}
+    assert {"samples.png", "curves.png", "confusion_matrix.png", "cam.png", "report.png", "serve.png"} <= in_readme
+    assert in_readme <= in_home == made  # every picture made is shown, none is missing
+    assert readme.index("## What you get") < readme.index("## The workflow")
+    assert sum(p.stat().st_size for p in images.glob("*.png")) < 3_000_000  # the repository stays small
+    notes = (images / "README.md").read_text()
+    assert "scripts/readme_images.py" in notes and "cifarkit demo" in notes

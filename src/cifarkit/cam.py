@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.extras import require
 
 if TYPE_CHECKING:
     from torch import nn
@@ -134,11 +135,8 @@ def compute_cam(classifier: Any, image: Any, target: str | int | None = None, me
     """
     import torch
 
-    try:
-        import pytorch_grad_cam as pgc
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    except ImportError:
-        raise CifarkitError("Grad-CAM needs the grad-cam package: pip install 'cifarkit[cam]'") from None
+    pgc = require("pytorch_grad_cam", "Grad-CAM")
+    ClassifierOutputTarget = require("pytorch_grad_cam.utils.model_targets", "Grad-CAM").ClassifierOutputTarget
     from cifarkit.data.loader import eval_transform
     from cifarkit.engine.evaluate import ranked
     from cifarkit.predict import to_uint8_chw
@@ -193,13 +191,14 @@ def overlay(image_hwc: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.
     return np.clip((1 - alpha) * image_hwc / 255.0 + alpha * colored, 0, 1).__mul__(255).astype(np.uint8)
 
 
-def save_cam_figure(image: Any, res: CamResult, out: str | Path) -> Path:
+def save_cam_figure(image: Any, res: CamResult, out: str | Path, true: str | None = None) -> Path:
     """Save the image and its heatmap overlay side by side, the class and score in the title.
 
     Args:
         image: the image `res` was computed for (path, PIL image or array).
         res: `compute_cam`'s result.
         out: the image file to write.
+        true: the image's true label when known (e.g. its class folder): shown in the title.
 
     Returns:
         `out`, as a Path.
@@ -216,7 +215,12 @@ def save_cam_figure(image: Any, res: CamResult, out: str | Path) -> Path:
         ax.imshow(img, interpolation="nearest" if small else "antialiased")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{res.target_label}: {res.score:.2f}" + ("" if res.target == res.predicted else
-                                                          " (not the predicted class)"), fontsize=11)
+    title = f"{res.target_label}: {res.score:.2f}"
+    if res.target != res.predicted:
+        title += " (not the predicted class)"
+    if true is not None:
+        wrong = res.target == res.predicted and true != res.target_label
+        title += f"; true: {true}" + (" (the prediction is wrong)" if wrong else "")
+    fig.suptitle(title, fontsize=11)
     save(fig, out)
     return Path(out)

@@ -14,6 +14,7 @@ import sys
 
 from cifarkit import __version__
 from cifarkit.errors import CifarkitError
+from cifarkit.extras import extra_of_error
 
 
 def _print_json(obj) -> None:
@@ -217,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:  # a package of an optional extra, imported deep inside a step
+        missing = extra_of_error(e)
+        if missing is None or args.debug:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         return 0
     except OSError as e:  # a path the user named cannot be written or read (read-only, full, a file, ...)

@@ -18,11 +18,11 @@ def cmd_plot(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     """`cifarkit analyze`: confusion matrix, per-class metrics and calibration of a checkpoint."""
     from cifarkit.analysis.analyze import analyze
-    from cifarkit.engine.inference import describe
+    from cifarkit.engine.inference import checkpoint_label, describe
 
     m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
                 logit_adjust=a.logit_adjust, precision=a.precision)
-    print(f"{m['split']} ({m['n']} images, {describe(m)}): "
+    print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
     shots = "  ".join(f"{k} {v:.2f}" for k, v in m["shot_accuracy"].items() if v is not None)

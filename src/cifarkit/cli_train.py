@@ -14,17 +14,35 @@ from cifarkit.errors import CifarkitError
 def cmd_models(a: argparse.Namespace) -> int:
     """`cifarkit models`: each registered model's parameters, MACs at its input size and description.
 
-    With --all, every torchvision classifier too; --input-size overrides the size for the MACs."""
-    from cifarkit.models import count_macs, count_params, create_model, get_entry, list_models
+    With --all every torchvision classifier too, listed at once by name; their parameters and MACs
+    need a forward pass each (minutes for all), so they are counted with --macs only. Every count
+    is cached (`models.model_stats`). --input-size overrides the size for the MACs."""
+    from tqdm import tqdm
+
+    from cifarkit.models import get_entry, list_models, model_stats
 
     names = list_models(include_torchvision=a.all)
     print(f"{'name':<22} {'params':>10} {'MACs':>10} {'input':>6}  description")
-    for n in names:
+    rows = tqdm(names, desc="counting parameters and MACs", unit="model", leave=False) if a.macs else names
+    uncounted = 0
+    for n in rows:
         entry = get_entry(n)
         size = a.input_size or (entry.input_size if entry else 224)
-        m = create_model(n, a.num_classes)
+        stats = model_stats(n, a.num_classes, size, compute=entry is not None or a.macs)
         desc = entry.description if entry else "torchvision"
-        print(f"{n:<22} {count_params(m) / 1e6:>9.2f}M {count_macs(m, size) / 1e6:>9.1f}M {size:>6}  {desc}")
+        if stats is None:
+            uncounted += 1
+            params = macs = "-"
+        else:
+            params, macs = f"{stats[0] / 1e6:.2f}M", f"{stats[1] / 1e6:.1f}M"
+        line = f"{n:<22} {params:>10} {macs:>10} {size:>6}  {desc}"
+        if a.macs:
+            tqdm.write(line)
+        else:
+            print(line)
+    if uncounted:
+        print(f"({uncounted} torchvision models listed by name only: --macs counts their parameters and MACs, "
+              "a forward pass each, then caches them)")
     return 0
 
 
@@ -37,7 +55,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     Raises:
         ConfigError: no CONFIG was given (and no --list-keys), or the config is not valid.
     """
-    from cifarkit.analysis.after_run import plot_writers
+    from cifarkit.analysis.after_run import plot_writers, start_writers
     from cifarkit.config import describe_keys, load_config
     from cifarkit.engine.train import fit
 
@@ -52,7 +70,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
     fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
-        after_run=plot_writers(cfg.log.plots))
+        after_run=plot_writers(cfg.log.plots), before_run=start_writers(cfg.log.plots))
     return 0
 
 
@@ -77,7 +95,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     Raises:
         CifarkitError: the --predictions file already exists.
     """
-    from cifarkit.engine.inference import describe, evaluate_checkpoint
+    from cifarkit.engine.inference import checkpoint_label, describe, evaluate_checkpoint
     from cifarkit.safecsv import csv_row
 
     if a.predictions and Path(a.predictions).exists():
@@ -93,7 +111,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(m))
     else:
-        print(f"{m['checkpoint']}  {m['split']} ({m['n']} images, {describe(m)}): "
+        print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
               f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
     return 0
 
@@ -136,7 +154,9 @@ def add_commands(sub) -> None:
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
     m.add_argument("--input-size", type=int, default=None, help="input size for MACs [px]")
     m.add_argument("--num-classes", type=int, default=10)
-    m.add_argument("--all", action="store_true", help="also every torchvision classifier")
+    m.add_argument("--all", action="store_true", help="also every torchvision classifier (by name)")
+    m.add_argument("--macs", action="store_true",
+                   help="count parameters and MACs of every listed model (a forward pass each; cached)")
     m.set_defaults(fn=cmd_models)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -181,7 +201,9 @@ def add_commands(sub) -> None:
     c.add_argument("name", nargs="?", help="recipe name for show, e.g. fast")
     c.set_defaults(fn=cmd_configs)
 
-    d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit")
+    d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit: data, the airbench94 "
+                       "recipe (airnet) trained for 5 epochs on 2,000 images, eval, analyze, predict, Grad-CAM, "
+                       "ONNX export")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--epochs", type=float, default=None, help="training epochs (default: the demo's own, 5)")
     d.add_argument("--quick", action="store_true", help="tiny training, for tests")

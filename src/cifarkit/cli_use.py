@@ -133,7 +133,9 @@ def cmd_cam(a: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        path = save_cam_figure(f, res, inside(out, f"{i:04d}_{safe_component(Path(f).stem)}_cam.png"))
+        # an image in a folder named after a class (train/cat/x.png) has a known true label
+        true = Path(f).parent.name if Path(f).parent.name in clf.classes else None
+        path = save_cam_figure(f, res, inside(out, f"{i:04d}_{safe_component(Path(f).stem)}_cam.png"), true)
         if a.save_npy:
             np.save(path.with_suffix(".npy"), res.heatmap)
         print(f"{f}: {res.target_label} {res.score:.3f} ({res.method} on {res.layer}) -> {path}")
@@ -151,11 +153,18 @@ def cmd_export(a: argparse.Namespace) -> int:
                      logit_adjust=a.logit_adjust)
     print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
           f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
+    if r.format == "torchscript":
+        print("note: PyTorch deprecates TorchScript (torch.jit); the .ts file loads in today's LibTorch, but for "
+              "new deployments prefer --format onnx")
     return 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     """`cifarkit serve`: the web app and JSON API (see `cifarkit.serve.app`)."""
+    from cifarkit.extras import require
+
+    require("fastapi", "cifarkit serve")  # before importing the app, which needs it at import time
+    require("uvicorn", "cifarkit serve")
     from cifarkit.serve.app import Limits, serve
 
     serve(a.model, a.runs, a.host, a.port, a.device, a.tta,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cifarkit.analysis.after_run import plot_writers
+from cifarkit.analysis.after_run import plot_writers, start_writers
 from cifarkit.analysis.analyze import analyze
 from cifarkit.analysis.plotting import save
 from cifarkit.cam import compute_cam, save_cam_figure
@@ -145,20 +145,24 @@ def run_demo(out: str | Path = "demo_out", epochs: float = DEMO_EPOCHS, quick: b
     _step(f"5. train the airbench94 recipe (airnet) for {epochs} epochs on {len(train)} images")
     cfg = demo_config(root, epochs, quick)
     # a rerun redoes the demo (the old run moves aside); curves.png and report.html as `cifarkit train` writes them
-    summary = fit(cfg, work_dir=out / "run", force=True, after_run=plot_writers(cfg.log.plots))
+    summary = fit(cfg, work_dir=out / "run", force=True, after_run=plot_writers(cfg.log.plots),
+                  before_run=start_writers(cfg.log.plots))
     results["train"] = summary
 
     _step("6. evaluate the last checkpoint on its own: plain (as after each epoch), then with TTA")
     m = evaluate_checkpoint(out / "run" / "last.pt")
     # the TTA evaluation runs 6 views of every image: left out of the --quick smoke test
     for e in (m,) if quick else (m, evaluate_checkpoint(out / "run" / "last.pt", tta="flip_translate")):
-        print(f"last.pt  {e['split']} (tta {e['tta']}, {e['precision']}): top1 {e['top1']:.2f}  "
+        print(f"last.pt (epoch {e['epoch']})  {e['split']} (tta {e['tta']}, {e['precision']}): top1 {e['top1']:.2f}  "
               f"top5 {e['top5']:.2f}  loss {e['loss']:.4f}")
         results["eval" if e["tta"] == "none" else "eval_tta"] = {k: v for k, v in e.items() if k != "predictions"}
 
     _step("7. understand: curves, confusion matrix, per-class metrics, calibration, report")
     a = analyze(out / "run" / "best.pt", out / "analysis")
-    print(f"analysis: top1 {a['top1']:.2f}, ECE {a['ece'] * 100:.2f}%, most confused "
+    # two checkpoints, two numbers: last.pt is the final epoch, best.pt the epoch whose evaluation
+    # during training scored highest (on the test split here, so its number is an optimistic pick)
+    print(f"analysis of best.pt (epoch {a['epoch']}, the best of the per-epoch evaluations; last.pt is epoch "
+          f"{m['epoch']}): {a['split']} top1 {a['top1']:.2f}, ECE {a['ece'] * 100:.2f}%, most confused "
           + ", ".join(f"{p['true']}->{p['predicted']}" for p in a["most_confused"][:3]))
     print(f"curves: {out / 'run' / 'curves.png'}; report: {out / 'run' / 'report.html'}")
 
@@ -180,7 +184,7 @@ def run_demo(out: str | Path = "demo_out", epochs: float = DEMO_EPOCHS, quick: b
     try:
         for p in picks[:3]:
             res = compute_cam(clf, p)
-            save_cam_figure(p, res, out / "cam" / f"{p.stem}_cam.png")
+            save_cam_figure(p, res, out / "cam" / f"{p.stem}_cam.png", true=p.parent.name)
         print(f"Grad-CAM images in {out / 'cam'}")
     except CifarkitError as e:
         print(f"Grad-CAM skipped: {e}")

@@ -11,8 +11,10 @@ temporary name and renamed, and an existing one is only replaced with `overwrite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,18 @@ import torch
 
 from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError
+from cifarkit.extras import require
+
+
+@contextlib.contextmanager
+def torchscript_quiet():
+    """torch 2.10+ deprecates torch.jit (a FutureWarning per trace, save and load, pointing at
+    torch.export). We keep the TorchScript format — a .ts file runs in C++ LibTorch without Python,
+    which torch.export's .pt2 does not without AOTInductor — and say so once in the CLI and the
+    docs instead of printing torch's four warnings to the user; ONNX is the recommended format."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.\w+` is deprecated")
+        yield
 
 
 @dataclass
@@ -109,6 +123,9 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
     ext = {"onnx": ".onnx", "torchscript": ".ts"}.get(fmt)
     if ext is None:
         raise CifarkitError(f"--format {fmt!r}: use onnx or torchscript")
+    if fmt == "onnx":  # both before any work: the export and its parity check
+        onnx = require("onnx", "ONNX export")
+        require("onnxruntime", "ONNX export's parity check")
     ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
     if ref.logit_bias is not None:
@@ -124,8 +141,6 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
         if fmt == "onnx":
-            import onnx
-
             torch.onnx.export(model, (dummy,), str(tmp), input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None,
                               opset_version=17, dynamo=False)
@@ -133,8 +148,9 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
             m.metadata_props.add(key="cifarkit", value=_metadata(ref))
             onnx.save(m, str(tmp))
         else:
-            traced = torch.jit.trace(model, dummy)
-            torch.jit.save(traced, str(tmp), _extra_files={"cifarkit.json": _metadata(ref)})
+            with torchscript_quiet():
+                traced = torch.jit.trace(model, dummy)
+                torch.jit.save(traced, str(tmp), _extra_files={"cifarkit.json": _metadata(ref)})
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -146,7 +162,8 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
     if fmt == "onnx":
         exported = Inference.from_onnx(out, tta="none")
     else:
-        loaded = torch.jit.load(str(out))
+        with torchscript_quiet():
+            loaded = torch.jit.load(str(out))
         exported = Inference(torch.no_grad()(lambda x: loaded(x).float()), ref.classes, ref.prep, "none")
     want, got = ref.logits(check_images).numpy(), exported.logits(check_images).numpy()
     diff = float(np.abs(want - got).max())

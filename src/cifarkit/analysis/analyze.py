@@ -41,7 +41,7 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
     logits = inf.logits(images)
     return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
             "images": images, "classes": inf.classes, "split": name, "model": inf.config.model.name,
-            "class_counts": inf.meta.get("class_counts"),
+            "class_counts": inf.meta.get("class_counts"), "epoch": inf.meta.get("epoch"),
             **inf.settings()}
 
 
@@ -88,7 +88,8 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     cm = confusion_matrix(labels, preds, c)
     table = per_class_table(cm, classes)
     cal = calibration(probs, labels, preds=preds)
-    metrics = {"checkpoint": str(ckpt), "split": p["split"], "n": int(len(labels)), "tta": p["tta"],
+    metrics = {"checkpoint": str(ckpt), "epoch": p["epoch"], "split": p["split"], "n": int(len(labels)),
+               "tta": p["tta"],
                "precision": p["precision"], "logit_adjust": p["logit_adjust"],
                "top1": m["top1"], "top5": m["top5"], "loss": m["loss"],
                "balanced_accuracy": balanced_accuracy(cm),
@@ -161,7 +162,8 @@ def plot_reliability(cal: dict, out: Path) -> None:
 
 def plot_misclassified(images, labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, classes: list[str],
                        out: Path, n: int = 24) -> list[int]:
-    """Grid of the highest-loss errors: true / predicted (score). Returns their dataset indices."""
+    """Grid of the highest-loss errors: predicted and true label, each with the probability the model gave it
+    (as fastai's top-losses plot). Returns their dataset indices."""
     plt = pyplot()
     wrong = np.flatnonzero(preds != labels)
     loss = -np.log(np.clip(probs[wrong, labels[wrong]], 1e-12, None))
@@ -174,10 +176,11 @@ def plot_misclassified(images, labels: np.ndarray, probs: np.ndarray, preds: np.
     for ax, i in zip(axes.flat, chosen):
         img = images[i].permute(1, 2, 0).numpy() if hasattr(images[i], "permute") else images[i]
         ax.imshow(img, interpolation="nearest")
-        ax.set_title(f"T: {classes[labels[i]]}\nP: {classes[preds[i]]} {probs[i, preds[i]]:.2f}", fontsize=7)
+        ax.set_title(f"P: {classes[preds[i]]} {probs[i, preds[i]]:.2f}\nT: {classes[labels[i]]} "
+                     f"{probs[i, labels[i]]:.2f}", fontsize=7)
     if not chosen:
         axes[0][0].text(0.5, 0.5, "no errors", ha="center")
-    fig.suptitle("highest-loss errors (T = true, P = predicted, score)", fontsize=9)
+    fig.suptitle("highest-loss errors (P = predicted, T = true; each with its probability)", fontsize=9)
     fig.tight_layout()
     save(fig, out)
     return chosen

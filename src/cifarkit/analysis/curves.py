@@ -1,7 +1,7 @@
 """`cifarkit plot`: loss, accuracy and lr curves from one or several runs, any log format.
 
 Train loss is drawn per logged iteration on a true iteration axis (raw, light), smoothed with a
-moving average, and as the per-epoch mean; validation top-1/top-5 per epoch; the learning rate.
+moving average, and as the per-epoch mean; top-1/top-5 per epoch on the evaluated split (named); the learning rate.
 Several runs are overlaid with a legend, each in its own colour.
 """
 
@@ -37,7 +37,8 @@ def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | 
             `*.log.json` or MMEngine `scalars.json` (detected by content).
         out: the image file to write.
         keys: the panels: any of "loss" (train loss per iteration, with the per-epoch mean),
-            "top1"/"top5" (validation accuracy [%] per epoch, in one panel) and "lr".
+            "top1"/"top5" (accuracy [%] per epoch on the split the run evaluated: test, or val when
+            `data.val_fraction` held one out; in one panel) and "lr".
         smooth_window: moving-average window over the loss [iterations]; 0 plots it raw.
         names: legend names, one per path (default: each run's name).
         iters_per_epoch: iterations per epoch for MMCls 0.x logs whose config names no dataset
@@ -51,6 +52,18 @@ def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | 
     """
     runs = [read_records(p, names[i] if names else None, iters_per_epoch) for i, p in enumerate(paths)]
     return plot_records(runs, out, keys, smooth_window)
+
+
+def accuracy_title(runs: list[RunRecords]) -> str:
+    """The accuracy panel's title, naming the split the runs were evaluated on: "test accuracy"
+    unless `data.val_fraction` held out a validation split (cifarkit logs record it in their
+    header); MMClassification logs do not say which split their "val" records are on."""
+    splits = {r.header.get("eval_split") if isinstance(r.header.get("eval_split"), str) else None for r in runs}
+    if splits == {None}:
+        return "accuracy on the evaluation split (the log does not name it)"
+    if len(splits) == 1:
+        return f"{splits.pop()} accuracy"
+    return "accuracy on each run's evaluation split (" + ", ".join(sorted(str(s) for s in splits)) + ")"
 
 
 def plot_records(runs: list[RunRecords], out: str | Path, keys=KEYS, smooth_window: int = 0) -> Path:
@@ -102,7 +115,7 @@ def plot_records(runs: list[RunRecords], out: str | Path, keys=KEYS, smooth_wind
                         label=f"{run.name} top-5" if label else "top-5")
             ax.set_xlabel("epoch")
             ax.set_ylabel("accuracy (%)")
-            ax.set_title("validation accuracy")
+            ax.set_title(accuracy_title(runs))
         if "lr" in ax_of and tr and any(t["lr"] is not None for t in tr):
             ax = ax_of["lr"]
             ax.plot([t["iter"] for t in tr if t["lr"] is not None], [t["lr"] for t in tr if t["lr"] is not None],

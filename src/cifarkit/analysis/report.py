@@ -103,13 +103,15 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     classes = [str(c) for c in pred["classes"]]
     probs = softmax(pred["logits"].astype(np.float64))
     predicted = ranked(torch.from_numpy(pred["logits"]), 1)[:, 0].tolist()  # eval's tie-break
-    try:
-        from cifarkit.cam import compute_cam, overlay
-        from cifarkit.predict import Classifier
+    from cifarkit.cam import compute_cam, overlay
+    from cifarkit.extras import MissingExtra
+    from cifarkit.predict import Classifier
 
+    note = ""
+    try:
         clf = Classifier.from_checkpoint(ckpt, "cpu", precision=precision)
-    except CifarkitError:
-        clf = None
+    except CifarkitError as e:
+        clf, note = None, f'<p class="note">No Grad-CAM overlays: {html.escape(str(e))}</p>'
     figs = []
     for i in idx:
         img = p["images"][i].permute(1, 2, 0).numpy()
@@ -119,13 +121,15 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
             try:
                 res = compute_cam(clf, img)
                 parts.append(_img_tag(_png(overlay(img, res.heatmap)), "Grad-CAM"))
-            except (CifarkitError, ImportError):
+            except MissingExtra as e:  # say once which extra draws them, then stop trying
+                clf, note = None, f'<p class="note">No Grad-CAM overlays: {html.escape(str(e))}</p>'
+            except CifarkitError:
                 pass
-        cap = (f"true <b>{html.escape(classes[y])}</b>, predicted <b>{html.escape(classes[pred])}</b> "
-               f"({probs[i, pred]:.2f})")
+        # as fastai's top losses: what it said, how sure, and how much it gave the true class
+        cap = (f"predicted <b>{html.escape(classes[pred])}</b> ({probs[i, pred]:.2f}), "
+               f"true <b>{html.escape(classes[y])}</b> ({probs[i, y]:.2f})")
         figs.append(f'<figure><div style="display:flex;gap:2px">{"".join(parts)}</div><figcaption>{cap}'
                     "</figcaption></figure>")
-    note = "" if clf is not None else '<p class="note">Grad-CAM overlays need the grad-cam package.</p>'
     return note + f'<div class="gallery">{"".join(figs)}</div>'
 
 
@@ -169,10 +173,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
 
     model, data_cfg = cfg.get("model"), cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     name = str(cfg.get("name", run_dir.name))
+    split = str(last.get("split") or header.get("eval_split") or "test")  # the split every val record was on
     cards = [("model", str(model.get("name", "?")) if isinstance(model, dict) else "?"),
              ("parameters", f"{(header.get('params') or 0) / 1e6:.2f}M"),
-             ("final top-1", f"{num(last, 'top1', '.2f')}%"), ("final top-5", f"{num(last, 'top5', '.2f')}%"),
-             ("best top-1", f"{num(best, 'top1', '.2f')}% (epoch {best.get('epoch', '?')})"),
+             (f"final {split} top-1 (last.pt)", f"{num(last, 'top1', '.2f')}% (epoch {last.get('epoch', '?')})"),
+             (f"final {split} top-5 (last.pt)", f"{num(last, 'top5', '.2f')}%"),
+             (f"best {split} top-1 (best.pt)", f"{num(best, 'top1', '.2f')}% (epoch {best.get('epoch', '?')})"),
              ("epochs", str(last.get("epoch", "?"))),
              ("time", f"{num(summary, 'seconds', '.0f')} s"), ("device", str(header.get("device", "?")))]
     parts = [f"<h1>{html.escape(name)}</h1>",
@@ -186,6 +192,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
         with contextlib.suppress(CifarkitError):
             plot_records([recs], curves)
     parts += ["<h2>Curves</h2>", _file_img(curves, "training curves")]
+    if (run_dir / "train_batch.png").is_file():  # written at the start by `cifarkit train` (log.plots)
+        parts += ["<h2>One training batch, as the model sees it</h2>",
+                  _file_img(run_dir / "train_batch.png", "one augmented training batch")]
 
     ckpt = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
     if analysis and ckpt.is_file():

@@ -114,6 +114,9 @@ def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
                     split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """The evaluation images of a run (val carve-out or test split), as CPU uint8 tensors."""
     root = data or cfg.data.root
+    if data is None and not Path(root).exists():
+        raise DataError(f"{root}: the run's data.root is not there from {Path.cwd()}; pass --data with the "
+                        "dataset's path (or run from the folder training ran in)")
     if split is None and cfg.data.val_fraction > 0 and data is None:
         _, val, name = load_train_split(cfg)
         ds = val

@@ -33,6 +33,7 @@ from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forwa
 from cifarkit.engine.losses import posthoc_bias
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
+from cifarkit.extras import require
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
@@ -157,6 +158,13 @@ def describe(settings: dict[str, Any]) -> str:
     return f"tta {settings['tta']}, {settings['precision']}" + (f", logit-adjust {tau:g}" if tau else "")
 
 
+def checkpoint_label(result: dict[str, Any]) -> str:
+    """Where a printed top-1 comes from: "run/best.pt (epoch 4)" (a checkpoint's stored epoch counts
+    from 1; an exported model has none)."""
+    epoch = result.get("epoch")
+    return str(result["checkpoint"]) + (f" (epoch {epoch})" if isinstance(epoch, int) else "")
+
+
 def check_tau(tau: float) -> float:
     """`tau` unchanged when it is a finite number >= 0 (a post-hoc logit adjustment).
 
@@ -170,10 +178,7 @@ def check_tau(tau: float) -> float:
 
 def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
     """(onnxruntime session, validated cifarkit metadata: classes, Preprocess, tta, model, logit_adjust)."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CifarkitError("ONNX needs onnxruntime: pip install 'cifarkit[onnx]'") from None
+    ort = require("onnxruntime", "ONNX inference")
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such ONNX file")

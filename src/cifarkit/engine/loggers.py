@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from cifarkit.errors import ConfigError
+from cifarkit.extras import MissingExtra, require
 from cifarkit.safecsv import csv_dict
 
 CSV_COLUMNS = ["type", "epoch", "iter", "lr", "loss", "top1", "top5", "split", "time", "data_time", "metric",
@@ -44,11 +44,11 @@ class CsvSink:
 def summary_writer_class():
     """torch's SummaryWriter, or one sentence naming the extra to install."""
     try:
-        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it, and says so less clearly)
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("log.tensorboard needs the tensorboard package: pip install 'cifarkit[tensorboard]' "
-                          "(or set log.tensorboard=false)") from None
+        require("tensorboard", "log.tensorboard")  # torch.utils.tensorboard needs it, and says so less clearly
+    except MissingExtra as e:
+        raise MissingExtra(f"{e} (or set log.tensorboard=false)") from None
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter
 
 

@@ -27,7 +27,8 @@ MAX_CLASS_NAME = 256  # characters
 
 
 def config_of(ck: dict[str, Any], path: str | Path) -> Config:
-    """The checkpoint's stored config, as a validated `Config`.
+    """The checkpoint's stored config, as a validated `Config`; a relative `data.root` that is not
+    found from here is replaced by the absolute path the checkpoint stored at training time.
 
     Args:
         ck: the loaded checkpoint dict.
@@ -39,9 +40,16 @@ def config_of(ck: dict[str, Any], path: str | Path) -> Config:
     if not isinstance(ck.get("config"), dict):
         raise CheckpointError(f"{path}: its 'config' entry is not a mapping; this is not a usable cifarkit checkpoint")
     try:
-        return config_from_dict(ck["config"])
+        cfg = config_from_dict(ck["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: its stored config is not valid for this cifarkit ({e})") from None
+    # data.root as typed is relative to where training ran; the checkpoint also holds it resolved
+    # there ("data_root"), which still finds the data from another folder
+    resolved = ck.get("data_root")
+    root = cfg.data.root
+    if root and not Path(root).exists() and isinstance(resolved, str) and Path(resolved).exists():
+        cfg.data.root = resolved
+    return cfg
 
 
 def check_classes(classes: Any, path: str | Path, expected: int | None = None) -> list[str]:

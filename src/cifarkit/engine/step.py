@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class TrainState:
     step: int = 0  # completed iterations, all epochs
     best_top1: float = -1.0
     early_stop: dict[str, Any] = field(default_factory=dict)  # EarlyStop.state_dict(): patience counter, best
+    best_epoch: int = 0  # the epoch best.pt holds (0: none yet)
 
 
 @dataclass
@@ -278,8 +280,10 @@ def batch_range(t: Trainer, n_batches: int) -> tuple[int, int]:
     return t.state.step - start, min(n_batches, t.stop_at - start)
 
 
-def train_one_epoch(t: Trainer, loader, log: RunLog | None = None, quiet: bool = False) -> EpochResult:
-    """One pass over the loader (or up to the step limit), a log record every log.interval steps."""
+def train_one_epoch(t: Trainer, loader, log: RunLog | None = None, quiet: bool = False,
+                    run_eta: Callable[[int], str] | None = None) -> EpochResult:
+    """One pass over the loader (or up to the step limit), a log record every log.interval steps;
+    `run_eta(step)` gives the whole run's time left, shown on the progress bar."""
     t.net.train()
     first, end = batch_range(t, len(loader))
     meter, seen, skipped = LossMeter(t), 0, 0
@@ -307,7 +311,8 @@ def train_one_epoch(t: Trainer, loader, log: RunLog | None = None, quiet: bool =
                        "lr": t.optimizer.param_groups[0]["lr"], "loss": meter.last(interval),
                        "time": (now - t_last) / interval, "data_time": data_time / interval})
             t_last, data_time = now, 0.0
-            bar.set_postfix(loss=f"{meter.last(interval):.3f}")
+            shown = {"run_eta": run_eta(t.state.step)} if run_eta else {}
+            bar.set_postfix(loss=f"{meter.last(interval):.3f}", **shown)
         t_data = time.perf_counter()
     meter.flush()
     bar.close()

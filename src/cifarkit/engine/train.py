@@ -50,6 +50,7 @@ from cifarkit.models import count_params, create_model, train_hooks
 from cifarkit.safepath import safe_component
 
 AfterRun = Callable[[Path], None]  # called with the run directory once training has finished
+BeforeRun = Callable[[Path, RunData], None]  # called with the run directory and its data before the first step
 
 
 class RunFinished(CifarkitError):
@@ -75,8 +76,11 @@ def rescale_bn_momentum(model: torch.nn.Module, chunks: int) -> None:
 # ---- fit ----------------------------------------------------------------------------------------
 def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | None = None,
         device: str | None = None, quiet: bool = False, force: bool = False,
-        after_run: Sequence[AfterRun] = ()) -> dict[str, Any]:
+        after_run: Sequence[AfterRun] = (), before_run: Sequence[BeforeRun] = ()) -> dict[str, Any]:
     """Train `cfg`; returns a summary (best/final top-1, time, run directory).
+
+    `before_run` hooks see a fresh run's directory and data before its first step (e.g. the CLI's
+    picture of one augmented batch), `after_run` hooks the finished run's directory.
 
     The run directory is locked while training (a second run on it fails at once). A fresh run
     refuses a directory holding an earlier run unless `force`, which moves that run into
@@ -90,14 +94,14 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         summary_writer_class()  # a missing extra fails now, not after the first epoch
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
-        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start)
+        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, ())
     check_work_dir(run_dir)
     with locked(run_dir):
         if not resume:
             moved = claim_fresh(run_dir, force)
             if moved is not None and not quiet:
                 print(f"moved the earlier run in {run_dir} into {moved}")
-        summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start)
+        summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run)
         for hook in after_run:
             hook(run_dir)
     return summary
@@ -112,10 +116,21 @@ class Totals:
     eval: float = 0.0
     images: int = 0
     last_val: dict[str, Any] = field(default_factory=dict)
+    loop_start: float = 0.0  # perf_counter when this process began training, and the step it began at
+    start_step: int = 0
+
+    def eta(self, step: int, stop_at: int) -> str:
+        """The whole run's time left, from this process's pace so far (training and evaluation):
+        "4m05s"; "" before the first step."""
+        done = step - self.start_step
+        if done <= 0:
+            return ""
+        left = (time.perf_counter() - self.loop_start) / done * max(0, stop_at - step)
+        return f"{int(left // 60)}m{int(left % 60):02d}s"
 
 
 def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo, dev: torch.device, quiet: bool,
-         t_start: float) -> dict[str, Any]:
+         t_start: float, before_run: Sequence[BeforeRun]) -> dict[str, Any]:
     """The run itself, once the run directory is claimed (rank 0) or left to rank 0 (others)."""
     configure_torch(cfg, dev, dinfo)
     resume_path = find_resume(run_dir, resume)
@@ -126,13 +141,17 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
     log = open_log(t, data, run_dir, resumed=resume_path is not None) if dinfo.main else None
     if not quiet and dinfo.main:
         print(start_line(t, data, run_dir), flush=True)
+    if resume_path is None:
+        for hook in before_run:
+            hook(run_dir, data)
     if stopper.enabled and data.eval_name != "val" and dinfo.main:
         print(f"warning: train.early_stop watches the {data.eval_name!r} split, so the test score is no longer "
               "an unbiased estimate; hold out a validation set with data.val_fraction=0.1", file=sys.stderr)
     release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else lambda: None
+    totals.loop_start, totals.start_step = time.perf_counter(), t.state.step
     try:
         while t.state.step < t.stop_at:
-            ep = run_epoch(t, data, log, quiet)
+            ep = run_epoch(t, data, log, quiet, totals)
             totals.train += ep.seconds
             totals.images += ep.images
             val = evaluate_epoch(t, data, log, totals, quiet, ep) if dinfo.main and eval_due(t) else {}
@@ -281,7 +300,8 @@ def restore(t: Trainer, stopper: EarlyStop, path: Path, quiet: bool) -> None:
     torch.set_rng_state(ck["rng"]["torch"])
     if ck["rng"].get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["rng"]["cuda"])
-    t.state = TrainState(ck["epoch"], ck["iter"], ck.get("best_top1", -1.0), ck.get("early_stop") or {})
+    t.state = TrainState(ck["epoch"], ck["iter"], ck.get("best_top1", -1.0), ck.get("early_stop") or {},
+                         ck.get("best_epoch", 0))
     stopper.load_state_dict(t.state.early_stop)
     check_not_finished(t, path)
     if not quiet:
@@ -322,7 +342,7 @@ def open_log(t: Trainer, data: RunData, run_dir: Path, resumed: bool) -> RunLog:
 
 
 # ---- the loop -----------------------------------------------------------------------------------
-def run_epoch(t: Trainer, data: RunData, log: RunLog | None, quiet: bool):
+def run_epoch(t: Trainer, data: RunData, log: RunLog | None, quiet: bool, totals: Totals | None = None):
     """Model hooks, DDP rebuild, then the epoch's steps; closes the epoch unless stopped mid-way."""
     hook = train_hooks(t.cfg.model.name).epoch_start
     if hook is not None:
@@ -330,7 +350,8 @@ def run_epoch(t: Trainer, data: RunData, log: RunLog | None, quiet: bool):
     if t.dinfo.enabled:
         rewrap_ddp(t)
     data.loader.set_epoch(t.state.epoch)
-    ep = train_one_epoch(t, data.loader, log, quiet)
+    ep = train_one_epoch(t, data.loader, log, quiet,
+                         (lambda step: totals.eta(step, t.stop_at)) if totals is not None else None)
     if t.state.step % t.steps_per_epoch == 0 or t.state.step >= t.total_steps:  # a max_iters stop stays open
         t.state.epoch += 1
     if t.state.step >= t.total_steps and t.lookahead is not None:
@@ -366,7 +387,8 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
             model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     val = evaluate(model, data.eval_images, data.eval_labels, data.prep, cfg.eval.batch_size, t.device, t.amp,
-                   cfg.eval.tta, cfg.train.channels_last, posthoc_bias(cfg.eval.logit_adjust, data.class_counts))
+                   cfg.eval.tta, cfg.train.channels_last, posthoc_bias(cfg.eval.logit_adjust, data.class_counts),
+                   progress=False if quiet else None)
     totals.eval += time.perf_counter() - t0
     totals.last_val = val
     log.write({"type": "val", "epoch": t.state.epoch, "iter": t.state.step, "loss": val["loss"], "top1": val["top1"],
@@ -375,7 +397,9 @@ def evaluate_epoch(t: Trainer, data: RunData, log: RunLog, totals: Totals, quiet
     if not quiet:
         print(f"epoch {t.state.epoch}/{math.ceil(t.total_steps / t.steps_per_epoch)}  train loss {ep.loss:.4f}  "
               f"{data.eval_name} loss {val['loss']:.4f}  top1 {val['top1']:.2f}  top5 {val['top5']:.2f}  "
-              f"({ep.images / max(ep.seconds, 1e-9):.0f} img/s)", flush=True)
+              f"({ep.images / max(ep.seconds, 1e-9):.0f} img/s)"
+              + (f"  run ETA {eta}" if (eta := totals.eta(t.state.step, t.stop_at)) and t.state.step < t.stop_at
+                 else ""), flush=True)
     return val
 
 
@@ -390,9 +414,10 @@ def checkpoint_dict(t: Trainer, data: RunData) -> dict[str, Any]:
         "ema": t.ema, "lookahead": t.lookahead,
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "epoch": t.state.epoch, "iter": t.state.step, "best_top1": t.state.best_top1,
+        "epoch": t.state.epoch, "iter": t.state.step, "best_top1": t.state.best_top1, "best_epoch": t.state.best_epoch,
         "early_stop": t.state.early_stop,
         "classes": list(data.classes), "config": config_to_dict(t.cfg), "preprocess": data.prep.as_dict(),
+        "data_root": str(Path(t.cfg.data.root).resolve()),  # data.root is kept as typed; this works from anywhere
         "model_name": t.cfg.model.name, "versions": versions(), "class_counts": list(data.class_counts),
         "precision": precision_name(t.amp), "device": str(t.device),
     }
@@ -409,7 +434,7 @@ def save_checkpoints(t: Trainer, stopper: EarlyStop, data: RunData, run_dir: Pat
         else:
             best = val["top1"] > t.state.best_top1
         if best:
-            t.state.best_top1 = val["top1"]  # the top-1 of best.pt
+            t.state.best_top1, t.state.best_epoch = val["top1"], t.state.epoch  # what best.pt holds
     ck = checkpoint_dict(t, data)
     atomic_save(ck, run_dir / "last.pt")
     if best and t.cfg.checkpoint.save_best:
@@ -422,7 +447,8 @@ def summarize(t: Trainer, data: RunData, totals: Totals, run_dir: Path, t_start:
               stopper: EarlyStop) -> dict[str, Any]:
     """The run's summary, which `fit` returns and logs: epochs, iterations, top-1, time [s]."""
     return {"run_dir": str(run_dir), "epochs": t.state.epoch, "iters": t.state.step, "final": totals.last_val,
-            "best_top1": t.state.best_top1, "eval_split": data.eval_name, "seconds": time.perf_counter() - t_start,
+            "best_top1": t.state.best_top1, "best_epoch": t.state.best_epoch, "eval_split": data.eval_name,
+            "seconds": time.perf_counter() - t_start,
             "train_seconds": totals.train, "eval_seconds": totals.eval, "data_seconds": totals.data,
             "init_seconds": totals.init, "train_img_per_s": totals.images / totals.train if totals.train else 0.0,
             "early_stopped": bool(t.state.early_stop.get("stopped"))}
@@ -435,8 +461,10 @@ def format_summary(s: dict[str, Any], cfg: Config) -> str:
         "-" * 64,
         f"run       {s['run_dir']}   ({cfg.model.name}, {s['epochs']} epochs, {s['iters']} iterations)",
         f"final     {s['eval_split']} top1 {f.get('top1', float('nan')):.2f}  top5 {f.get('top5', float('nan')):.2f}"
-        f"  loss {f.get('loss', float('nan')):.4f}",
-        f"best      top1 {s['best_top1']:.2f}",
+        f"  loss {f.get('loss', float('nan')):.4f}   (last.pt, epoch {s['epochs']})",
+        f"best      {s['eval_split']} top1 {s['best_top1']:.2f}   (best.pt, epoch {s.get('best_epoch') or '?'}"
+        + (", chosen on the test split: optimistic; data.val_fraction selects on a validation split)"
+           if s["eval_split"] != "val" else ")"),
         f"time      {s['seconds']:.1f} s wall, {s['train_seconds']:.1f} s training "
         f"({s['train_img_per_s']:.0f} img/s), {s['data_seconds']:.1f} s loading data",
         "-" * 64,

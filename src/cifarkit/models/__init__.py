@@ -243,3 +243,53 @@ def count_macs(model: nn.Module, input_size: int) -> int:
     finally:
         model.train(was)
     return fc.get_total_flops() // 2
+
+
+def model_stats(name: str, num_classes: int, input_size: int, compute: bool = True) -> tuple[int, int] | None:
+    """(parameters, MACs at `input_size`) of model `name`, from a small cache when known.
+
+    Counting MACs runs a forward pass under torch's FlopCounterMode (seconds for a large
+    torchvision model, minutes for all of them), so each count is kept in
+    `$CIFARKIT_CACHE/model_stats.json` keyed by name, classes, size and the torch, torchvision
+    and cifarkit versions. With `compute=False` an uncached model gives None instead.
+
+    Raises:
+        ConfigError: an unknown model, or an input size it cannot take.
+    """
+    import json
+    import os
+    from importlib.metadata import version
+
+    from cifarkit import __version__
+    from cifarkit.data.cache import cache_dir
+
+    try:
+        tv = version("torchvision")
+    except Exception:  # noqa: BLE001 - a source checkout of torchvision has no metadata
+        tv = "?"
+    import torch
+
+    key = f"{name}|{num_classes}|{input_size}|torch {torch.__version__}|torchvision {tv}|cifarkit {__version__}"
+    path = cache_dir() / "model_stats.json"
+    try:
+        cached = json.loads(path.read_text())
+        if not isinstance(cached, dict):
+            cached = {}
+    except (OSError, ValueError):
+        cached = {}
+    hit = cached.get(key)
+    if isinstance(hit, list) and len(hit) == 2 and all(isinstance(v, int) for v in hit):
+        return hit[0], hit[1]
+    if not compute:
+        return None
+    model = create_model(name, num_classes)
+    stats = (count_params(model), count_macs(model, input_size))
+    cached[key] = list(stats)
+    try:  # a cache that cannot be written only costs the next listing its time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(cached, indent=0))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return stats
