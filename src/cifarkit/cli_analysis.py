@@ -34,6 +34,25 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`analysis.calibrate`)."""
+    import json
+
+    from cifarkit.analysis.calibrate import calibrate
+
+    r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite)
+    if a.json:
+        print(json.dumps(r))
+        return 0
+    b, f = r["before"], r["after"]
+    print(f"temperature {r['temperature']:.4f}, fitted on {r['split']} ({r['n']} images, tta {r['tta']}, "
+          f"{r['precision']}); top-1 {f['top1']:.2f} unchanged")
+    print(f"           ECE      NLL     Brier\nbefore  {b['ece'] * 100:6.2f}%  {b['nll']:.4f}  {b['brier']:.4f}\n"
+          f"after   {f['ece'] * 100:6.2f}%  {f['nll']:.4f}  {f['brier']:.4f}")
+    print(f"wrote {r['checkpoint']}" + (f" and {r['figure']}" if r["figure"] else ""))
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     """`cifarkit report`: one self-contained HTML report of a run."""
     from cifarkit.analysis.report import write_report
@@ -76,6 +95,21 @@ def add_commands(sub, data_sub=None) -> None:
     add_precision_option(z)
     z.add_argument("--device", default="auto")
     z.set_defaults(fn=cmd_analyze)
+
+    c = sub.add_parser("calibrate", help="fit a softmax temperature on a held-out split (temperature scaling) "
+                       "and write it into a new checkpoint")
+    c.add_argument("checkpoint")
+    c.add_argument("--out", default=None, help="the new checkpoint (default: CHECKPOINT_calibrated.pt next to it)")
+    c.add_argument("--data", default=None, help="dataset holding --split (default: the run's data.root)")
+    c.add_argument("--split", default=None, help="held-out split (default: the run's validation split)")
+    c.add_argument("--allow-test", action="store_true",
+                   help="accept the test split (its calibration numbers are then measured where T was fitted)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_tta_option(c)
+    add_precision_option(c)
+    c.add_argument("--device", default="auto")
+    c.set_defaults(fn=cmd_calibrate)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
     r.add_argument("run_dir")

@@ -181,6 +181,8 @@ class TrainConfig:
                                           "CE: deferred re-weighting, LDAM-DRW)", ge=0)
     logit_adjust: float = _f(0.0, "logit-adjusted loss: train on logits + tau * log(class prior) (Menon et al. "
                                   "2021; 0 = off)", ge=0)
+    calibrate: bool = _f(False, "at the end, fit a softmax temperature on the validation split (needs "
+                                "data.val_fraction > 0) and write RUN/calibrated.pt from best.pt (cifarkit calibrate)")
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 

@@ -61,19 +61,25 @@ def _metadata(inf: Inference) -> str:
     """What `Inference.from_onnx` needs: classes, preprocessing, the run's TTA, the model's name and
     the post-hoc logit adjustment baked into the graph (for display: the graph already adds it)."""
     return json.dumps({"classes": inf.classes, "preprocess": inf.prep.as_dict(), "model": inf.config.model.name,
-                       "tta": inf.config.eval.tta, "logit_adjust": inf.logit_adjust})
+                       "tta": inf.config.eval.tta, "logit_adjust": inf.logit_adjust, "temperature": inf.temperature})
 
 
-class _AddBias(torch.nn.Module):
-    """The model with the run's post-hoc logit adjustment baked in: logits + bias (C,)."""
+class _PostHoc(torch.nn.Module):
+    """The model with what the one inference path adds after it baked in: (logits + bias) / T, the
+    run's post-hoc logit adjustment (C,) and the calibration temperature."""
 
-    def __init__(self, model: torch.nn.Module, bias: torch.Tensor):
+    def __init__(self, model: torch.nn.Module, bias: torch.Tensor | None, temperature: float):
         super().__init__()
         self.model = model
-        self.register_buffer("bias", bias.float().clone())
+        self.register_buffer("bias", (bias if bias is not None else torch.zeros(0)).float().clone())
+        self.has_bias = bias is not None
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) + self.bias
+        z = self.model(x)
+        if self.has_bias:
+            z = z + self.bias
+        return z / self.temperature if self.temperature != 1.0 else z
 
 
 def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tensor, str]:
@@ -128,8 +134,8 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
         require("onnxruntime", "ONNX export's parity check")
     ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
-    if ref.logit_bias is not None:
-        model = _AddBias(model, ref.logit_bias).eval()
+    if ref.logit_bias is not None or ref.temperature != 1.0:
+        model = _PostHoc(model, ref.logit_bias, ref.temperature).eval()
     s = ref.prep.input_size
     out = Path(out) if out else Path(ckpt).with_suffix(ext)
     if out.is_dir():

@@ -79,14 +79,18 @@ class Inference:
     meta: dict[str, Any] = field(default_factory=dict)  # checkpoint: epoch, best_top1, class_counts; ONNX: model
     logit_adjust: float = 0.0  # post-hoc tau: `forward` already adds -tau * log prior to the logits
     logit_bias: torch.Tensor | None = None  # that (C,) bias, for an export to bake into its graph
+    temperature: float = 1.0  # `forward` already divides the logits by it (`cifarkit calibrate`)
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
-                        precision: str | None = None, logit_adjust: float | None = None) -> Inference:
+                        precision: str | None = None, logit_adjust: float | None = None,
+                        temperature: float | None = None) -> Inference:
         """`precision`: auto (None) = what this machine is fast at (`engine.device.amp_dtype`), whatever
         the run trained in; or fp32 | bf16 | fp16 (none = fp32).
-        `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0)."""
+        `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0).
+        `temperature`: None = the checkpoint's (1 unless `cifarkit calibrate` wrote it), or the one
+        to use; the logits (after any logit adjustment) are divided by it, which leaves top-1 as is."""
         precision = check_precision(precision)
         dev = resolve_device(device)
         model, ck, cfg, prep = load_for_inference(path, dev)
@@ -100,11 +104,16 @@ class Inference:
         amp = amp_dtype(precision, dev)
         if precision != "auto":
             warn_slow_precision(amp, dev, f"--precision {precision}")
+        temp = check_temperature(ck.get("temperature", 1.0) if temperature is None else temperature, path)
         forward = model_forward(model, dev, amp, cfg.train.channels_last, bias)
+        if temp != 1.0:
+            unscaled = forward
+            forward = lambda x: unscaled(x) / temp  # noqa: E731
         return cls(forward, list(ck["classes"]), prep, check_tta(tta) or cfg.eval.tta, precision_name(amp),
                    cfg.eval.batch_size, str(path), dev, model, cfg,
-                   {"epoch": ck.get("epoch"), "class_counts": counts, "best_top1": ck.get("best_top1")},
-                   float(tau), bias)
+                   {"epoch": ck.get("epoch"), "class_counts": counts, "best_top1": ck.get("best_top1"),
+                    "calibration": ck.get("calibration")},
+                   float(tau), bias, temp)
 
     @classmethod
     def from_onnx(cls, path: str | Path, tta: str | None = None) -> Inference:
@@ -138,7 +147,8 @@ class Inference:
             return torch.from_numpy(session.run(None, {name: arr})[0]).float()
 
         return cls(forward, meta["classes"], meta["preprocess"], check_tta(tta) or meta.get("tta", "none"),
-                   "fp32", 256, str(path), meta={"model": meta["model"]}, logit_adjust=meta["logit_adjust"])
+                   "fp32", 256, str(path), meta={"model": meta["model"]}, logit_adjust=meta["logit_adjust"],
+                   temperature=meta["temperature"])  # both already in the graph; here for display
 
     # ---- inference --------------------------------------------------------------------------
     def logits(self, images: torch.Tensor | Sequence[torch.Tensor], tta: str | None = None) -> torch.Tensor:
@@ -147,15 +157,34 @@ class Inference:
                               self.device)
 
     def settings(self, tta: str | None = None) -> dict[str, Any]:
-        """What a result was computed with (tta, precision, logit_adjust): in every --json record
-        and metrics file; `describe` is the text commands print."""
-        return {"tta": check_tta(tta) or self.tta, "precision": self.precision, "logit_adjust": self.logit_adjust}
+        """What a result was computed with (tta, precision, logit_adjust, and the temperature when a
+        calibrated model has one): in every --json record and metrics file; `describe` is the text
+        commands print."""
+        return {"tta": check_tta(tta) or self.tta, "precision": self.precision, "logit_adjust": self.logit_adjust,
+                **({"temperature": self.temperature} if self.temperature != 1.0 else {})}
 
 
 def describe(settings: dict[str, Any]) -> str:
     """`settings()` as commands print it: "tta flip_translate, bf16" (+ ", logit-adjust 1" when on)."""
     tau = settings.get("logit_adjust") or 0.0
-    return f"tta {settings['tta']}, {settings['precision']}" + (f", logit-adjust {tau:g}" if tau else "")
+    temp = settings.get("temperature")
+    return (f"tta {settings['tta']}, {settings['precision']}" + (f", logit-adjust {tau:g}" if tau else "")
+            + (f", temperature {temp:.3g}" if temp else ""))
+
+
+MAX_TEMPERATURE = 100.0
+
+
+def check_temperature(t: Any, path: str | Path) -> float:
+    """A checkpoint's (or the caller's) softmax temperature: a finite number in (0, 100].
+
+    Raises:
+        CheckpointError: anything else (NaN, 0, negative, a string): the file is damaged or edited.
+    """
+    if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and 0 < t <= MAX_TEMPERATURE):
+        raise CheckpointError(f"{path}: its temperature {t!r} is not a number in (0, {MAX_TEMPERATURE:g}]; the file "
+                              "is damaged or was edited (recalibrate with cifarkit calibrate)")
+    return float(t)
 
 
 def checkpoint_label(result: dict[str, Any]) -> str:
@@ -209,8 +238,9 @@ def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
     tau = meta.get("logit_adjust", 0.0)
     if not (isinstance(tau, int | float) and not isinstance(tau, bool) and math.isfinite(tau) and tau >= 0):
         raise CheckpointError(f"{path}: metadata logit_adjust {tau!r} is not a number >= 0")
+    temperature = check_temperature(meta.get("temperature", 1.0), path)
     return session, {"classes": classes, "preprocess": prep, "tta": tta, "model": str(meta.get("model", "")),
-                     "logit_adjust": float(tau)}
+                     "logit_adjust": float(tau), "temperature": temperature}
 
 
 def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,

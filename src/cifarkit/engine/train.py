@@ -92,6 +92,9 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
     if cfg.log.tensorboard:
         summary_writer_class()  # a missing extra fails now, not after the first epoch
+    if cfg.train.calibrate and cfg.data.val_fraction == 0 and not quiet:
+        print("warning: train.calibrate fits the temperature on a validation split and this run has none "
+              "(data.val_fraction is 0): no calibrated.pt will be written", file=sys.stderr)
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
         return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, ())
@@ -102,6 +105,8 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
             if moved is not None and not quiet:
                 print(f"moved the earlier run in {run_dir} into {moved}")
         summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run)
+        if cfg.train.calibrate and summary.get("eval_split") == "val":
+            calibrate_run(run_dir, quiet)
         for hook in after_run:
             hook(run_dir)
     return summary
@@ -180,6 +185,18 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
     if not quiet:
         print(format_summary(summary, cfg))
     return summary
+
+
+def calibrate_run(run_dir: Path, quiet: bool) -> None:
+    """`train.calibrate`: temperature scaling of best.pt on the run's validation split -> calibrated.pt."""
+    from cifarkit.analysis.calibrate import calibrate
+
+    best = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
+    r = calibrate(best, run_dir / "calibrated.pt", overwrite=True)
+    if not quiet:
+        print(f"calibrated {best.name} on val: temperature {r['temperature']:.3f}, ECE "
+              f"{r['before']['ece'] * 100:.2f}% -> {r['after']['ece'] * 100:.2f}%, NLL {r['before']['nll']:.4f} -> "
+              f"{r['after']['nll']:.4f} ({run_dir / 'calibrated.pt'})", flush=True)
 
 
 def start_line(t: Trainer, data: RunData, run_dir: Path) -> str:
