@@ -64,6 +64,9 @@ def write_log(run: Path, records: list[dict]) -> None:
 HEADER = {"type": "header", "config": {"model": {"name": "airnet"}}, "classes": ["a", "b"]}
 
 
+F32_TOP1 = float(np.float32(61.2))  # 61.20000076293945: a top-1 as a float32 metric leaves it
+
+
 def train_rec(it: int) -> dict:
     return {"type": "train", "epoch": 1 + it // 10, "iter": it, "lr": 0.1, "loss": 2.0 / (1 + it)}
 
@@ -73,6 +76,8 @@ def served(tmp_path_factory):
     """(server, model, image folder, runs folder) shared by this module's tests."""
     tmp = tmp_path_factory.mktemp("serve")
     model = make_checkpoint("airnet", tmp / "model.pt")
+    # the model's own run log: its evaluation at its epoch (0), a float32 top-1
+    write_log(tmp, [HEADER, {"type": "val", "epoch": 0, "iter": 0, "top1": F32_TOP1, "split": "test"}])
     images = tmp / "images"
     images.mkdir()
     for i, arr in enumerate(make_images(np.arange(N_IMAGES) % 10, seed=3)):
@@ -93,6 +98,11 @@ def served(tmp_path_factory):
     # a report.html that is a FIFO: never opened (it would block the server for ever)
     write_log(runs / "fifo", [HEADER, train_rec(0)])
     os.mkfifo(runs / "fifo" / "report.html")
+    # `cifarkit demo`'s layout: the folder is "run", the config's name "demo"; float32 top-1s, a val split
+    demo_header = {**HEADER, "config": {"name": "demo", "model": {"name": "airnet"}, "data": {"val_fraction": 0.1}}}
+    write_log(runs / "run", [demo_header, train_rec(0), {"type": "val", "epoch": 1, "iter": 10, "top1": F32_TOP1,
+                                                         "top5": float(np.float32(97.3)), "loss": 1.0},
+                             {"type": "summary", "best_top1": F32_TOP1}])
     with running_server(str(model), "--runs", str(runs), "--max-files", "16", "--max-upload-mb", "2",
                         "--allow-host", "cifar.lab.example") as srv:
         yield srv, model, images, runs
@@ -201,7 +211,8 @@ def test_cam_png_and_model_info(served):
 def test_runs_view_serves_only_runs_found_under_the_folder(served):
     srv, _, _, runs = served
     listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
-    assert set(listed) == {"done", "group/training", "linked", "fifo"}  # the symlink leading outside is not a run
+    # the symlink leading outside is not a run
+    assert set(listed) == {"done", "group/training", "linked", "fifo", "run"}
     assert listed["done"]["best_top1"] == 41.5 and listed["done"]["model"] == "airnet"
     assert listed["done"]["report"] and not listed["done"]["running"] and listed["group/training"]["running"]
     assert httpx.get(srv.url + "/runs/done/report.html").text.startswith("<html><body><h1>the report")
@@ -271,3 +282,46 @@ def test_a_client_that_leaves_mid_body_gets_no_traceback_on_the_server(served):
     assert httpx.get(srv.url + "/api/health").json()["status"] == "ok"  # and it still answers
     time.sleep(0.5)  # let the server notice the closed connection
     assert not [line for line in srv.output if "Traceback" in line or "ClientDisconnect" in line], srv.output[-20:]
+
+
+def test_accuracies_leave_the_api_rounded_as_the_page_shows_them(served):
+    """A float32 top-1 (61.20000076293945) is 61.2 in every answer that carries an accuracy."""
+    srv = served[0]
+    info = httpx.get(srv.url + "/api/model")
+    assert info.json()["test_top1"] == 61.2 and "61.2000" not in info.text
+    runs = httpx.get(srv.url + "/api/runs")
+    assert {r["id"]: r for r in runs.json()}["run"]["best_top1"] == 61.2 and "61.2000" not in runs.text
+    curves = httpx.get(srv.url + "/api/runs/run/curves")
+    assert curves.json()["val"][0]["top1"] == 61.2 and curves.json()["val"][0]["top5"] == 97.3
+    assert "61.2000" not in curves.text and "97.30000" not in curves.text
+
+
+def test_a_run_is_named_by_its_config_and_identified_by_its_folder(served):
+    srv = served[0]
+    listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
+    assert listed["run"]["name"] == "demo"  # config name, not the folder's
+    assert listed["done"]["name"] == "done"  # no name in the config: the folder
+    assert httpx.get(srv.url + "/api/runs/run/curves").status_code == 200  # the id stays the folder
+    assert httpx.get(srv.url + "/api/runs/demo/curves").status_code == 404
+
+
+def test_the_top1_names_its_checkpoint_and_split(served, tmp_path: Path):
+    """The served file's own evaluation in its run's log names that file and the logged split; without
+    one the number is the run's best (best.pt's), on "val" when the config held out data.val_fraction."""
+    from cifarkit.predict import load
+    from cifarkit.serve.app import model_info
+
+    srv = served[0]
+    info = httpx.get(srv.url + "/api/model").json()
+    assert (info["top1_checkpoint"], info["test_split"], info["test_top1"]) == ("model.pt", "test", 61.2)
+    listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs").json()}
+    assert listed["run"]["split"] == "val" and listed["done"]["split"] == "test"
+
+    import torch
+
+    ck = torch.load(make_checkpoint("airnet", tmp_path / "last.pt"), weights_only=False)
+    ck["best_top1"], ck["epoch"] = F32_TOP1, 3
+    ck["config"]["data"]["val_fraction"] = 0.2
+    torch.save(ck, tmp_path / "last.pt")
+    info = model_info(load(tmp_path / "last.pt", "cpu"), tmp_path / "last.pt")
+    assert (info["top1_checkpoint"], info["test_split"], info["test_top1"]) == ("best.pt", "val", 61.2)

@@ -7,6 +7,7 @@ The browser test saves its screenshots to benchmarks/results/serve_page.png and 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,31 @@ pytest.importorskip("fastapi")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
 SHOTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+# installed in the page before the upload: notes each card whose Grad-CAM slot shows the placeholder,
+# and any Grad-CAM <img> that is in the page with a src but not loaded (a broken-image icon)
+CAM_WATCH = """
+window.camWatch = { placeholder: [], broken: [] };
+const look = () => document.querySelectorAll("#results .card").forEach((card) => {
+  const name = card.querySelector(".name").textContent;
+  if (card.querySelector(".cam-slot .cam-placeholder") && !camWatch.placeholder.includes(name)) {
+    camWatch.placeholder.push(name);
+  }
+  for (const img of card.querySelectorAll(".cam-slot img")) {
+    if (img.getAttribute("src") && !(img.complete && img.naturalWidth > 0)) camWatch.broken.push(name);
+  }
+});
+new MutationObserver(look).observe(document.getElementById("results"),
+                                   { childList: true, subtree: true, attributes: true });
+"""
+CAM_SLOTS_OK = """
+return [...document.querySelectorAll(".card .cam-slot")].every((slot) => slot.querySelector(".cam-placeholder")
+  || [...slot.querySelectorAll("img")].every((img) => img.complete && img.naturalWidth > 0));
+"""
+NICE_CASES = [(0.31, 2.3, False), (41.2, 61.19, False), (0, 390, True), (0, 3, True), (5.0, 5.0, False),
+              (0.0012, 0.0049, False), (-3.5, 12.0, False)]
+NICE_TICKS = f"return {json.dumps(NICE_CASES)}.map(([lo, hi, integer]) => niceTicks(lo, hi, integer).ticks);"
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +76,9 @@ def test_trained_model_matches_predict_after_cam(trained_server, capsys):
     got = post(srv.url + "/api/predict", [(f.name, f.read_bytes()) for f in images]).json()
     assert {g.pop("path"): g for g in got} == want
     info = httpx.get(srv.url + "/api/model").json()
-    last_val = [r for r in (model.parent / "log.jsonl").read_text().splitlines() if '"val"' in r][-1]
-    assert info["test_top1"] is not None and f'"top1": {info["test_top1"]}' in last_val.replace("\n", "")
+    last_val = [json.loads(r) for r in (model.parent / "log.jsonl").read_text().splitlines() if '"val"' in r][-1]
+    assert info["test_top1"] == round(last_val["top1"], 2)  # last.pt's own evaluation, as the page shows it
+    assert (info["top1_checkpoint"], info["test_split"]) == ("last.pt", "test")
 
 
 @pytest.mark.slow
@@ -76,15 +103,26 @@ def test_page_in_a_real_browser(trained_server, tmp_path: Path, capsys):
         wait = WebDriverWait(driver, 90)
         driver.get(srv.url + "/")
         wait.until(lambda d: "airnet" in d.find_element(By.ID, "model-name").text)
-        assert "test top-1" in driver.find_element(By.ID, "model-meta").text
-        driver.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in images))
+        assert "last.pt: test top-1" in driver.find_element(By.ID, "model-meta").text  # its checkpoint and split
+        # record every state of the Grad-CAM slots: a placeholder first, never a broken image (an <img> with a
+        # src that has not loaded)
+        driver.execute_script(CAM_WATCH)
+        chosen = images[::-1]  # not the names' order: the cards must follow the order the files were chosen in
+        driver.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in chosen))
+        cards = driver.find_elements(By.CSS_SELECTOR, ".card")
+        assert [c.find_element(By.CSS_SELECTOR, ".name").text for c in cards] == [f.name for f in chosen]
+        assert driver.execute_script(CAM_SLOTS_OK), "a Grad-CAM slot right after the upload is no placeholder"
         # each card: the top-1 label predict gives, then the Grad-CAM overlay for it
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".top1[data-label]")) == len(images))
         for card in driver.find_elements(By.CSS_SELECTOR, ".card"):
             name = card.find_element(By.CSS_SELECTOR, ".name").text
             assert card.find_element(By.CSS_SELECTOR, ".top1").get_attribute("data-label") == want[name]["label"]
+            assert "last.pt" in card.find_element(By.CSS_SELECTOR, ".by").text
         cams = lambda d: d.find_elements(By.CSS_SELECTOR, "img.cam")  # noqa: E731
-        wait.until(lambda d: all(d.execute_script("return arguments[0].naturalWidth", c) == 32 for c in cams(d)))
+        wait.until(lambda d: len(cams(d)) == len(images)
+                   and all(d.execute_script("return arguments[0].naturalWidth", c) == 32 for c in cams(d)))
+        watched = driver.execute_script("return window.camWatch")
+        assert watched["broken"] == [] and watched["placeholder"] == [f.name for f in chosen], watched
         # click the second class of the first card: its CAM replaces the predicted class's
         card = driver.find_elements(By.CSS_SELECTOR, ".card")[0]
         second = card.find_elements(By.CSS_SELECTOR, ".topk li")[1]
@@ -102,6 +140,20 @@ def test_page_in_a_real_browser(trained_server, tmp_path: Path, capsys):
         row.click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-loss polyline.series"))
         assert driver.find_elements(By.CSS_SELECTOR, "#chart-top1 polyline.series")
+        # real axes: 4-6 nice ticks with labels and gridlines, and axis titles
+        for chart, x_title, y_title in (("loss", "iteration", "loss"), ("top1", "epoch", "test accuracy [%]")):
+            yticks = [t.text for t in driver.find_elements(By.CSS_SELECTOR, f"#chart-{chart} text.ytick")]
+            assert 4 <= len(yticks) <= 6 and all(t for t in yticks), (chart, yticks)
+            assert len(driver.find_elements(By.CSS_SELECTOR, f"#chart-{chart} line.grid")) >= len(yticks)
+            titles = [t.text for t in driver.find_elements(By.CSS_SELECTOR, f"#chart-{chart} text.axis-title")]
+            assert titles == [x_title, y_title], titles
+        ticks = driver.execute_script(NICE_TICKS)
+        for (lo, hi, _), got in zip(NICE_CASES, ticks):
+            step = got[1] - got[0]
+            assert 4 <= len(got) <= 6 and got[0] <= lo and got[-1] >= hi, (lo, hi, got)
+            mantissa = step / 10 ** np.floor(np.log10(step))
+            assert min(abs(mantissa - m) for m in (1, 2, 2.5, 5)) < 1e-6, (lo, hi, got)
+            assert np.allclose(np.diff(got), step)
         frame = driver.find_element(By.ID, "report")
         wait.until(lambda d: frame.is_displayed())
         driver.switch_to.frame(frame)

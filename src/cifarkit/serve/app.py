@@ -29,13 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cifarkit.cam import METHODS, compute_cam, overlay
+from cifarkit.config import config_to_dict
 from cifarkit.data.decode import DECODE_MAX_SIDE, load_rgb
 from cifarkit.errors import CifarkitError
 from cifarkit.logs import read_jsonl
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
 from cifarkit.safepath import safe_component
 from cifarkit.serve.batcher import Batcher, Overloaded
-from cifarkit.serve.runs import find_runs, run_curves, run_summary, served_file
+from cifarkit.serve.runs import eval_split, find_runs, pct, run_curves, run_summary, served_file
 
 STATIC = Path(__file__).resolve().parent / "static"
 TTA = Literal["none", "flip", "flip_translate"]
@@ -147,24 +148,34 @@ def decode_upload(data: bytes, name: str) -> np.ndarray:
 
 
 def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
-    """What the page shows about the model: name, classes, preprocessing, test accuracy."""
+    """What the page shows about the model: name, classes, preprocessing, and its top-1 [%] with
+    where that comes from: `test_top1` is measured on split `test_split` ("val" when the run held
+    out data.val_fraction > 0 of train) for checkpoint `top1_checkpoint` (this file, from its own
+    evaluation in the run's log; else "best.pt", whose top-1 every checkpoint records)."""
     info: dict[str, Any] = {"file": path.name, "model": None, "classes": clf.classes, "preprocess": clf.prep.as_dict(),
                             "tta": clf.tta, "precision": clf.precision, "logit_adjust": clf.logit_adjust,
                             "device": str(clf.device),
                             "epoch": clf.meta.get("epoch"), "test_top1": None, "test_split": None,
-                            "cam": clf.model is not None, "cam_methods": list(METHODS)}
+                            "top1_checkpoint": None, "cam": clf.model is not None, "cam_methods": list(METHODS)}
     if clf.config is None:  # an exported .onnx file: the model name is in its metadata
         info["model"] = clf.meta.get("model") or None
         return info
     info["model"] = clf.config.model.name
     log = path.parent / "log.jsonl"  # the checkpoint's own run: its evaluation at this epoch
-    vals = [r for r in read_jsonl(log) if r.get("type") == "val"] if log.is_file() else []
-    at_epoch = [r for r in vals if r.get("epoch") == info["epoch"] and isinstance(r.get("top1"), (int, float))]
+    records = read_jsonl(log) if log.is_file() else []
+    header = next((r for r in records if r.get("type") == "header"), {})
+    at_epoch = [r for r in records if r.get("type") == "val" and r.get("epoch") == info["epoch"]
+                and isinstance(r.get("top1"), (int, float))]
+    split = None
     if at_epoch:
-        info["test_top1"], info["test_split"] = at_epoch[-1]["top1"], at_epoch[-1].get("split")
+        own = at_epoch[-1]
+        info["test_top1"], info["top1_checkpoint"], split = pct(own["top1"]), path.name, own.get("split")
     else:
         best = clf.meta.get("best_top1")
-        info["test_top1"] = best if isinstance(best, (int, float)) and best >= 0 else None
+        if isinstance(best, (int, float)) and best >= 0:
+            info["test_top1"], info["top1_checkpoint"] = pct(best), "best.pt"
+    if info["test_top1"] is not None:
+        info["test_split"] = eval_split(config_to_dict(clf.config), split, header.get("eval_split"))
     return info
 
 
@@ -285,7 +296,8 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
 
     @app.get("/api/model")
     async def model_() -> dict[str, Any]:
-        """Model name, classes, preprocessing, default TTA and precision, test accuracy, limits."""
+        """Model name, classes, preprocessing, default TTA and precision, top-1 [%] (with its checkpoint and
+        split), limits."""
         return info
 
     @app.post("/api/predict", openapi_extra=UPLOAD_DOC)
@@ -316,7 +328,8 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
 
     @app.get("/api/runs")
     async def runs_list() -> list[dict[str, Any]]:
-        """Run directories under --runs: name, model, best top-1, date, running, has a report."""
+        """Run directories under --runs: id (folder), name (config), model, best top-1 and its split, date,
+        running, has a report."""
         found = find_runs(_runs_root())
         return await asyncio.to_thread(lambda: [run_summary(r) for r in found.values()])
 
