@@ -7,6 +7,7 @@ an export without torch's deprecation noise, galleries that show the true label'
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,13 @@ from test_cli_data import run
 def relative_run(tmp_path_factory) -> Path:
     """A 2-epoch CLI run started in `home/` with a relative data.root (`data/...`), plots on."""
     home = tmp_path_factory.mktemp("home")
-    make_cifar10(home / "data", per_batch=40, test=40)
+    d = make_cifar10(home / "data", per_batch=40, test=40, py2=False)
+    test = pickle.loads((d / "test_batch").read_bytes())
+    test["labels"] = [(y + 1) % 10 if i % 4 == 0 else y for i, y in enumerate(test["labels"])]  # some errors
+    (d / "test_batch").write_bytes(pickle.dumps(test, protocol=4))
     r = run("train", "fast", "--set", "data.root=data/cifar-10-batches-py", "--set", "train.batch_size=100",
-            "--set", "train.epochs=2", "--set", "eval.tta=none", "--set", "log.plots=true", *NARROW_SET,
+            "--set", "train.epochs=2", "--set", "eval.tta=none", "--set", "log.plots=true", "--set", "eval.interval=1",
+            *NARROW_SET,
             "--work-dir", "run", cwd=home)
     assert r.returncode == 0, r.stderr
     (home / "stdout.txt").write_text(r.stdout)

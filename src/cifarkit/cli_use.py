@@ -91,10 +91,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     if out:
         with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision", "logit_adjust"])
+            w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision", "logit_adjust",
+                        "temperature"])
             for r in rows:
                 w.writerow(csv_row([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta,
-                                    r.precision, r.logit_adjust]))
+                                    r.precision, r.logit_adjust, r.temperature]))
         print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)

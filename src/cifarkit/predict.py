@@ -48,6 +48,7 @@ class Prediction:
         tta: the test-time augmentation the logits were computed with.
         precision: "fp32", "bf16" or "fp16": what this machine computed in (`--precision`, default auto).
         logit_adjust: the post-hoc logit adjustment tau (0 = none).
+        temperature: the softmax temperature of a calibrated model (1 = none; `cifarkit calibrate`).
     """
     label: str
     label_id: int
@@ -57,6 +58,7 @@ class Prediction:
     tta: str = "none"  # what the logits were computed with
     precision: str = "fp32"
     logit_adjust: float = 0.0
+    temperature: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict, path first (what `cifarkit predict --json` prints)."""

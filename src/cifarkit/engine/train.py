@@ -203,7 +203,8 @@ def start_line(t: Trainer, data: RunData, run_dir: Path) -> str:
     """What a run prints first: model, where and in what precision it computes, and how long it is."""
     where = str(t.device)
     if t.device.type == "cpu":
-        where += f" ({cpu_kind()}, {torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        where += f" ({cpu_kind()}, {n} thread{'s' if n != 1 else ''})"
     return (f"training {t.cfg.model.name} on {where} in {precision_name(t.amp)}: {data.num_train} images, "
             f"{t.steps_per_epoch} steps/epoch x {t.cfg.train.epochs:g} epochs -> {run_dir}")
 
