@@ -81,7 +81,9 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
         split: the held-out split (default: the run's validation split, when `data.val_fraction`
             made one).
         allow_test: accept the test split (its calibration numbers are then optimistic).
-        device, tta, precision: as `cifarkit eval`; T is fitted on the logits these give.
+        device: as `cifarkit eval` ("auto", "cpu", "cuda", ...).
+        tta: test-time augmentation (default the run's); T is fitted on the logits it gives.
+        precision: auto (None), fp32, bf16 or fp16, as `cifarkit eval`.
         overwrite: replace an existing `out`.
         figure: also write the before/after reliability diagram next to `out` (`*_reliability.png`).
 
