@@ -35,10 +35,10 @@ def cmd_analyze(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`analysis.calibrate`)."""
+    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
     import json
 
-    from cifarkit.analysis.calibrate import calibrate
+    from cifarkit.engine.calibration import calibrate
 
     r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite)
     if a.json:

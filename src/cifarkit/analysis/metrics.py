@@ -2,18 +2,18 @@
 
 All functions take plain arrays (logits or probabilities (N, C), labels (N,)), so the same
 numbers come out whether the predictions were just computed or read back from predictions.npz.
+`softmax` and `calibration` (ECE) live in `engine.calibration`, which a run uses to calibrate
+itself, and are re-exported here.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from cifarkit.engine.calibration import calibration, softmax
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) `logits`, computed stably (max subtracted first)."""
-    z = logits - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
+__all__ = ["balanced_accuracy", "calibration", "confusion_matrix", "most_confused", "per_class_table",
+           "shot_accuracy", "softmax"]
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -55,26 +55,6 @@ def most_confused(cm: np.ndarray, classes: list[str], k: int = 10) -> list[dict]
         out.append({"true": classes[t], "predicted": classes[p], "count": int(off[t, p]),
                     "fraction_of_true": float(off[t, p] / max(cm[t].sum(), 1))})
     return out
-
-
-def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15, preds: np.ndarray | None = None) -> dict:
-    """Expected calibration error over equal-width confidence bins, plus the per-bin table.
-    `preds`: the predicted ids when they come from elsewhere (the logits' tie-break)."""
-    conf = probs.max(1)
-    correct = (probs.argmax(1) if preds is None else preds) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
-    table, ece = [], 0.0
-    for b in range(bins):
-        m = idx == b
-        n = int(m.sum())
-        acc = float(correct[m].mean()) if n else 0.0
-        c = float(conf[m].mean()) if n else 0.0
-        ece += n / len(labels) * abs(acc - c) if n else 0.0
-        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n, "accuracy": acc,
-                      "confidence": c})
-    return {"ece": float(ece), "bins": table}
-
 
 
 SHOTS = {"many": lambda n: n > 100, "medium": lambda n: (n >= 20) & (n <= 100), "few": lambda n: n < 20}

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cifarkit.config import Config, config_to_dict, save_config
 from cifarkit.data.loader import normalize
 from cifarkit.data.splits import RunData, build_data
+from cifarkit.engine.calibration import calibrate
 from cifarkit.engine.checkpoint import atomic_save, check_resume_compatible, load_checkpoint, newest_valid_checkpoint
 from cifarkit.engine.device import amp_dtype, cpu_kind, precision_name, resolve_device, versions, warn_slow_precision
 from cifarkit.engine.dist import DistInfo, barrier, broadcast_flag, cleanup, init_from_env
@@ -189,8 +190,6 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
 
 def calibrate_run(run_dir: Path, quiet: bool) -> None:
     """`train.calibrate`: temperature scaling of best.pt on the run's validation split -> calibrated.pt."""
-    from cifarkit.analysis.calibrate import calibrate
-
     best = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else run_dir / "last.pt"
     r = calibrate(best, run_dir / "calibrated.pt", overwrite=True)
     if not quiet:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.analysis.calibrate import calibrate, calibration_scores, fit_temperature
+from cifarkit.engine.calibration import calibrate, calibration_scores, fit_temperature
 from cifarkit.errors import CheckpointError, ConfigError
 from test_cli_data import run
 

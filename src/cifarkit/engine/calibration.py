@@ -1,4 +1,5 @@
-"""`cifarkit calibrate`: temperature scaling (Guo et al., ICML 2017), so a model's scores mean what they say.
+"""`cifarkit calibrate` and `train.calibrate`: temperature scaling (Guo et al., ICML 2017), so a
+model's scores mean what they say; and the calibration metrics (softmax, ECE) analysis reports.
 
 One scalar T > 0 divides every logit; it is fitted by minimising the negative log-likelihood on a
 held-out split (the run's validation split, or one the user names), which leaves every argmax,
@@ -11,6 +12,7 @@ calibration numbers would then be measured where T was fitted.
 
 The NLL of logits / T is convex in 1/T, so a golden-section search over log T (unimodal there)
 finds the optimum without a learning rate to tune: 80 steps narrow [0.05, 20] to ~1e-15.
+It lives in the engine (not analysis) because a run calibrates itself at its end (`train.calibrate`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,40 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifarkit.analysis.metrics import calibration, softmax
 from cifarkit.engine.checkpoint import atomic_save, load_checkpoint
 from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.plotting import pyplot, save
 
 T_RANGE = (0.05, 20.0)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) `logits`, computed stably (max subtracted first)."""
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = 15, preds: np.ndarray | None = None) -> dict:
+    """Expected calibration error over equal-width confidence bins, plus the per-bin table.
+    `preds`: the predicted ids when they come from elsewhere (the logits' tie-break)."""
+    conf = probs.max(1)
+    correct = (probs.argmax(1) if preds is None else preds) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        n = int(m.sum())
+        acc = float(correct[m].mean()) if n else 0.0
+        c = float(conf[m].mean()) if n else 0.0
+        ece += n / len(labels) * abs(acc - c) if n else 0.0
+        table.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": n, "accuracy": acc,
+                      "confidence": c})
+    return {"ece": float(ece), "bins": table}
+
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 80) -> float:
@@ -133,8 +162,6 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
 
 def plot_before_after(before: dict, after: dict, temperature: float, out: Path) -> Path:
     """Two reliability diagrams side by side: the model's scores, then after dividing by `temperature`."""
-    from cifarkit.analysis.plotting import pyplot, save
-
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
     for ax, s, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {temperature:.3f})")):
