@@ -25,6 +25,7 @@ from cifarkit.analysis.metrics import (
     softmax,
 )
 from cifarkit.analysis.plotting import pyplot, save
+from cifarkit.engine.calibration import draw_reliability
 from cifarkit.engine.evaluate import metrics_from_logits, ranked
 from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.safecsv import csv_dict, csv_row
@@ -144,19 +145,8 @@ def plot_confusion(cm: np.ndarray, classes: list[str], out: Path) -> None:
 def plot_reliability(cal: dict, out: Path) -> None:
     """Save the reliability diagram (accuracy per confidence bin, with the ECE) of `calibration` to `out`."""
     plt = pyplot()
-    bins = cal["bins"]
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
-    centers = [(b["low"] + b["high"]) / 2 for b in bins]
-    width = bins[0]["high"] - bins[0]["low"]
-    ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, edgecolor="k",
-           alpha=0.8, label="accuracy")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {cal['ece'] * 100:.2f}%)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
+    draw_reliability(ax, cal["bins"], f"reliability (ECE {cal['ece'] * 100:.2f}%)")
     save(fig, out)
 
 

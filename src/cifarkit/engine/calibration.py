@@ -165,14 +165,19 @@ def plot_before_after(before: dict, after: dict, temperature: float, out: Path) 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
     for ax, s, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {temperature:.3f})")):
-        bins = s["bins"]
-        centers = [(b["low"] + b["high"]) / 2 for b in bins]
-        width = bins[0]["high"] - bins[0]["low"]
-        ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, edgecolor="k",
-               alpha=0.8, label="accuracy")
-        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
-        ax.set_title(f"{title}: ECE {s['ece'] * 100:.2f}%, NLL {s['nll']:.3f}, Brier {s['brier']:.3f}", fontsize=9)
-        ax.legend(loc="upper left", fontsize=8)
+        draw_reliability(ax, s["bins"], f"{title}: ECE {s['ece'] * 100:.2f}%, NLL {s['nll']:.3f}, "
+                         f"Brier {s['brier']:.3f}", fontsize=9)
     save(fig, out)
     return out
+
+
+def draw_reliability(ax: Any, bins: list[dict], title: str, fontsize: float | None = None) -> None:
+    """A reliability diagram on `ax`: accuracy per confidence bin (`calibration`'s bins) against the diagonal."""
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = bins[0]["high"] - bins[0]["low"]
+    ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, edgecolor="k",
+           alpha=0.8, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_title(title, fontsize=fontsize)
+    ax.legend(loc="upper left", fontsize=8)
