@@ -34,19 +34,52 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(a: argparse.Namespace) -> int:
+    """`cifarkit robustness`: the CIFAR-10-C table of a checkpoint (`analysis.robustness`)."""
+    from pathlib import Path
+
+    from cifarkit.analysis.robustness import TITLES, robustness
+    from cifarkit.engine.inference import checkpoint_label, describe
+
+    out = a.out or str(Path(a.checkpoint).parent / "robustness")
+    r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
+                   a.tta, a.precision, a.device, a.seed, a.overwrite, limit=a.limit)
+    if a.json:
+        print(json.dumps(r))
+        return 0
+    sevs = [str(s) for s in r["severities"]]
+    print(f"{checkpoint_label(r)}  {r['split']} ({r['n']} images x {len(r['corruptions'])} corruptions x "
+          f"{len(sevs)} severities, {describe(r)}; {r['source']})")
+    print(f"{'corruption':16s}" + "".join(f"{s:>7s}" for s in sevs) + "   mean")
+    for c in r["corruptions"]:
+        print(f"{TITLES.get(c, c):16s}" + "".join(f"{r['table'][c][s]:7.2f}" for s in sevs)
+              + f"  {r['per_corruption'][c]:6.2f}")
+    line = f"clean top1 {r['clean_top1']:.2f}  mean corruption accuracy {r['mca']:.2f}"
+    b = r["baseline"]
+    if b:
+        mce = "n/a" if b["mce"] is None else f"{b['mce']:.1f}"
+        rel = "n/a" if b["relative_mce"] is None else f"{b['relative_mce']:.1f}"
+        line += f"  mCE {mce}  relative mCE {rel} (vs {b['checkpoint']}, clean {b['clean_top1']:.2f})"
+    print(line)
+    print(f"{r['seconds']:.0f} s ({r['images_per_s']:.0f} corrupted images/s, {r['cpu_kind']}); wrote {out}/ "
+          "(robustness.json, robustness.png, robustness_samples.png, metrics.json)")
+    return 0
+
+
 def cmd_calibrate(a: argparse.Namespace) -> int:
     """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
     import json
 
     from cifarkit.engine.calibration import calibrate
 
-    r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite)
+    r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite,
+                  objective=a.objective)
     if a.json:
         print(json.dumps(r))
         return 0
     b, f = r["before"], r["after"]
-    print(f"temperature {r['temperature']:.4f}, fitted on {r['split']} ({r['n']} images, tta {r['tta']}, "
-          f"{r['precision']}); top-1 {f['top1']:.2f} unchanged")
+    print(f"temperature {r['temperature']:.4f}, fitted ({r['objective']}) on {r['split']} ({r['n']} images, "
+          f"tta {r['tta']}, {r['precision']}); top-1 {f['top1']:.2f} unchanged")
     print(f"           ECE      NLL     Brier\nbefore  {b['ece'] * 100:6.2f}%  {b['nll']:.4f}  {b['brier']:.4f}\n"
           f"after   {f['ece'] * 100:6.2f}%  {f['nll']:.4f}  {f['brier']:.4f}")
     print(f"wrote {r['checkpoint']}" + (f" and {r['figure']}" if r["figure"] else ""))
@@ -106,10 +139,40 @@ def add_commands(sub, data_sub=None) -> None:
                    help="accept the test split (its calibration numbers are then measured where T was fitted)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     c.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    c.add_argument("--objective", default="nll", choices=["nll", "ece"],
+                   help="what T minimises on the held-out split: nll (Guo et al., default) or ece (15 bins)")
     add_tta_option(c)
     add_precision_option(c)
     c.add_argument("--device", default="auto")
     c.set_defaults(fn=cmd_calibrate)
+
+    rb = sub.add_parser("robustness", help="top-1 under the CIFAR-10-C corruptions (15 x 5 severities), "
+                        "mean corruption accuracy, mCE against a reference model")
+    rb.add_argument("checkpoint")
+    rb.add_argument("--data", default=None, help="the clean dataset (default: the run's data.root)")
+    rb.add_argument("--split", default=None, help="default: the run's test split")
+    rb.add_argument("--out", default=None, help="output folder (default: robustness/ next to the checkpoint, "
+                    "where `cifarkit report` finds it); other files in it are kept")
+    rb.add_argument("--corruptions", nargs="+", default=None, metavar="NAME",
+                    help="default: the protocol's 15 (gaussian_noise ... jpeg_compression)")
+    rb.add_argument("--extra", action="store_true", help="add the 4 extra corruptions: speckle_noise, gaussian_blur, "
+                    "spatter, saturate")
+    rb.add_argument("--severities", nargs="+", type=int, default=None, metavar="S", help="1-5 (default all)")
+    rb.add_argument("--baseline", default=None, metavar="CKPT",
+                    help="reference checkpoint for mCE and relative mCE (the paper's CE: errors relative to it)")
+    rb.add_argument("--cifar10c", default=None, metavar="DIR",
+                    help="read a downloaded CIFAR-10-C folder (<corruption>.npy + labels.npy) instead of generating")
+    rb.add_argument("--tta", nargs="?", const="flip_translate", default="none",
+                    choices=["none", "flip", "flip_translate"],
+                    help="test-time augmentation (default none: the protocol's plain evaluation)")
+    add_precision_option(rb)
+    rb.add_argument("--seed", type=int, default=0, help="of the corruptions' random draws (default 0)")
+    rb.add_argument("--limit", type=int, default=None, metavar="N",
+                    help="only N test images, spread evenly over the split (a quick look)")
+    rb.add_argument("--overwrite", action="store_true", help="replace robustness files already in --out")
+    rb.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    rb.add_argument("--device", default="auto")
+    rb.set_defaults(fn=cmd_robustness)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
     r.add_argument("run_dir")

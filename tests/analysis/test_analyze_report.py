@@ -69,6 +69,10 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
 def test_report_renders_in_a_real_browser(trained_run: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run, run_dir)
+    from cifarkit.analysis.robustness import robustness
+
+    robustness(run_dir / "last.pt", run_dir / "robustness", corruptions=["fog", "jpeg"], severities=[2], limit=40,
+               progress=False)
     r = run("report", str(run_dir))
     assert r.returncode == 0, r.stderr
     page = run_dir / "report.html"
@@ -80,9 +84,10 @@ def test_report_renders_in_a_real_browser(trained_run: Path, tmp_path: Path):
     m = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert m, "the page's load script did not run"
     errors = len(json.loads((run_dir / "analysis" / "metrics.json").read_text())["misclassified_index"][:12])
-    # curves, confusion matrix, reliability, class balance + each gallery error with its CAM overlay
-    assert m[1] == m[2] and int(m[2]) == 4 + 2 * errors
-    assert "Per-class metrics" in dom and "Grad-CAM" in dom
+    # curves, confusion matrix, reliability, class balance, robustness heat map and samples + each
+    # gallery error with its CAM overlay
+    assert m[1] == m[2] and int(m[2]) == 6 + 2 * errors
+    assert "Per-class metrics" in dom and "Grad-CAM" in dom and "Robustness to corruptions" in dom
     shot = tmp_path / "phone.png"
     _chromium("--window-size=390,2400", f"--screenshot={shot}", page.as_uri(), tmp=tmp_path)
     assert not_blank(shot)

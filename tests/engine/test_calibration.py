@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.engine.calibration import calibrate, calibration_scores, fit_temperature
+from cifarkit.engine.calibration import calibrate, calibration_scores, fit_temperature, fit_temperature_ece
 from cifarkit.errors import CheckpointError, ConfigError
 from test_cli_data import run
 
@@ -35,6 +35,16 @@ def test_fit_recovers_a_planted_temperature_and_lowers_nll():
     assert after["top1"] == before["top1"]
     under, y = planted(t=0.5, seed=1)  # under-confident: T < 1
     assert abs(fit_temperature(under, y) - 0.5) < 0.05
+
+
+def test_ece_objective_finds_the_lowest_ece_on_its_split():
+    logits, labels = planted(t=2.5, seed=2)
+    # smoothed-label-like distortion that one NLL-fitted T cannot fully undo
+    logits = logits + 0.8 * torch.tanh(logits)
+    t_nll, t_ece = fit_temperature(logits, labels), fit_temperature_ece(logits, labels)
+    nll, ece = calibration_scores(logits, labels, t_nll), calibration_scores(logits, labels, t_ece)
+    assert ece["ece"] <= nll["ece"] and nll["nll"] <= ece["nll"] + 1e-12  # each wins on its own objective
+    assert ece["top1"] == nll["top1"]
 
 
 def test_ece_agrees_with_torchmetrics():
@@ -105,7 +115,11 @@ def test_cli_calibrate_and_a_damaged_temperature(trained_run: Path, tmp_path: Pa
             "--allow-test", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["split"] == "test" and out["before"]["top1"] == out["after"]["top1"]
+    assert out["split"] == "test" and out["before"]["top1"] == out["after"]["top1"] and out["objective"] == "nll"
+    r = run("calibrate", str(trained_run / "last.pt"), "--out", str(tmp_path / "e.pt"), "--split", "test",
+            "--allow-test", "--objective", "ece", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["objective"] == "ece", r.stderr
+    assert json.loads(r.stdout)["after"]["ece"] <= out["after"]["ece"] + 1e-12
     for bad in (float("nan"), -1.0, 0.0, "2"):
         ck = torch.load(tmp_path / "c.pt", weights_only=True)
         ck["temperature"] = bad

@@ -106,13 +106,14 @@ def test_inference_precision_is_this_machines_not_the_runs(cifar10_small: Path, 
 
 
 def test_explicit_bf16_on_a_cpu_without_it_runs_with_one_warning(cifar10_small: Path, tmp_path: Path, monkeypatch):
+    real_bf16 = device.hardware_bf16()  # what the child process will find: read before the patch below
     monkeypatch.setattr(device, "cpu_kind", lambda: "AVX2")
     fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=none"), work_dir=tmp_path / "r", quiet=True)
     r = subprocess.run([sys.executable, "-m", "cifarkit", "eval", str(tmp_path / "r" / "last.pt"), "--json",
                         "--precision", "bf16"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["precision"] == "bf16"
-    if not device.hardware_bf16():  # the child process reads this machine's own CPU
+    if not real_bf16:  # the child process reads this machine's own CPU
         lines = [x for x in r.stderr.splitlines() if x.startswith("warning:")]
         assert len(lines) == 1 and "--precision bf16" in lines[0] and "slower than fp32" in lines[0]
     r = subprocess.run([sys.executable, "-m", "cifarkit", "eval", str(tmp_path / "r" / "last.pt"),

@@ -1,7 +1,8 @@
 """`cifarkit report`: one self-contained HTML file per run (images inlined, no network needed).
 
 Sections: summary, config, curves, confusion matrix, per-class table, calibration, a gallery of
-the highest-loss errors each beside its Grad-CAM overlay, and dataset statistics. The page is
+the highest-loss errors each beside its Grad-CAM overlay, robustness to corruptions (when
+`cifarkit robustness` wrote RUN/robustness/), and dataset statistics. The page is
 plain HTML + CSS that reflows to a phone's width. A small inline script records how many of the
 embedded images decoded (`data-images-loaded` on <body>), which the browser test reads.
 """
@@ -218,6 +219,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
                       f"<h2>Calibration (ECE {m['ece'] * 100:.2f}%)</h2>",
                       _file_img(adir / "reliability.png", "reliability diagram"),
                       "<h2>Highest-loss errors, with Grad-CAM</h2>", _gallery(adir, ckpt, m, data, precision=precision)]
+    parts += _robustness_section(run_dir)
     try:
         from cifarkit.data.stats import dataset_stats
 
@@ -239,6 +241,34 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _robustness_section(run_dir: Path) -> list[str]:
+    """The run's `cifarkit robustness` result (RUN/robustness/, its default --out), when there is one:
+    the summary line, the heat map and the sample grid. Files are read only from inside the run."""
+    rdir = run_dir / "robustness"
+    path = rdir / "robustness.json"
+    if not path.is_file() or path.is_symlink() or run_dir.resolve() not in path.resolve().parents:
+        return []
+    try:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        line = (f"<p>{html.escape(str(r['checkpoint']))}, {html.escape(str(r['split']))} ({int(r['n'])} images, "
+                f"{len(r['corruptions'])} corruptions x {len(r['severities'])} severities, tta "
+                f"{html.escape(str(r['tta']))}, {html.escape(str(r['source']))}): clean top-1 "
+                f"<b>{float(r['clean_top1']):.2f}%</b>, mean corruption accuracy <b>{float(r['mca']):.2f}%</b>")
+        b = r.get("baseline") or {}
+        if b.get("mce") is not None:
+            line += (f", mCE <b>{float(b['mce']):.1f}</b> (relative {float(b['relative_mce'] or 0):.1f}) against "
+                     f"{html.escape(str(b['checkpoint']))}")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        return [f'<h2>Robustness</h2><p class="note">{html.escape(str(path))} is unreadable: '
+                f"{html.escape(type(e).__name__)}</p>"]
+    parts = ["<h2>Robustness to corruptions (CIFAR-10-C protocol)</h2>", line + "</p>"]
+    for f, alt in (("robustness.png", "top-1 per corruption and severity"),
+                   ("robustness_samples.png", "one test image under every corruption")):
+        if (rdir / f).is_file() and not (rdir / f).is_symlink():
+            parts.append(_file_img(rdir / f, alt))
+    return parts
 
 
 def _yaml(d: dict) -> str:
