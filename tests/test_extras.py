@@ -86,3 +86,13 @@ def test_cli_safety_net_turns_an_extra_imported_deep_inside_into_one_line():
 
     assert "cifarkit[pandas]" in str(extra_of_error(ModuleNotFoundError("No module named 'pandas'", name="pandas")))
     assert extra_of_error(ModuleNotFoundError("No module named 'nope'", name="nope")) is None  # a real bug: traceback
+
+
+def test_spatter_without_opencv_fails_before_any_work(monkeypatch, tmp_path):
+    from cifarkit.analysis.robustness import robustness
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    # the checkpoint does not even exist: the extra is checked first, not 60 table cells in
+    with pytest.raises(MissingExtra, match=r"spatter corruption needs the cv2 package.*cifarkit\[robustness\]'$"):
+        robustness(tmp_path / "missing.pt", tmp_path / "out", extra=True)
+    assert list(tmp_path.iterdir()) == []

@@ -52,13 +52,18 @@ def test_edited_checkpoint_cli_one_line(name: str, good: Path, image: Path, tmp_
     one_line_error(run("predict", str(bad), str(image)), str(bad), CHECKPOINT_EDITS[name][1])
 
 
-@pytest.mark.parametrize("name", list(ONNX_METADATA))
-def test_onnx_with_bad_metadata_is_named(name: str, good: Path, image: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def good_onnx(good: Path, tmp_path_factory) -> Path:
+    """`good` exported once for every bad-metadata case (an export takes seconds; the cases edit copies)."""
     pytest.importorskip("onnxruntime")
     from cifarkit.export import export_model
 
-    onnx_file = export_model(good, "onnx", tmp_path / "good.onnx", check_images=None).path
-    bad = onnx_with_metadata(onnx_file, name, tmp_path)
+    return export_model(good, "onnx", tmp_path_factory.mktemp("onnx") / "good.onnx", check_images=None).path
+
+
+@pytest.mark.parametrize("name", list(ONNX_METADATA))
+def test_onnx_with_bad_metadata_is_named(name: str, good_onnx: Path, image: Path, tmp_path: Path):
+    bad = onnx_with_metadata(good_onnx, name, tmp_path)
     one_line_error(run("predict", str(bad), str(image)), str(bad), ONNX_METADATA[name][1])
 
 
