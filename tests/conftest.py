@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,20 @@ def make_checkpoint(model_name: str, path: Path, input_size: int = 32, num_class
                 "preprocess": {"mean": [125.0] * 3, "std": [60.0] * 3, "input_size": input_size,
                                "eval_resize": 0, "eval_crop": 0}, "epoch": 0}, path)
     return path
+
+
+def cli_run(*args: str) -> subprocess.CompletedProcess:
+    """The real CLI (`cifarkit.cli.main`: the same parser, handlers and top-level error handling as
+    `python -m cifarkit`) in this process, without a fresh interpreter's seconds of imports: for the
+    many one-error-line cases. Tests of the process itself (exit codes, signals) use a subprocess."""
+    import contextlib
+
+    from cifarkit import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main(list(args))
+        except SystemExit as e:  # argparse
+            code = e.code if isinstance(e.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_checkpoint
+from conftest import cli_run, make_checkpoint
 from hostile_models import CHECKPOINT_EDITS, ONNX_METADATA, edited_checkpoint, onnx_with_metadata
 from test_cli_data import run
 
@@ -64,7 +64,7 @@ def good_onnx(good: Path, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", list(ONNX_METADATA))
 def test_onnx_with_bad_metadata_is_named(name: str, good_onnx: Path, image: Path, tmp_path: Path):
     bad = onnx_with_metadata(good_onnx, name, tmp_path)
-    one_line_error(run("predict", str(bad), str(image)), str(bad), ONNX_METADATA[name][1])
+    one_line_error(cli_run("predict", str(bad), str(image)), str(bad), ONNX_METADATA[name][1])
 
 
 @pytest.mark.slow

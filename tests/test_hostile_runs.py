@@ -16,7 +16,7 @@ from cifarkit.config import config_from_dict, load_config
 from cifarkit.engine.rundir import RunDirBusy, RunDirTaken
 from cifarkit.engine.train import RunFinished, fit
 from cifarkit.errors import ConfigError
-from conftest import NARROW, make_checkpoint
+from conftest import NARROW, cli_run, make_checkpoint
 from hostile_runs import BAD_OVERRIDES, chattr_works, hostile_configs, hostile_logs, output_places, unwritable_dir
 from test_cli_data import run
 
@@ -230,7 +230,7 @@ def test_read_only_output_place(name: str, use_inputs, tmp_path: Path):
         pytest.skip("chattr +i does not work on this file system")
     with unwritable_dir(tmp_path / "ro") as ro:
         out = ro / ("out" if name in FOLDER_OUT else "out.png")
-        one_error_line(run(*command(name, out, use_inputs)), str(ro))
+        one_error_line(cli_run(*command(name, out, use_inputs)), str(ro))
     assert not out.exists()
 
 
@@ -239,13 +239,13 @@ def test_output_of_the_wrong_kind(name: str, use_inputs, tmp_path: Path):
     """A file where a folder is expected, a folder where a file is expected."""
     places = output_places(tmp_path)
     out = places["file"] if name in FOLDER_OUT else places["folder"]
-    one_error_line(run(*command(name, out, use_inputs)), str(out))
+    one_error_line(cli_run(*command(name, out, use_inputs)), str(out))
     assert places["file"].read_text() == "not a folder\n" and not any(places["folder"].iterdir())
 
 
 @pytest.mark.parametrize("name", ["predict", "data stats", "report"])
 def test_output_under_a_file(name: str, use_inputs, tmp_path: Path):
-    """A file where a parent folder of the output should be."""
+    """A file where a parent folder of the output should be (through a real `python -m cifarkit` process)."""
     out = output_places(tmp_path)["file"] / ("sub" if name in FOLDER_OUT else "sub.png")
     one_error_line(run(*command(name, out, use_inputs)), str(output_places(tmp_path)["file"]))
 

@@ -22,7 +22,7 @@ from cifarkit.data.sources import load_dataset
 from cifarkit.data.stats import dataset_stats
 from cifarkit.errors import DataError
 from cifarkit.safepath import safe_component
-from conftest import make_cifar10
+from conftest import cli_run, make_cifar10
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -253,18 +253,18 @@ def test_stats_counts_unreadable_file_and_keeps_its_split(tmp_path: Path):
 
 def test_cli_user_mistakes_are_one_line(cifar10_dir: Path, tmp_path: Path):
     (tmp_path / "x.tar.gz").write_text("hello")
-    one_error_line(cli("data", "inspect", str(tmp_path / "x.tar.gz")), "x.tar.gz", "not a gzip")
-    one_error_line(cli("data", "show", str(cifar10_dir), "--out", str(tmp_path / "g.png"), "--first", "-5"),
+    one_error_line(cli_run("data", "inspect", str(tmp_path / "x.tar.gz")), "x.tar.gz", "not a gzip")
+    one_error_line(cli_run("data", "show", str(cifar10_dir), "--out", str(tmp_path / "g.png"), "--first", "-5"),
                    "--first -5")
-    one_error_line(cli("data", "export", str(cifar10_dir), str(tmp_path / "o"), "--workers", "-1"), "--workers -1")
-    one_error_line(cli("data", "export", str(cifar10_dir), str(tmp_path / "o"), "--quality", "0"), "--quality 0")
-    one_error_line(cli("data", "fetch", "cifar10", "--root", str(tmp_path / "r"), "--url", "notaurl"), "notaurl")
-    one_error_line(cli("data", "fetch", "cifar10", "--root", str(tmp_path / "r"), "--url", "file:///etc"),
+    one_error_line(cli_run("data", "export", str(cifar10_dir), str(tmp_path / "o"), "--workers", "-1"), "--workers -1")
+    one_error_line(cli_run("data", "export", str(cifar10_dir), str(tmp_path / "o"), "--quality", "0"), "--quality 0")
+    one_error_line(cli_run("data", "fetch", "cifar10", "--root", str(tmp_path / "r"), "--url", "notaurl"), "notaurl")
+    one_error_line(cli_run("data", "fetch", "cifar10", "--root", str(tmp_path / "r"), "--url", "file:///etc"),
                    "file:///etc")
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
     (tmp_path / "flat" / "a").mkdir(parents=True)
     (tmp_path / "flat" / "a" / "bad.png").write_bytes(b"junk")
-    one_error_line(cli("data", "stats", str(tmp_path / "flat")), "no readable images")
+    one_error_line(cli_run("data", "stats", str(tmp_path / "flat")), "no readable images")
 
 
 def test_models_input_size_too_small_is_one_line():

@@ -22,6 +22,7 @@ from cifarkit.engine.losses import class_weights, log_prior, weighted_cross_entr
 from cifarkit.engine.step import chunk_loss
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError
+from conftest import cli_run
 from test_cli_data import run
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
@@ -322,12 +323,12 @@ def test_bad_tau_and_ratio_are_one_error_line(args: list[str], tmp_path: Path):
 # ---- data stats / data export --imbalance-ratio -------------------------------------------------
 def test_data_stats_and_export_show_and_write_the_long_tail_profile(cifar10_dir: Path, tmp_path: Path):
     want = long_tail_counts([10] * 10, 10)
-    r = run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10", "--json")
+    r = cli_run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10", "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert list(s["class_counts"]["train"].values()) == want and s["imbalance_ratio"] == 10
     assert s["imbalance"]["train"] == 10 / want[-1] and s["imbalance"]["test"] == 1.0
-    text = run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10").stdout
+    text = cli_run("data", "stats", str(cifar10_dir), "--imbalance-ratio", "10").stdout
     assert "imbalance 10.0" in text and f"truck {want[-1]}" in text and "imbalance 1.0" in text
     r = run("data", "export", str(cifar10_dir), str(tmp_path / "out"), "--imbalance-ratio", "10")
     assert r.returncode == 0, r.stderr
@@ -335,7 +336,7 @@ def test_data_stats_and_export_show_and_write_the_long_tail_profile(cifar10_dir:
     assert [len(list((tmp_path / "out" / "train" / c).iterdir())) for c in classes] == want
     assert sum(1 for _ in (tmp_path / "out" / "test").rglob("*.png")) == 40  # the test split stays balanced
     # its manifest has the splits too: stats reads them as export does (the profile cut again is the same)
-    r = run("data", "stats", str(tmp_path / "out" / "manifest.csv"), "--imbalance-ratio", "10", "--json")
+    r = cli_run("data", "stats", str(tmp_path / "out" / "manifest.csv"), "--imbalance-ratio", "10", "--json")
     assert r.returncode == 0, r.stderr
     assert list(json.loads(r.stdout)["class_counts"]["train"].values()) == want
     # the exported folder is the same long-tail train split a run trains on
