@@ -121,14 +121,16 @@ def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split
     Args:
         ckpt: a checkpoint (.pt).
         out: folder for robustness.json/.png, robustness_samples.png and metrics.json (created).
-        data, split: the clean images (default: the run's data.root, its test split).
+        data: the dataset of the clean images (default: the run's data.root).
+        split: its split (default: the run's test split).
         corruptions: names (default: the protocol's 15; `extra` adds speckle_noise, gaussian_blur,
             spatter, saturate).
         severities: 1-5 (default all five).
         baseline: a reference checkpoint for mCE and relative mCE (evaluated on the same images).
         cifar10c: a downloaded CIFAR-10-C folder to read the corrupted images from instead.
         tta: "none" (the protocol's plain evaluation), "flip", "flip_translate" or None (the run's).
-        precision, device: as `cifarkit eval`.
+        precision: auto (None: what this machine is fast at), fp32, bf16 or fp16, as `cifarkit eval`.
+        device: "auto", "cpu", "cuda", ... as `cifarkit eval`.
         seed: of the corruptions' random draws (the same seed gives the same images).
         overwrite: replace robustness files already in `out`.
         progress: a bar over all corrupted images (None: on a terminal).
