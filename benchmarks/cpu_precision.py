@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     ap.add_argument("--steps", type=int, default=2, help="timed steps per configuration, after one warm-up (best of)")
     ap.add_argument("--quick", action="store_true", help="baseline, auto and bf16 only")
+    ap.add_argument("--name", default="cpu_precision",
+                    help="results file benchmarks/results/NAME.json (e.g. cpu_precision_amx: one file per CPU kind)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -155,7 +157,7 @@ def main() -> None:
                 else:
                     print(f"{model:<15} {mode:<5} {label:<40} failed: {r['error']}", flush=True)
                 rows.append(row)
-    save("cpu_precision", {"cpu_kind": cpu_kind(), "hardware_bf16": hardware_bf16(), "threads": threads,
+    save(args.name, {"cpu_kind": cpu_kind(), "hardware_bf16": hardware_bf16(), "threads": threads,
                            "fp32_peak_gflops": peak, "peak_note": peak_note, "sgemm_gflops": roof,
                            "rows": rows})
 

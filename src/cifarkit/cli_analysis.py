@@ -55,6 +55,8 @@ def cmd_robustness(a: argparse.Namespace) -> int:
         print(f"{TITLES.get(c, c):16s}" + "".join(f"{r['table'][c][s]:7.2f}" for s in sevs)
               + f"  {r['per_corruption'][c]:6.2f}")
     line = f"clean top1 {r['clean_top1']:.2f}  mean corruption accuracy {r['mca']:.2f}"
+    if r.get("mca_extra") is not None:
+        line += f" (the 4 extras apart: {r['mca_extra']:.2f})"
     b = r["baseline"]
     if b:
         mce = "n/a" if b["mce"] is None else f"{b['mce']:.1f}"
