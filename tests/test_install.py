@@ -116,4 +116,9 @@ def test_wheel_gives_the_whole_tool(installed: Path, tmp_path: Path, cifar10_sma
     # the steps that need an extra are skipped, each with the line that says which one
     assert "Grad-CAM skipped: Grad-CAM needs the pytorch_grad_cam package" in r.stdout
     assert "pip install 'cifarkit[cam]'" in r.stdout and "pip install 'cifarkit[onnx]'" in r.stdout
+    # robustness from the wheel: its package data (the frost textures) travels with it
+    r = _run(installed, empty, "robustness", "run/last.pt", "--corruptions", "frost", "fog", "--severities", "3",
+             "--limit", "20", "--out", "run/robustness")
+    assert r.returncode == 0, r.stderr
+    assert "frost" in r.stdout and (empty / "run" / "robustness" / "robustness.png").is_file()
     assert sorted(p.name for p in empty.iterdir()) == ["demo", "run"]  # nothing written elsewhere
