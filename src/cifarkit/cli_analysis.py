@@ -164,9 +164,7 @@ def add_commands(sub, data_sub=None) -> None:
                     help="reference checkpoint for mCE and relative mCE (the paper's CE: errors relative to it)")
     rb.add_argument("--cifar10c", default=None, metavar="DIR",
                     help="read a downloaded CIFAR-10-C folder (<corruption>.npy + labels.npy) instead of generating")
-    rb.add_argument("--tta", nargs="?", const="flip_translate", default="none",
-                    choices=["none", "flip", "flip_translate"],
-                    help="test-time augmentation (default none: the protocol's plain evaluation)")
+    add_tta_option(rb, "none", "none, the protocol's plain evaluation")
     add_precision_option(rb)
     rb.add_argument("--seed", type=int, default=0, help="of the corruptions' random draws (default 0)")
     rb.add_argument("--limit", type=int, default=None, metavar="N",

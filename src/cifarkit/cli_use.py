@@ -25,11 +25,12 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_tta_option(p: argparse.ArgumentParser) -> None:
-    """Add `--tta none|flip|flip_translate` (default: the checkpoint's) to `p`."""
-    p.add_argument("--tta", nargs="?", const="flip_translate", default=None,
+def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
+                   default_help: str = "the checkpoint's eval.tta") -> None:
+    """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
+    p.add_argument("--tta", nargs="?", const="flip_translate", default=default,
                    choices=["none", "flip", "flip_translate"],
-                   help="test-time augmentation (default: the checkpoint's eval.tta; --tta alone = flip_translate)")
+                   help=f"test-time augmentation (default: {default_help}; --tta alone = flip_translate)")
 
 
 def finite_tau(text: str) -> float:

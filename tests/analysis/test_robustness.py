@@ -4,8 +4,6 @@ writes (and does not overwrite), the CIFAR-10-C folder reader, the report's sect
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,7 @@ from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, eval_data, evaluate_checkpoint
 from cifarkit.errors import CifarkitError, ConfigError
 from conftest import make_checkpoint, make_cifar10
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cifarkit", *args], capture_output=True, text=True, timeout=600)
+from test_cli_data import run
 
 
 def test_table_is_the_eval_path_on_corrupted_images(trained_run: Path, tmp_path: Path):

@@ -11,8 +11,9 @@ evaluation (TTA only on request), top-1 per cell; the summary numbers are
 
 Corrupted images are made a chunk at a time (`CHUNK` images) with a seed per (corruption,
 severity, chunk), fed through the one inference path (`engine.inference.Inference`, as `eval`:
-same transform, precision and tie-break) and dropped, so memory stays at one chunk whatever the
-table's size. With `cifar10c` the images come from a downloaded CIFAR-10-C folder instead.
+same transform, precision and tie-break) and dropped, so memory stays at two chunks (one being
+made, one evaluated) whatever the table's size. With `cifar10c` the images come from a
+downloaded CIFAR-10-C folder instead.
 
 Writes into OUT: robustness.json (the table and summary), robustness.png (corruption x severity
 heat map), robustness_samples.png (one test image under every corruption and severity) and a
@@ -301,23 +302,20 @@ def plot_heatmap(r: dict[str, Any], out: Path) -> Path:
     return out
 
 
-def plot_samples(clean: torch.Tensor | None, samples: dict[str, list[torch.Tensor]], sevs: list[int], out: Path
-                 ) -> Path:
-    """One image: clean (first column, when known), then each severity, one row per corruption."""
+def plot_samples(clean: torch.Tensor, samples: dict[str, list[torch.Tensor]], sevs: list[int], out: Path) -> Path:
+    """One image: clean (first column), then each severity, one row per corruption."""
     plt = pyplot()
     names = list(samples)
-    cols = len(sevs) + (clean is not None)
+    cols = len(sevs) + 1
     fig, axes = plt.subplots(len(names), cols, figsize=(1.1 * cols + 1.2, 1.1 * len(names)), squeeze=False)
     for i, c in enumerate(names):
-        row = ([clean] if clean is not None else []) + samples[c]
-        for j, img in enumerate(row):
+        for j, img in enumerate([clean, *samples[c]]):
             ax = axes[i][j]
             ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title("clean" if clean is not None and j == 0 else f"severity {sevs[j - (clean is not None)]}",
-                             fontsize=8)
+                ax.set_title("clean" if j == 0 else f"severity {sevs[j - 1]}", fontsize=8)
         axes[i][0].set_ylabel(TITLES.get(c, c), fontsize=8, rotation=0, ha="right", va="center")
     save(fig, out)
     return out

@@ -570,7 +570,3 @@ def cifar10c_batch(images: np.ndarray, severity: int, rows: np.ndarray) -> torch
     off = (severity - 1) * CIFAR10C_PER_SEVERITY
     return torch.from_numpy(np.array(images[off + np.asarray(rows)])).permute(0, 3, 1, 2).contiguous()
 
-
-def sample_frost_dir() -> Path:
-    """Where the frost textures live (for tests and the NOTICE)."""
-    return Path(str(resources.files("cifarkit.data").joinpath("frost")))
