@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -175,3 +176,15 @@ def cli_run(*args: str) -> subprocess.CompletedProcess:
         except SystemExit as e:  # argparse
             code = e.code if isinstance(e.code, int) else 1
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    """Headless Chromium (Debian's `chromium`, which `.ci/run` installs) on a fresh profile in `tmp`,
+    offline: for the tests that render our HTML pages (`--dump-dom`, `--screenshot`)."""
+    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={tmp / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Imports flow one way: base <- data, models, config <- engine <- analysis / predict / cam /
+"""Imports flow one way: base <- data, models, config <- engine <- analysis / audit / predict / cam /
 export / serve <- demo <- cli. The test walks every module's imports with `ast` (module level and
 inside functions, where an upward import used to hide) and fails on an edge to a higher layer.
 """
@@ -18,7 +18,8 @@ LAYERS = {
     "cifarkit.safeload": 0, "cifarkit.recipes": 0,
     "cifarkit.logs": 1, "cifarkit.plotting": 1, "cifarkit.data": 1, "cifarkit.models": 1, "cifarkit.config": 1,
     "cifarkit.engine": 2,
-    "cifarkit.analysis": 3, "cifarkit.predict": 3, "cifarkit.cam": 3, "cifarkit.export": 3, "cifarkit.serve": 3,
+    "cifarkit.analysis": 3, "cifarkit.audit": 3, "cifarkit.predict": 3, "cifarkit.cam": 3, "cifarkit.export": 3,
+    "cifarkit.serve": 3,
     "cifarkit.demo": 4,
     "cifarkit.cli": 5, "cifarkit.cli_analysis": 5, "cifarkit.cli_train": 5, "cifarkit.cli_use": 5,
     "cifarkit.__main__": 5,

@@ -106,6 +106,36 @@ def cmd_stats(a: argparse.Namespace) -> int:
     return 1 if s["unreadable"] else 0
 
 
+def cmd_audit(a: argparse.Namespace) -> int:
+    """`cifarkit data audit`: near-duplicates, leakage, label issues and outliers (`audit.audit`)."""
+    from cifarkit.audit.audit import audit
+
+    s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device, a.overwrite,
+              write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
+    if a.json:
+        print(json.dumps(s))
+        return 0
+    c = s["counts"]
+    splits = ", ".join(f"{k or 'no split'} {v:,}" for k, v in s["splits"].items())
+    print(f"audited {sum(s['splits'].values()):,} images ({splits}) "
+          f"with {s['folds']} folds of {s['recipe']} ({s['fold_epochs']:.3g} epochs each, out-of-sample top-1 "
+          f"{s['oos_top1']:.2f}%) in {s['seconds']['total']:.0f} s on {s['cpu_kind']} ({s['precision']})")
+    for k, v in c["duplicate_pairs"].items():
+        print(f"  duplicate pairs {k or 'within the data'}: {v['exact']} exact, {v['near']} near")
+    for k, v in c["leaked"].items():
+        if v:
+            print(f"  {k}: {v} images with a copy in another split")
+    print("  label issues: " + ", ".join(f"{k or 'all'} {v}" for k, v in c["label_issues"].items()))
+    print("  outliers: " + ", ".join(f"{k or 'all'} {v}" for k, v in c["outliers"].items()))
+    m = s.get("manifest")
+    if m:
+        per = "; ".join(f"{k or 'all'}: kept {v['kept']:,}, dropped {v['dropped']}, relabelled {v['relabelled']}"
+                        for k, v in m["splits"].items())
+        print(f"wrote {m['path']} ({per}); every change is listed in {m['changes']}")
+    print(f"wrote {a.out}/ (duplicates.csv, label_issues.csv, outliers.csv, audit.html, audit.json, folds/)")
+    return 0
+
+
 def add_commands(sub, data_sub=None) -> None:
     """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
     from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
@@ -190,3 +220,31 @@ def add_commands(sub, data_sub=None) -> None:
                             "R trains on (0 = as it is)")
         s.add_argument("--json", action="store_true")
         s.set_defaults(fn=cmd_stats)
+
+        au = data_sub.add_parser("audit", help="near-duplicates, train/test leakage, probable label errors and "
+                                 "outliers (K-fold cross-validation + confident learning)")
+        au.add_argument("path")
+        au.add_argument("--out", required=True, help="output folder (new or empty)")
+        au.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                        help="the splits to audit together (default: all the dataset has)")
+        au.add_argument("--folds", type=int, default=5, help="K of the cross-validation (default 5)")
+        au.add_argument("--recipe", default="fast", help="recipe the folds train (shipped name or YAML; default fast; "
+                        "a fifth of its epochs in batches of at most 1000 unless --set train.epochs / batch_size)")
+        au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+        au.add_argument("--near-threshold", type=float, default=None, metavar="SIM",
+                        help="pixel similarity (a correlation, 1 = the same picture) from which two images are "
+                             "near-duplicates (default 0.95)")
+        au.add_argument("--seed", type=int, default=0, help="fold assignment and the folds' seeds (default 0)")
+        au.add_argument("--write-manifest", default=None, metavar="CSV",
+                        help="also write a cleaned manifest (what goes: --drop, --relabel; each change in "
+                             "OUT/changes.csv)")
+        au.add_argument("--drop", nargs="+", default=None, metavar="WHAT",
+                        help="with --write-manifest: duplicates, labels, outliers (comma-separated; default "
+                             "duplicates)")
+        au.add_argument("--relabel", action="store_true",
+                        help="with --write-manifest: give the label issues their suggested label")
+        au.add_argument("--device", default=None, help="default: the recipe's")
+        au.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --out (and replace the manifest)")
+        au.add_argument("--json", action="store_true", help="print audit.json's content")
+        au.set_defaults(fn=cmd_audit)

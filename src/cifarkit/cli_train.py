@@ -100,7 +100,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.predictions and Path(a.predictions).exists():
         raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
-    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision)
+    exclude = None
+    if a.exclude:
+        from cifarkit.audit.audit import leaked_images
+
+        leaked_images(a.exclude, "")  # a bad file fails before the model is loaded
+        exclude = lambda split: leaked_images(a.exclude, split)  # noqa: E731  the split is known once read
+    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision, exclude)
     predicted = m.pop("predictions")
     if a.predictions:
         with open(a.predictions, "x", newline="", encoding="utf-8") as f:
@@ -113,6 +119,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     else:
         print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
               f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
+        if "without_excluded" in m:
+            w = m["without_excluded"]
+            print(f"  without the {m['excluded']} images {a.exclude} pairs with another split ({w['n']} images): "
+                  f"top1 {w['top1']:.2f}  top5 {w['top5']:.2f}  loss {w['loss']:.4f}")
     return 0
 
 
@@ -192,6 +202,9 @@ def add_commands(sub) -> None:
     add_precision_option(e)
     e.add_argument("--predictions", default=None, metavar="CSV",
                    help="also write each image's predicted class (index in the split, id, name) to a new CSV")
+    e.add_argument("--exclude", default=None, metavar="DUPLICATES_CSV",
+                   help="also report the metrics without the split's images that this duplicates.csv (`cifarkit data "
+                        "audit`) pairs with another split: accuracy without train/test leakage")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)

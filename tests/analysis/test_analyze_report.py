@@ -6,13 +6,14 @@ import csv
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_logs_curves import FLOWER, MBV2, not_blank
 
+from conftest import CHROMIUM
+from conftest import chromium as _chromium
 from test_cli_data import run
 
 
@@ -54,14 +55,6 @@ def test_data_stats_cli(cifar10_dir: Path, tmp_path: Path):
     assert (tmp_path / "s" / "class_balance.png").exists()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                           "--disable-sync", f"--user-data-dir={tmp / 'profile'}", *args],
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cifarkit.config import Config
+from cifarkit.data.imageset import ImageSet
 from cifarkit.data.loader import Augment, Mix, Preprocess, TensorLoader, streaming_fetch, to_chw_tensor
 from cifarkit.data.sources import describe_kind, load_dataset
 from cifarkit.errors import ConfigError, DataError
@@ -110,9 +111,9 @@ def load_train_split(cfg: Config):
     return ds, None, cfg.data.test_split
 
 
-def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
-                    split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """The evaluation images of a run (val carve-out or test split), as CPU uint8 tensors."""
+def load_eval_set(cfg: Config, classes: list[str], data: str | None = None,
+                  split: str | None = None) -> tuple[ImageSet, str]:
+    """The evaluation images of a run (val carve-out or test split) with their provenance, and the split's name."""
     root = data or cfg.data.root
     if data is None and not Path(root).exists():
         raise DataError(f"{root}: the run's data.root is not there from {Path.cwd()}; pass --data with the "
@@ -126,6 +127,13 @@ def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
         ds = _subset_per_class(ds, cfg.data.subset_per_class if data is None else 0)
     if list(ds.classes) != list(classes):
         raise ConfigError(f"{root}: its classes {ds.classes} differ from the checkpoint's {classes}")
+    return ds, name
+
+
+def load_eval_split(cfg: Config, classes: list[str], data: str | None = None,
+                    split: str | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The evaluation images of a run (val carve-out or test split), as CPU uint8 tensors."""
+    ds, name = load_eval_set(cfg, classes, data, split)
     return to_chw_tensor(ds.images), torch.from_numpy(ds.labels), name
 
 
@@ -157,7 +165,8 @@ class RunData:
     class_counts: list[int]
 
 
-def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1) -> RunData:
+def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1,
+               sets: tuple[ImageSet, ImageSet] | None = None) -> RunData:
     """Load a run's data: its training loader and its evaluation images.
 
     Args:
@@ -165,6 +174,8 @@ def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1)
         device: where the training labels and images (or the streamed batches) live.
         rank: this process's rank under torchrun (0 otherwise).
         world: the number of processes; each trains on its slice of every global batch.
+        sets: (train, val) images already in memory, instead of reading `data.root` (the data
+            audit's cross-validation folds); the run evaluates on that val set.
 
     Returns:
         A `RunData`. The training images are one uint8 tensor on `device`, or are streamed from
@@ -174,7 +185,10 @@ def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1)
         ConfigError: `data.root` is empty, `model.num_classes` differs from the dataset's class
             count, or the evaluation split's classes differ from the training split's.
     """
-    train, val, eval_name = load_train_split(cfg)
+    if sets is not None:
+        (train, val), eval_name = sets, "val"
+    else:
+        train, val, eval_name = load_train_split(cfg)
     if cfg.model.num_classes != train.num_classes:
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but {cfg.data.root} has "
                           f"{train.num_classes} classes; set model.num_classes={train.num_classes}")
@@ -188,7 +202,7 @@ def build_data(cfg: Config, device: torch.device, rank: int = 0, world: int = 1)
     aug = Augment(d.crop_padding, d.pad_mode, d.flip, d.rrc_size, tuple(d.rrc_scale), d.cutout)
     y = torch.from_numpy(train.labels).to(device)
     fetch, x = None, None
-    if not d.in_memory and describe_kind(d.root) != "cifar":
+    if not d.in_memory and sets is None and describe_kind(d.root) != "cifar":
         root = Path(d.root).parent if Path(d.root).is_file() else Path(d.root)
         paths = [str(root / s) for s in train.sources]
         fetch = streaming_fetch(paths, train.images.shape[1], d.workers, device)

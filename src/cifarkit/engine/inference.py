@@ -26,13 +26,14 @@ import numpy as np
 import torch
 
 from cifarkit.config import Config
-from cifarkit.data.loader import Preprocess
-from cifarkit.data.splits import load_eval_split
+from cifarkit.data.loader import Preprocess, to_chw_tensor
+from cifarkit.data.splits import load_eval_set, load_eval_split
+from cifarkit.data.stats import pixel_hashes
 from cifarkit.engine.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
 from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
 from cifarkit.engine.losses import posthoc_bias
 from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
-from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
+from cifarkit.errors import CheckpointError, CifarkitError, ConfigError, DataError
 from cifarkit.extras import require
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
@@ -245,18 +246,54 @@ def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
 
 def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,
                         tta: str | None = None, device: str = "auto", logit_adjust: float | None = None,
-                        precision: str | None = None) -> dict[str, Any]:
+                        precision: str | None = None,
+                        exclude: Callable[[str], dict[tuple[str, int], str | None]] | None = None
+                        ) -> dict[str, Any]:
     """Loss, top-1 and top-5 [%] of a checkpoint on its own evaluation split (or `data`/`split`).
 
     Returns also `split`, `n`, `tta`, `precision`, `logit_adjust`, `checkpoint`, `epoch` and `classes`;
-    `predictions` holds the per-image predicted class ids, in the split's order."""
+    `predictions` holds the per-image predicted class ids, in the split's order. With `exclude`, a
+    function of the evaluated split's name giving the (path, index) of images to leave out, as the
+    data audit names them, each with its pixel hash or None (`audit.leaked_images`),
+    `without_excluded` holds the same metrics over the split without those images, and `excluded`
+    their number.
+
+    Raises:
+        DataError: an image to exclude is not in the split or has other pixels there (the list is
+            of another dataset or split).
+        ConfigError: `exclude` on a run's validation carve-out (an audit names splits, not carve-outs).
+    """
     inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
-    images, labels, name = eval_data(inf, data, split)
+    if inf.config is None:
+        raise CifarkitError(f"{inf.source}: evaluating on a dataset needs the PyTorch checkpoint")
+    if exclude is not None and split is None and data is None and inf.config.data.val_fraction > 0:
+        raise ConfigError(f"{ckpt}: its run evaluates on a validation carve-out of train, which an audit does not "
+                          f"name; pass --split {inf.config.data.test_split} (or --data and --split) with --exclude")
+    ds, name = load_eval_set(inf.config, inf.classes, data, split)
+    images, labels = to_chw_tensor(ds.images), torch.from_numpy(ds.labels)
     logits = inf.logits(images)
     m = metrics_from_logits(logits, labels)
     predicted = m.pop("predicted")
+    extra: dict[str, Any] = {}
+    if exclude is not None:
+        keys = list(zip(ds.sources, ds.indices.tolist()))
+        drop = exclude(name)
+        at = {k: i for i, k in enumerate(keys)}
+        missing = sorted(k for k in drop if k not in at)
+        listed = [k for k in drop if k in at and drop[k]]
+        hashes = pixel_hashes(ds.images[[at[k] for k in listed]]) if listed else []
+        missing += sorted(k for k, h in zip(listed, hashes) if h.hex() != drop[k])
+        if missing:
+            path, index = missing[0]
+            raise DataError(f"{len(missing)} images to exclude are not in the {name} split of "
+                            f"{data or inf.config.data.root} (e.g. {path} #{index}: missing or other pixels); "
+                            "exclude with the duplicates.csv of an audit of this dataset")
+        keep = torch.tensor([k not in drop for k in keys], dtype=torch.bool)
+        kept = metrics_from_logits(logits[keep], labels[keep])
+        kept.pop("predicted")
+        extra = {"excluded": int((~keep).sum()), "without_excluded": kept}
     return {**m, "split": name, **inf.settings(), "checkpoint": str(ckpt), "epoch": inf.meta.get("epoch"),
-            "classes": inf.classes, "predictions": predicted}
+            "classes": inf.classes, "predictions": predicted, **extra}
 
 
 def eval_data(inf: Inference, data: str | None = None, split: str | None = None

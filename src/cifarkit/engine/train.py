@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from cifarkit.config import Config, config_to_dict, save_config
+from cifarkit.data.imageset import ImageSet
 from cifarkit.data.loader import normalize
 from cifarkit.data.splits import RunData, build_data
 from cifarkit.engine.calibration import calibrate
@@ -77,8 +78,12 @@ def rescale_bn_momentum(model: torch.nn.Module, chunks: int) -> None:
 # ---- fit ----------------------------------------------------------------------------------------
 def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | None = None,
         device: str | None = None, quiet: bool = False, force: bool = False,
-        after_run: Sequence[AfterRun] = (), before_run: Sequence[BeforeRun] = ()) -> dict[str, Any]:
+        after_run: Sequence[AfterRun] = (), before_run: Sequence[BeforeRun] = (),
+        sets: tuple[ImageSet, ImageSet] | None = None) -> dict[str, Any]:
     """Train `cfg`; returns a summary (best/final top-1, time, run directory).
+
+    `sets` = (train, val) in memory trains and evaluates on those instead of `data.root`'s splits
+    (the data audit's cross-validation folds); not with torchrun or `resume`.
 
     `before_run` hooks see a fresh run's directory and data before its first step (e.g. the CLI's
     picture of one augmented batch), `after_run` hooks the finished run's directory.
@@ -91,6 +96,8 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     run_dir = Path(work_dir or Path("work_dirs") / safe_component(cfg.name))  # `name` comes from the config file
     if resume and force:
         raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
+    if sets is not None and resume:
+        raise ConfigError("a run on in-memory sets cannot be resumed")
     if cfg.log.tensorboard:
         summary_writer_class()  # a missing extra fails now, not after the first epoch
     if cfg.train.calibrate and cfg.data.val_fraction == 0 and not quiet:
@@ -98,14 +105,14 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
               "(data.val_fraction is 0): no calibrated.pt will be written", file=sys.stderr)
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
-        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, ())
+        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, (), sets)
     check_work_dir(run_dir)
     with locked(run_dir):
         if not resume:
             moved = claim_fresh(run_dir, force)
             if moved is not None and not quiet:
                 print(f"moved the earlier run in {run_dir} into {moved}")
-        summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run)
+        summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run, sets)
         if cfg.train.calibrate and summary.get("eval_split") == "val":
             calibrate_run(run_dir, quiet)
         for hook in after_run:
@@ -136,11 +143,12 @@ class Totals:
 
 
 def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo, dev: torch.device, quiet: bool,
-         t_start: float, before_run: Sequence[BeforeRun]) -> dict[str, Any]:
+         t_start: float, before_run: Sequence[BeforeRun], sets: tuple[ImageSet, ImageSet] | None = None
+         ) -> dict[str, Any]:
     """The run itself, once the run directory is claimed (rank 0) or left to rank 0 (others)."""
     configure_torch(cfg, dev, dinfo)
     resume_path = find_resume(run_dir, resume)
-    t, data, totals = build(cfg, dev, dinfo, fresh=resume_path is None, quiet=quiet)
+    t, data, totals = build(cfg, dev, dinfo, fresh=resume_path is None, quiet=quiet, sets=sets)
     stopper = EarlyStop(cfg.train.early_stop.patience, cfg.train.early_stop.metric, cfg.train.early_stop.min_delta)
     if resume_path is not None:
         restore(t, stopper, resume_path, quiet)
@@ -258,12 +266,12 @@ def build_model(cfg: Config, dev: torch.device, data: RunData, fresh: bool, quie
     return model.to(dev)
 
 
-def build(cfg: Config, dev: torch.device, dinfo: DistInfo, fresh: bool, quiet: bool = False
-          ) -> tuple[Trainer, RunData, Totals]:
+def build(cfg: Config, dev: torch.device, dinfo: DistInfo, fresh: bool, quiet: bool = False,
+          sets: tuple[ImageSet, ImageSet] | None = None) -> tuple[Trainer, RunData, Totals]:
     """Data, model, optimiser, schedule, scaler and weight averages: a Trainer at step 0."""
     totals = Totals()
     t0 = time.perf_counter()
-    data = build_data(cfg, dev, dinfo.rank, dinfo.world)
+    data = build_data(cfg, dev, dinfo.rank, dinfo.world, sets)
     totals.data = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = build_model(cfg, dev, data, fresh, quiet)

@@ -1,0 +1,173 @@
+"""Acting on an audit: a cleaned manifest that cifarkit trains and evaluates from.
+
+What goes is the user's choice (`--drop duplicates,labels,outliers`, `--relabel`), and nothing
+goes silently: every dropped or relabelled image is listed with its reason in `OUT/changes.csv`
+and counted in audit.json and on the terminal.
+
+- duplicates: of a pair across splits, the image of the split that ranks lower goes: train ranks
+  lowest, then any other split, then val/valid/validation, then test (the test image stays, the
+  training copy that leaked into it goes), whatever order the splits come in; of a pair within a
+  split, the later image goes. An image goes only while its partner stays (a chain of copies
+  keeps one).
+- labels: the probable label errors go, or with `--relabel` stay with the suggested label.
+- outliers: the flagged outliers go.
+
+Image folders and manifests: the manifest points at the original files (absolute paths). CIFAR
+batches have no files: the kept images are exported next to the manifest (`<name>_images/`,
+`data export`'s layout) and the manifest points there.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarkit.audit.audit import Audited, Findings
+from cifarkit.data.export import MANIFEST_COLUMNS, export_dataset
+from cifarkit.data.imageset import ImageSet
+from cifarkit.errors import ConfigError, DataError
+from cifarkit.safecsv import csv_row, csv_uncell
+
+DROPPABLE = ("duplicates", "labels", "outliers")
+KEEP_RANK = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 3}  # other splits: 1
+
+
+def keep_rank(split: str) -> int:
+    """How much a split's image is worth keeping when it duplicates another split's (test highest)."""
+    return KEEP_RANK.get(split.lower(), 1)
+
+
+def check_clean_args(manifest: str | Path, drop: list[str] | None, relabel: bool, overwrite: bool,
+                     out: str | Path | None = None) -> list[str]:
+    """The validated `drop` list (default: duplicates), checked before any work.
+
+    Raises:
+        ConfigError: an unknown `drop` item, `relabel` with labels dropped, or a manifest that is
+            not a .csv, exists already (without `overwrite`) or would be one of the audit's own files.
+    """
+    from cifarkit.audit.audit import FILES
+
+    drop = ["duplicates"] if drop is None else [d.strip() for part in drop for d in part.split(",") if d.strip()]
+    bad = [d for d in drop if d not in DROPPABLE]
+    if bad:
+        raise ConfigError(f"--drop {','.join(bad)}: choose from {', '.join(DROPPABLE)}")
+    if relabel and "labels" in drop:
+        raise ConfigError("--relabel gives the label issues their suggested label and --drop labels removes them; "
+                          "choose one")
+    p = Path(manifest)
+    if p.suffix.lower() != ".csv":
+        raise ConfigError(f"--write-manifest {p}: give a .csv file name")
+    if p.exists() and not overwrite:
+        raise ConfigError(f"--write-manifest {p}: exists; choose another name or pass --overwrite")
+    if out is not None and p.resolve().parent == Path(out).resolve() and p.name in FILES:
+        raise ConfigError(f"--write-manifest {p}: the audit writes its own {p.name} there; choose another name")
+    return drop
+
+
+def check_images_folder(kind: str, manifest: str | Path, overwrite: bool) -> None:
+    """CIFAR batches: the kept images go to `<manifest stem>_images/` beside the manifest; refuse a
+    folder there that is not empty, or with `overwrite` one that is not an earlier such export.
+
+    Raises:
+        ConfigError: the folder is in the way.
+    """
+    if kind != "cifar":
+        return
+    folder = Path(manifest).parent / f"{Path(manifest).stem}_images"
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"{folder}: the clean manifest's images go there and it is not empty; choose another "
+                              "--write-manifest name or pass --overwrite")
+        if not (folder / "manifest.csv").is_file():
+            raise ConfigError(f"{folder}: not an earlier export of clean images (no manifest.csv); --overwrite "
+                              "replaces only those: choose another --write-manifest name")
+
+
+def plan_changes(a: Audited, found: Findings, drop: list[str], relabel: bool
+                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]:
+    """(keep mask (N,), new labels (N,), [(image, action, reason)]) for the chosen clean-up."""
+    n = len(a.images)
+    keep = np.ones(n, dtype=bool)
+    labels = a.images.labels.copy()
+    changes: list[tuple[int, str, str]] = []
+    order = {s: (keep_rank(s), k) for k, s in enumerate(a.splits)}
+    cls = a.images.classes
+
+    def remove(i: int, reason: str) -> None:
+        if keep[i]:
+            keep[i] = False
+            changes.append((i, "dropped", reason))
+
+    if "duplicates" in drop:
+        for i, j, d, kind in found.pairs:
+            si, sj = a.split[i], a.split[j]
+            if si == sj:
+                gone, other = max(i, j), min(i, j)
+            else:  # the split that ranks lower loses its copy
+                gone, other = (i, j) if order[si] < order[sj] else (j, i)
+            src = f"{a.split[other]}:{a.images.sources[other]}#{int(a.images.indices[other])}"
+            if keep[other]:  # a chain of copies keeps one
+                remove(gone, f"{kind} duplicate of {src} (distance {d:.4f})")
+    if "outliers" in drop:
+        for i, z in found.outliers:
+            remove(i, f"outlier of class {cls[int(labels[i])]} (z {z:.1f})")
+    for i in found.issues.tolist():
+        given, sug = int(labels[i]), int(found.probs[i].argmax())
+        why = f"label issue: given {cls[given]} (p {found.probs[i, given]:.3f}), suggested {cls[sug]}"
+        if "labels" in drop:
+            remove(i, why)
+        elif relabel and keep[i]:
+            labels[i] = sug
+            changes.append((i, "relabelled", why))
+    return keep, labels, changes
+
+
+def write_clean_manifest(a: Audited, found: Findings, data: str | Path, manifest: str | Path, drop: list[str],
+                         relabel: bool, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the cleaned manifest and `out/changes.csv`; returns the counts (kept, dropped, relabelled per split)."""
+    manifest = Path(manifest)
+    keep, labels, changes = plan_changes(a, found, drop, relabel)
+    ds = a.images
+    rows: list[list[Any]] = []
+    if a.kind == "cifar":
+        folder = manifest.parent / f"{manifest.stem}_images"
+        parts = {}
+        for s in a.splits:
+            idx = np.flatnonzero((a.split == s) & keep)
+            sub = ds.subset(idx)
+            parts[s] = ImageSet(sub.images, labels[idx], sub.classes, sub.sources, sub.indices, sub.filenames,
+                                sub.origin, s)
+        res = export_dataset(parts, folder, overwrite=overwrite)
+        with open(res.manifest, newline="", encoding="utf-8") as f:
+            exported = [{k: csv_uncell(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        for r in exported:
+            rows.append([r["split"], r["source"], r["index"], f"{folder.name}/{r['path']}", r["label_id"],
+                         r["label_name"]])
+    else:
+        base = Path(data) if Path(data).is_dir() else Path(data).parent
+        for i in np.flatnonzero(keep).tolist():
+            path = (base / ds.sources[i]).resolve()
+            if not path.is_file():
+                raise DataError(f"{path}: listed in {data} but not a file any more; run the audit again")
+            y = int(labels[i])
+            rows.append([a.split[i], ds.sources[i], int(ds.indices[i]), str(path), y, ds.classes[y]])
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest, "w" if overwrite else "x", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(MANIFEST_COLUMNS)
+        w.writerows(csv_row(r) for r in rows)
+    with open(Path(out) / "changes.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "index", "action", "reason", "label", "new_label"])
+        for i, action, why in changes:
+            w.writerow(csv_row([a.split[i], ds.sources[i], int(ds.indices[i]), action, why,
+                                ds.classes[int(ds.labels[i])], ds.classes[int(labels[i])]]))
+    per = {s: {"kept": int(((a.split == s) & keep).sum()),
+               "dropped": sum(1 for i, act, _ in changes if act == "dropped" and a.split[i] == s),
+               "relabelled": sum(1 for i, act, _ in changes if act == "relabelled" and a.split[i] == s)}
+           for s in a.splits}
+    return {"path": str(manifest), "drop": drop, "relabel": relabel, "splits": per,
+            "changes": str(Path(out) / "changes.csv")}
