@@ -104,8 +104,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if a.exclude:
         from cifarkit.audit.audit import leaked_images
 
-        leaked_images(a.exclude, "")  # a bad file fails before the model is loaded
-        exclude = lambda split: leaked_images(a.exclude, split)  # noqa: E731  the split is known once read
+        leaked = leaked_images(a.exclude)  # a bad file fails before the model is loaded
+        exclude = lambda split: leaked.get(split, {})  # noqa: E731  the split is known once the checkpoint is read
     m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision, exclude)
     predicted = m.pop("predictions")
     if a.predictions:

@@ -37,7 +37,7 @@ from cifarkit.engine.device import cpu_kind, cpu_model
 from cifarkit.engine.inference import Inference
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.safecsv import csv_row
+from cifarkit.safecsv import csv_row, csv_uncell
 from cifarkit.safepath import output_dir
 
 # The folds train for this fraction of the recipe's epochs (fast: 1.6 of 8), in batches of at most
@@ -76,7 +76,7 @@ class Audited:
 
 @dataclass
 class Findings:
-    """What an audit found, for acting on it in the same process (`clean.clean_manifest`)."""
+    """What an audit found, for acting on it in the same process (`clean.write_clean_manifest`)."""
     pairs: list[tuple[int, int, float, str]]
     issues: np.ndarray
     probs: np.ndarray
@@ -235,7 +235,8 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
         raise DataError(f"{data}: the audited images are all of one class; a label audit needs two or more")
     cfg = fold_config(recipe, overrides, ds.num_classes, data)
     check_args(folds, near_threshold, len(ds), cfg.train.batch_size)
-    groups = exact_groups(ds)
+    hashes = pixel_hashes(ds.images)
+    groups = exact_groups(hashes)
     fold = assign_folds(ds.labels, folds, seed, groups)
     out = output_dir(out, overwrite)
     for name in FILES:  # stale results of an earlier audit must not survive next to new ones
@@ -267,12 +268,12 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
         fold_top1.append(100.0 * float((probs[held].argmax(1) == ds.labels[held]).mean()))
     assert emb is not None
     t_search = time.perf_counter()
-    dups = duplicate_pairs(ds, emb, near_threshold)
+    dups = duplicate_pairs(ds, emb, near_threshold, groups)
     issues = rank_label_issues(ds.labels, probs)
     scores = outlier_scores(emb, ds.labels)
     outliers = flag_outliers(scores, ds.labels)
     t_search = time.perf_counter() - t_search
-    write_duplicates(out / "duplicates.csv", a, dups)
+    write_duplicates(out / "duplicates.csv", a, dups, hashes)
     write_label_issues(out / "label_issues.csv", a, issues, probs)
     write_outliers(out / "outliers.csv", a, outliers, scores)
     # for re-ranking or an approximate index (faiss) beyond CIFAR scale, in the CSV files' row order
@@ -295,20 +296,22 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
     return summary, Findings(dups, issues, probs, outliers, scores)
 
 
-def exact_groups(ds: ImageSet) -> list[list[int]]:
-    """Indices of the images with identical pixels, one list per group of two or more."""
+def exact_groups(hashes: list[bytes]) -> list[list[int]]:
+    """Indices of the images with identical pixel hashes, one list per group of two or more."""
     groups: dict[bytes, list[int]] = {}
-    for i, h in enumerate(pixel_hashes(ds.images)):
+    for i, h in enumerate(hashes):
         groups.setdefault(h, []).append(i)
     return [g for g in groups.values() if len(g) > 1]
 
 
-def duplicate_pairs(ds: ImageSet, emb: torch.Tensor, threshold: float) -> list[tuple[int, int, float, str]]:
-    """(i, j, distance, "exact" | "near") for identical pixels (distance 0; a group of copies as
-    its first image paired with each other one) and every pair of near neighbours whose pixel
-    similarity is at least `threshold` (distance 1 - it); exact pairs first, then the most alike."""
-    exact = [(g[0], x) for g in exact_groups(ds) for x in g[1:]]
-    group = {i: k for k, g in enumerate(exact_groups(ds)) for i in g}
+def duplicate_pairs(ds: ImageSet, emb: torch.Tensor, threshold: float, groups: list[list[int]]
+                    ) -> list[tuple[int, int, float, str]]:
+    """(i, j, distance, "exact" | "near") for identical pixels (`groups`, `exact_groups`; distance 0,
+    a group of copies as its first image paired with each other one) and every pair of near
+    neighbours whose pixel similarity is at least `threshold` (distance 1 - it); exact pairs
+    first, then the most alike."""
+    exact = [(g[0], x) for g in groups for x in g[1:]]
+    group = {i: k for k, g in enumerate(groups) for i in g}
     pairs = [(i, j, 0.0, "exact") for i, j in exact]
     pairs += [(i, j, max(0.0, 1.0 - s), "near") for i, j, s in near_pairs(ds.images, emb, threshold)
               if i not in group or group[i] != group.get(j)]
@@ -335,19 +338,20 @@ def where(a: Audited, i: int) -> list[Any]:
     return [a.split[i], a.images.sources[i], int(a.images.indices[i])]
 
 
-def _write(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "x", newline="", encoding="utf-8") as f:
+def write_csv(path: Path, header: list[str], rows: list[list[Any]], mode: str = "x") -> None:
+    """A CSV of the audit's: `header`, then `rows` with formula-like cells defused (names come from
+    the data); mode "x" (the default) refuses an existing file."""
+    with open(path, mode, newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
-        w.writerows(csv_row(r) for r in rows)  # names from the data: formulas defused
+        w.writerows(csv_row(r) for r in rows)
 
 
-def write_duplicates(path: Path, a: Audited, pairs: list[tuple[int, int, float, str]]) -> None:
+def write_duplicates(path: Path, a: Audited, pairs: list[tuple[int, int, float, str]], hashes: list[bytes]) -> None:
     """duplicates.csv: one row per pair, in the order given, with both images' pixel hashes."""
-    used = sorted({i for p in pairs for i in p[:2]})
-    h = dict(zip(used, (d.hex() for d in pixel_hashes(a.images.images[used])))) if used else {}
-    _write(path, DUPLICATE_COLUMNS + HASH_COLUMNS,
-           [where(a, i) + where(a, j) + [f"{d:.6f}", kind, h[i], h[j]] for i, j, d, kind in pairs])
+    write_csv(path, DUPLICATE_COLUMNS + HASH_COLUMNS,
+              [where(a, i) + where(a, j) + [f"{d:.6f}", kind, hashes[i].hex(), hashes[j].hex()]
+               for i, j, d, kind in pairs])
 
 
 def write_label_issues(path: Path, a: Audited, issues: np.ndarray, probs: np.ndarray) -> None:
@@ -358,14 +362,14 @@ def write_label_issues(path: Path, a: Audited, issues: np.ndarray, probs: np.nda
         given, sug = int(a.images.labels[i]), int(probs[i].argmax())
         rows.append(where(a, i) + [cls[given], cls[sug], f"{1 - probs[i, given]:.6f}", f"{probs[i, given]:.6f}",
                                    f"{probs[i, sug]:.6f}"])
-    _write(path, LABEL_COLUMNS, rows)
+    write_csv(path, LABEL_COLUMNS, rows)
 
 
 def write_outliers(path: Path, a: Audited, flagged: list[tuple[int, float]], scores: np.ndarray) -> None:
     """outliers.csv: one row per flagged outlier, the most extreme first."""
     cls = a.images.classes
-    _write(path, OUTLIER_COLUMNS, [where(a, i) + [cls[int(a.images.labels[i])], f"{scores[i]:.6f}", f"{z:.2f}"]
-                                   for i, z in flagged])
+    write_csv(path, OUTLIER_COLUMNS, [where(a, i) + [cls[int(a.images.labels[i])], f"{scores[i]:.6f}", f"{z:.2f}"]
+                                      for i, z in flagged])
 
 
 def counts(a: Audited, pairs: list[tuple[int, int, float, str]], issues: np.ndarray,
@@ -392,15 +396,14 @@ def leaked_counts(a: Audited, pairs: list[tuple[int, int, float, str]]) -> dict[
     return {s: len(v) for s, v in hit.items()}
 
 
-def leaked_images(duplicates_csv: str | Path, split: str) -> dict[tuple[str, int], str | None]:
-    """(path, index) -> pixel hash of the images of `split` that duplicates.csv pairs with an image
-    of another split: what `cifarkit eval --exclude` leaves out (and checks are the same pixels).
+def leaked_images(duplicates_csv: str | Path) -> dict[str, dict[tuple[str, int], str | None]]:
+    """Per split, (path, index) -> pixel hash (None when the file has none) of its images that
+    duplicates.csv pairs with an image of another split: what `cifarkit eval --exclude` leaves out
+    of the split it evaluates (and checks are the same pixels there).
 
     Raises:
         DataError: the file is missing, empty, malformed or not an audit's duplicates.csv.
     """
-    from cifarkit.safecsv import csv_uncell
-
     p = Path(duplicates_csv)
     what = f"{p}: not a duplicates.csv of `cifarkit data audit`"
     try:
@@ -412,7 +415,7 @@ def leaked_images(duplicates_csv: str | Path, split: str) -> dict[tuple[str, int
         raise DataError(f"{what} ({e})") from None
     if not set(DUPLICATE_COLUMNS) <= set(header):
         raise DataError(f"{what} (it needs the columns {', '.join(DUPLICATE_COLUMNS)})")
-    out: dict[tuple[str, int], str | None] = {}
+    out: dict[str, dict[tuple[str, int], str | None]] = {}
     for n, r in enumerate(rows, start=2):
         if any(r.get(c) is None for c in DUPLICATE_COLUMNS):
             raise DataError(f"{p}: row {n} has fewer cells than its header")
@@ -420,10 +423,9 @@ def leaked_images(duplicates_csv: str | Path, split: str) -> dict[tuple[str, int
         if sa == sb:
             continue
         for s, side in ((sa, "a"), (sb, "b")):
-            if s == split:
-                try:
-                    key = (csv_uncell(r[f"path_{side}"]), int(r[f"index_{side}"]))
-                except ValueError:
-                    raise DataError(f"{p}: row {n}: index_{side} {r[f'index_{side}']!r} is not an integer") from None
-                out[key] = r.get(f"hash_{side}") or None
+            try:
+                key = (csv_uncell(r[f"path_{side}"]), int(r[f"index_{side}"]))
+            except ValueError:
+                raise DataError(f"{p}: row {n}: index_{side} {r[f'index_{side}']!r} is not an integer") from None
+            out.setdefault(s, {})[key] = r.get(f"hash_{side}") or None
     return out

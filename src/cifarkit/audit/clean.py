@@ -20,16 +20,16 @@ batches have no files: the kept images are exported next to the manifest (`<name
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifarkit.audit.audit import Audited, Findings
+from cifarkit.audit.audit import FILES, Audited, Findings, write_csv
 from cifarkit.data.export import MANIFEST_COLUMNS, export_dataset
-from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import ConfigError, DataError
-from cifarkit.safecsv import csv_row, csv_uncell
+from cifarkit.safecsv import csv_uncell
 
 DROPPABLE = ("duplicates", "labels", "outliers")
 KEEP_RANK = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 3}  # other splits: 1
@@ -48,8 +48,6 @@ def check_clean_args(manifest: str | Path, drop: list[str] | None, relabel: bool
         ConfigError: an unknown `drop` item, `relabel` with labels dropped, or a manifest that is
             not a .csv, exists already (without `overwrite`) or would be one of the audit's own files.
     """
-    from cifarkit.audit.audit import FILES
-
     drop = ["duplicates"] if drop is None else [d.strip() for part in drop for d in part.split(",") if d.strip()]
     bad = [d for d in drop if d not in DROPPABLE]
     if bad:
@@ -108,8 +106,8 @@ def plan_changes(a: Audited, found: Findings, drop: list[str], relabel: bool
                 gone, other = max(i, j), min(i, j)
             else:  # the split that ranks lower loses its copy
                 gone, other = (i, j) if order[si] < order[sj] else (j, i)
-            src = f"{a.split[other]}:{a.images.sources[other]}#{int(a.images.indices[other])}"
             if keep[other]:  # a chain of copies keeps one
+                src = f"{a.split[other]}:{a.images.sources[other]}#{int(a.images.indices[other])}"
                 remove(gone, f"{kind} duplicate of {src} (distance {d:.4f})")
     if "outliers" in drop:
         for i, z in found.outliers:
@@ -137,9 +135,7 @@ def write_clean_manifest(a: Audited, found: Findings, data: str | Path, manifest
         parts = {}
         for s in a.splits:
             idx = np.flatnonzero((a.split == s) & keep)
-            sub = ds.subset(idx)
-            parts[s] = ImageSet(sub.images, labels[idx], sub.classes, sub.sources, sub.indices, sub.filenames,
-                                sub.origin, s)
+            parts[s] = dataclasses.replace(ds.subset(idx), labels=labels[idx], split=s)
         res = export_dataset(parts, folder, overwrite=overwrite)
         with open(res.manifest, newline="", encoding="utf-8") as f:
             exported = [{k: csv_uncell(v) for k, v in r.items()} for r in csv.DictReader(f)]
@@ -155,16 +151,10 @@ def write_clean_manifest(a: Audited, found: Findings, data: str | Path, manifest
             y = int(labels[i])
             rows.append([a.split[i], ds.sources[i], int(ds.indices[i]), str(path), y, ds.classes[y]])
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    with open(manifest, "w" if overwrite else "x", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(MANIFEST_COLUMNS)
-        w.writerows(csv_row(r) for r in rows)
-    with open(Path(out) / "changes.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["split", "path", "index", "action", "reason", "label", "new_label"])
-        for i, action, why in changes:
-            w.writerow(csv_row([a.split[i], ds.sources[i], int(ds.indices[i]), action, why,
-                                ds.classes[int(ds.labels[i])], ds.classes[int(labels[i])]]))
+    write_csv(manifest, MANIFEST_COLUMNS, rows, "w" if overwrite else "x")
+    write_csv(Path(out) / "changes.csv", ["split", "path", "index", "action", "reason", "label", "new_label"],
+              [[a.split[i], ds.sources[i], int(ds.indices[i]), action, why, ds.classes[int(ds.labels[i])],
+                ds.classes[int(labels[i])]] for i, action, why in changes])
     per = {s: {"kept": int(((a.split == s) & keep).sum()),
                "dropped": sum(1 for i, act, _ in changes if act == "dropped" and a.split[i] == s),
                "relabelled": sum(1 for i, act, _ in changes if act == "relabelled" and a.split[i] == s)}

@@ -64,7 +64,7 @@ def logits_and_embeddings(inf: Inference, images: torch.Tensor) -> tuple[torch.T
     parts = []
     for k in sorted(feats):
         e = torch.cat([feats[k][b][:n].cpu() for b, n in enumerate(sizes)])  # (N, D_k); small batches are padded
-        parts.append(torch.nn.functional.normalize(e - e.mean(0) if len(sizes) else e, dim=1))
+        parts.append(torch.nn.functional.normalize(e - e.mean(0), dim=1))
     emb = torch.cat(parts, 1) if parts else torch.zeros(0, 1)
     return logits, torch.nn.functional.normalize(emb, dim=1)  # (N, D)
 
@@ -99,11 +99,12 @@ def outlier_scores(emb: torch.Tensor, labels: np.ndarray, k: int = 10) -> np.nda
     return scores
 
 
-def candidate_pairs(images: np.ndarray, emb: torch.Tensor, k: int = 10, k_pixels: int = 5) -> torch.Tensor:
+def candidate_pairs(grey: torch.Tensor, emb: torch.Tensor, k: int = 10, k_pixels: int = 5) -> torch.Tensor:
     """(P, 2) index pairs i < j: every image with its `k` nearest embeddings and its `k_pixels`
-    nearest 8x8 grey thumbnails, as they are and mirrored (a model that has learnt its classes
-    well puts all of a class's embeddings close together: the thumbnails still tell copies apart)."""
-    g = _grey(images)[:, None]  # (N, 1, H, W)
+    nearest 8x8 grey thumbnails (of `grey`, (N, H, W)), as they are and mirrored (a model that has
+    learnt its classes well puts all of a class's embeddings close together: the thumbnails still
+    tell copies apart)."""
+    g = grey[:, None]  # (N, 1, H, W)
     thumb = _unit(torch.nn.functional.adaptive_avg_pool2d(g, 8)[:, 0].reshape(len(g), -1))  # (N, 64)
     mirrored = _unit(torch.nn.functional.adaptive_avg_pool2d(g.flip(-1), 8)[:, 0].reshape(len(g), -1))
     found = [nearest(emb, k)[1], nearest(thumb, k_pixels)[1], nearest(thumb, k_pixels, keys=mirrored)[1]]
@@ -114,9 +115,13 @@ def candidate_pairs(images: np.ndarray, emb: torch.Tensor, k: int = 10, k_pixels
     return torch.unique(torch.sort(torch.cat(pairs), 1).values, dim=0)
 
 
-def _grey(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float grey (N, H, W)."""
-    return (torch.from_numpy(images).float() * torch.tensor([0.299, 0.587, 0.114])).sum(-1)
+def to_grey(images: np.ndarray, chunk: int = 8192) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float grey (N, H, W), a chunk at a time (never all images as float RGB)."""
+    out = torch.empty(images.shape[:3])
+    weights = torch.tensor([0.299, 0.587, 0.114])
+    for s in range(0, len(images), chunk):
+        out[s:s + chunk] = (torch.from_numpy(images[s:s + chunk]).float() * weights).sum(-1)
+    return out
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -124,10 +129,10 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x - x.mean(-1, keepdim=True), dim=-1)
 
 
-def thumbnail_views(images: np.ndarray, side: int = THUMB) -> torch.Tensor:
-    """(N, 3, side, side) grey thumbnails of the whole image and of its centre 29/32 and 26/32
-    (a copy cropped by a few pixels and resized back matches its original's centre)."""
-    g = _grey(images)[:, None]  # (N, 1, H, W)
+def thumbnail_views(grey: torch.Tensor, side: int = THUMB) -> torch.Tensor:
+    """(N, 3, side, side) thumbnails of grey images (N, H, W), whole and their centre 29/32 and
+    26/32 (a copy cropped by a few pixels and resized back matches its original's centre)."""
+    g = grey[:, None]  # (N, 1, H, W)
     h, w = g.shape[-2:]
     views = []
     for frac in (1.0, 29 / 32, 26 / 32):
@@ -155,14 +160,15 @@ def _best_correlation(kernels: torch.Tensor, images: torch.Tensor) -> torch.Tens
     return best
 
 
-def pixel_similarity(images: np.ndarray, pairs: torch.Tensor, refine_from: float = 0.85,
+def pixel_similarity(grey: torch.Tensor, pairs: torch.Tensor, refine_from: float = 0.85,
                      threshold: float = 1.0, chunk: int = 4096) -> torch.Tensor:
-    """(P,) how alike each pair's pixels are, 1 for the same picture: the best correlation of grey
-    thumbnails over mirroring, shifts of up to 2 thumbnail pixels, and matching either image's
-    centre crop (29/32, 26/32) to the other whole (brightness and contrast fall out of a
-    correlation). Pairs from `refine_from` up to `threshold` are also compared at full size with
-    shifts of up to 3 pixels (a small shift is lost between the thumbnail's pixels)."""
-    views = thumbnail_views(images)  # (N, 3, S, S)
+    """(P,) how alike each pair's pixels are (`grey`: the images as `to_grey` makes them), 1 for
+    the same picture: the best correlation of grey thumbnails over mirroring, shifts of up to 2
+    thumbnail pixels, and matching either image's centre crop (29/32, 26/32) to the other whole
+    (brightness and contrast fall out of a correlation). Pairs from `refine_from` up to
+    `threshold` are also compared at full size with shifts of up to 3 pixels (a small shift is
+    lost between the thumbnail's pixels)."""
+    views = thumbnail_views(grey)  # (N, 3, S, S)
     sh = 2
     m = views.shape[-1] - 2 * sh
     centres = _unit(views[:, :, sh:sh + m, sh:sh + m].reshape(len(views), 3, m * m)).reshape(len(views), 3, m, m)
@@ -175,7 +181,7 @@ def pixel_similarity(images: np.ndarray, pairs: torch.Tensor, refine_from: float
                                          _best_correlation(centres[j, 1:], whole[i]))
     refine = torch.nonzero((out >= refine_from) & (out < threshold)).flatten()
     if len(refine):
-        g = _grey(images)  # (N, H, W)
+        g = grey  # (N, H, W)
         sh = 3
         mh, mw = g.shape[1] - 2 * sh, g.shape[2] - 2 * sh
         for c in range(0, len(refine), chunk):
@@ -191,8 +197,9 @@ def near_pairs(images: np.ndarray, emb: torch.Tensor, threshold: float, k: int =
     """(i < j, pixel similarity) of the pairs whose pixels match at least `threshold`, most alike
     first, among `candidate_pairs` (neighbours propose, the pixels decide: a classifier's
     embedding puts any two cats near each other)."""
-    pairs = candidate_pairs(images, emb, k)
-    sim = pixel_similarity(images, pairs, threshold=threshold)
+    grey = to_grey(images)  # (N, H, W), once for the candidates and the pixel check
+    pairs = candidate_pairs(grey, emb, k)
+    sim = pixel_similarity(grey, pairs, threshold=threshold)
     keep = torch.nonzero(sim >= threshold).flatten()
     order = keep[torch.argsort(-sim[keep], stable=True)]
     return [(int(pairs[o, 0]), int(pairs[o, 1]), float(sim[o])) for o in order]

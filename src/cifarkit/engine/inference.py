@@ -254,7 +254,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | 
     Returns also `split`, `n`, `tta`, `precision`, `logit_adjust`, `checkpoint`, `epoch` and `classes`;
     `predictions` holds the per-image predicted class ids, in the split's order. With `exclude`, a
     function of the evaluated split's name giving the (path, index) of images to leave out, as the
-    data audit names them, each with its pixel hash or None (`audit.leaked_images`),
+    data audit names them, each with its pixel hash or None (from `audit.leaked_images`),
     `without_excluded` holds the same metrics over the split without those images, and `excluded`
     their number.
 
