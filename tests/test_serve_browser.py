@@ -128,8 +128,10 @@ def test_page_in_a_real_browser(trained_server, tmp_path: Path, capsys):
         second = card.find_elements(By.CSS_SELECTOR, ".topk li")[1]
         label = second.get_attribute("data-label")
         second.click()
-        wait.until(lambda d: card.find_element(By.CSS_SELECTOR, "img.cam").get_attribute("data-target") == label)
-        assert label in card.find_element(By.CSS_SELECTOR, ".cam-caption").text
+        # the card may be drawn anew while its CAM loads: look it up afresh each time (no stale element)
+        first = lambda d: d.find_elements(By.CSS_SELECTOR, ".card")[0]  # noqa: E731
+        wait.until(lambda d: first(d).find_element(By.CSS_SELECTOR, "img.cam").get_attribute("data-target") == label)
+        assert label in first(driver).find_element(By.CSS_SELECTOR, ".cam-caption").text
         SHOTS.mkdir(parents=True, exist_ok=True)
         assert driver.save_screenshot(str(SHOTS / "serve_page.png"))
         # the runs view: the run, its curves, its report
