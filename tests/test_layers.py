@@ -19,7 +19,7 @@ LAYERS = {
     "cifarkit.logs": 1, "cifarkit.plotting": 1, "cifarkit.data": 1, "cifarkit.models": 1, "cifarkit.config": 1,
     "cifarkit.engine": 2,
     "cifarkit.analysis": 3, "cifarkit.audit": 3, "cifarkit.predict": 3, "cifarkit.cam": 3, "cifarkit.export": 3,
-    "cifarkit.serve": 3,
+    "cifarkit.serve": 3, "cifarkit.tune": 3,
     "cifarkit.demo": 4,
     "cifarkit.cli": 5, "cifarkit.cli_analysis": 5, "cifarkit.cli_train": 5, "cifarkit.cli_use": 5,
     "cifarkit.__main__": 5,

@@ -74,6 +74,21 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    """`cifarkit tune`: check CONFIG and the space, then run trials until the study has --trials."""
+    from cifarkit.config import load_config
+    from cifarkit.safepath import safe_component
+    from cifarkit.tune import format_result, load_space, tune
+
+    cfg = load_config(a.config, a.set)
+    space = load_space(a.space, cfg)  # every key and range checked before any trial
+    out = a.out or Path("work_dirs") / f"tune-{safe_component(cfg.name)}"
+    r = tune(cfg, space, a.trials, out, storage=a.storage, study=a.study, pruner=a.pruner, metric=a.metric,
+             seed=a.seed, heartbeat=a.heartbeat, device=a.device)
+    print(format_result(r, a.metric))
+    return 0
+
+
 def cmd_lr_find(a: argparse.Namespace) -> int:
     """`cifarkit lr-find`: run the LR range test on CONFIG, print the suggested lr and how to train with it."""
     from cifarkit.config import load_config
@@ -158,7 +173,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def add_commands(sub) -> None:
-    """Add the models, train, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
+    """Add the models, train, tune, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
     from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
 
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
@@ -180,6 +195,31 @@ def add_commands(sub) -> None:
     t.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)
+
+    u = sub.add_parser("tune", help="hyperparameter search (Optuna TPE, ASHA pruning): one run per trial, shared "
+                       "storage for several workers, best.yaml that `cifarkit train` reproduces")
+    u.add_argument("config", help="a YAML file, or a shipped recipe's name: what every trial starts from")
+    u.add_argument("--space", required=True, metavar="SPACE.yaml",
+                   help="config keys -> distributions: {uniform: [lo, hi]}, {log_uniform: [lo, hi]}, "
+                        "{int: [lo, hi], step: 1}, {choice: [a, b]}")
+    u.add_argument("--trials", type=int, required=True, metavar="N",
+                   help="total trials of the study, over every worker sharing it")
+    u.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    u.add_argument("--out", default=None, help="the search's folder (default work_dirs/tune-<config name>)")
+    u.add_argument("--storage", default=None, metavar="URL|FILE",
+                   help="where the study lives, shared by workers: an RDB URL (postgresql://, mysql://, "
+                        "sqlite:///) or a journal file (default OUT/study.journal)")
+    u.add_argument("--study", default=None, help="study name (default: the config's name)")
+    u.add_argument("--pruner", default="asha", choices=["asha", "median", "none"],
+                   help="stop hopeless trials from their per-epoch evaluation (default asha)")
+    u.add_argument("--metric", default="top1", choices=["top1", "loss"],
+                   help="what a trial is scored by: its final evaluation's top1 (maximised) or loss (minimised)")
+    u.add_argument("--seed", type=int, default=None, help="seed of the TPE sampler (default: fresh per worker)")
+    u.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
+                   help="seconds between a running trial's liveness stamps; a trial silent for 3x this is "
+                        "marked failed and run again")
+    u.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    u.set_defaults(fn=cmd_tune)
 
     f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
     f.add_argument("config", help="a YAML file, or a shipped recipe's name")

@@ -22,6 +22,8 @@ EXTRAS: dict[str, str] = {
             "goes), via onnx and onnxruntime",
     "serve": "the local web app and JSON API (`cifarkit serve`), via FastAPI and uvicorn (Grad-CAM included)",
     "tensorboard": "TensorBoard event files (`log.tensorboard: true`)",
+    "mlflow": "logging runs to an MLflow tracking store or server (`log.mlflow: URI`)",
+    "tune": "hyperparameter search (`cifarkit tune`), via Optuna",
     "robustness": "the spatter corruption of `cifarkit robustness --extra` (OpenCV's edge detector), via "
                   "opencv-python-headless",
     "pandas": "DataFrames (`ImageSet.to_dataframe`, `cifarkit.logs.read`)",
@@ -35,7 +37,7 @@ EXTRAS: dict[str, str] = {
 MODULE_EXTRA: dict[str, str] = {
     "pytorch_grad_cam": "cam", "onnx": "onnx", "onnxruntime": "onnx", "fastapi": "serve", "uvicorn": "serve",
     "multipart": "serve", "python_multipart": "serve", "tensorboard": "tensorboard", "pandas": "pandas",
-    "timm": "timm", "jupyterlab": "notebook", "cv2": "robustness",
+    "timm": "timm", "jupyterlab": "notebook", "cv2": "robustness", "mlflow": "mlflow", "optuna": "tune",
 }
 
 

@@ -45,8 +45,14 @@ def _vals(run: Path) -> list[dict]:
 def test_two_processes_match_one_and_resume(cifar10_small: Path, tmp_path: Path):
     one = _torchrun(1, _sets(cifar10_small) + ["--work-dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(2, _sets(cifar10_small) + ["--work-dir", str(tmp_path / "two")])
+    mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    two = _torchrun(2, _sets(cifar10_small, f"log.mlflow={mlflow}") + ["--work-dir", str(tmp_path / "two")])
     assert two.returncode == 0, two.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow)
+    (run,) = client.search_runs([client.get_experiment_by_name("cifarkit").experiment_id])  # rank 0 alone logs
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1")] == [5, 10, 15, 20]
     header = json.loads((tmp_path / "two" / "log.jsonl").read_text().splitlines()[0])
     assert header["world_size"] == 2
     v1, v2 = _vals(tmp_path / "one"), _vals(tmp_path / "two")

@@ -1,6 +1,7 @@
-"""Extra views of the run log: TensorBoard event files (`log.tensorboard`) and a CSV
-(`log.csv`). `log.jsonl` stays the source of truth; these sinks receive the same records as
-it is written (`RunLog(sinks=...)`) and never feed back into training.
+"""Extra views of the run log: TensorBoard event files (`log.tensorboard`), a CSV (`log.csv`)
+and an MLflow run (`log.mlflow`, engine/tracking.py). `log.jsonl` stays the source of truth;
+these sinks receive the same records as it is written (`RunLog(sinks=...)`) and never feed back
+into training.
 
 On resume the JSONL is rewritten up to the checkpoint: the CSV is rewritten with it (`replay`),
 while TensorBoard, which only appends, is told to purge the events after that iteration.
@@ -12,6 +13,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from cifarkit.engine.tracking import MlflowSink
 from cifarkit.extras import MissingExtra, require
 from cifarkit.safecsv import csv_dict
 
@@ -87,23 +89,25 @@ class TensorBoardSink:
         self.w.close()
 
 
-def make_sinks(cfg_log, run_dir: Path, batch_size: int, resume_iter: int | None) -> list:
+def make_sinks(cfg, run_dir: Path, header: dict[str, Any], resume_iter: int | None) -> list:
     """The extra log views `log.*` asks for, for `RunLog(sinks=...)`.
 
     Args:
-        cfg_log: the run's `LogConfig`; `tensorboard` adds a `TensorBoardSink` in `run_dir/tb`, `csv`
-            a `CsvSink` writing `run_dir/metrics.csv`.
+        cfg: the run's `Config`; `log.tensorboard` adds a `TensorBoardSink` in `run_dir/tb`, `log.csv`
+            a `CsvSink` writing `run_dir/metrics.csv`, `log.mlflow` an `MlflowSink`.
         run_dir: the run directory.
-        batch_size: images per iteration, for TensorBoard's images/s.
+        header: the run log's header (config, versions, device, precision) for MLflow's params and tags.
         resume_iter: the iteration a resumed run continues from (TensorBoard hides its later
-            events), or None for a fresh run.
+            events, MLflow skips the steps it has), or None for a fresh run.
 
     Raises:
-        ConfigError: `log.tensorboard` is on and tensorboard is not installed.
+        MissingExtra: `log.tensorboard` is on and tensorboard is not installed.
     """
     sinks: list = []
-    if cfg_log.tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tb", batch_size, resume_iter))
-    if cfg_log.csv:
+    if cfg.log.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tb", cfg.train.batch_size, resume_iter))
+    if cfg.log.csv:
         sinks.append(CsvSink(run_dir / "metrics.csv"))
+    if cfg.log.mlflow:
+        sinks.append(MlflowSink(cfg, run_dir, header, resume_iter))
     return sinks

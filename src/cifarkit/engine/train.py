@@ -47,12 +47,14 @@ from cifarkit.engine.step import (  # noqa: F401  (re-exported: older imports of
     train_one_epoch,
     train_step,
 )
+from cifarkit.engine.tracking import finish_mlflow, require_mlflow
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.models import count_params, create_model, train_hooks
 from cifarkit.safepath import safe_component
 
 AfterRun = Callable[[Path], None]  # called with the run directory once training has finished
 BeforeRun = Callable[[Path, RunData], None]  # called with the run directory and its data before the first step
+OnEval = Callable[[dict[str, Any]], "str | None"]  # a val record -> a reason to stop the run, or None
 
 
 class RunFinished(CifarkitError):
@@ -79,8 +81,12 @@ def rescale_bn_momentum(model: torch.nn.Module, chunks: int) -> None:
 def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | None = None,
         device: str | None = None, quiet: bool = False, force: bool = False,
         after_run: Sequence[AfterRun] = (), before_run: Sequence[BeforeRun] = (),
-        sets: tuple[ImageSet, ImageSet] | None = None) -> dict[str, Any]:
+        sets: tuple[ImageSet, ImageSet] | None = None, on_eval: OnEval | None = None) -> dict[str, Any]:
     """Train `cfg`; returns a summary (best/final top-1, time, run directory).
+
+    `on_eval` sees each evaluation's val record (epoch, iter, top1, loss, ...) once its checkpoint
+    is saved; a non-empty string back stops the run there (a search's pruner): the log gets a
+    `{"type": "stopped", "reason": ...}` record and the summary `stopped: reason`.
 
     `sets` = (train, val) in memory trains and evaluates on those instead of `data.root`'s splits
     (the data audit's cross-validation folds); not with torchrun or `resume`.
@@ -100,23 +106,30 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
         raise ConfigError("a run on in-memory sets cannot be resumed")
     if cfg.log.tensorboard:
         summary_writer_class()  # a missing extra fails now, not after the first epoch
+    if cfg.log.mlflow:
+        require_mlflow()
     if cfg.train.calibrate and cfg.data.val_fraction == 0 and not quiet:
         print("warning: train.calibrate fits the temperature on a validation split and this run has none "
               "(data.val_fraction is 0): no calibrated.pt will be written", file=sys.stderr)
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
-        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, (), sets)
+        return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, (), sets, on_eval)
     check_work_dir(run_dir)
     with locked(run_dir):
         if not resume:
             moved = claim_fresh(run_dir, force)
             if moved is not None and not quiet:
                 print(f"moved the earlier run in {run_dir} into {moved}")
-        summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run, sets)
-        if cfg.train.calibrate and summary.get("eval_split") == "val":
-            calibrate_run(run_dir, quiet)
-        for hook in after_run:
-            hook(run_dir)
+        try:
+            summary = _run(cfg, run_dir, resume, dinfo, dev, quiet, t_start, before_run, sets, on_eval)
+            if cfg.train.calibrate and summary.get("eval_split") == "val":
+                calibrate_run(run_dir, quiet)
+            for hook in after_run:
+                hook(run_dir)
+        except BaseException as e:  # the MLflow run ends as the training did; --resume reopens it
+            finish_mlflow(run_dir, cfg, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
+        finish_mlflow(run_dir, cfg)
     return summary
 
 
@@ -143,8 +156,8 @@ class Totals:
 
 
 def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo, dev: torch.device, quiet: bool,
-         t_start: float, before_run: Sequence[BeforeRun], sets: tuple[ImageSet, ImageSet] | None = None
-         ) -> dict[str, Any]:
+         t_start: float, before_run: Sequence[BeforeRun], sets: tuple[ImageSet, ImageSet] | None = None,
+         on_eval: OnEval | None = None) -> dict[str, Any]:
     """The run itself, once the run directory is claimed (rank 0) or left to rank 0 (others)."""
     configure_torch(cfg, dev, dinfo)
     resume_path = find_resume(run_dir, resume)
@@ -163,6 +176,7 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
               "an unbiased estimate; hold out a validation set with data.val_fraction=0.1", file=sys.stderr)
     release_memory = hold_freed_memory() if dev.type == "cpu" and cfg.train.hold_memory else lambda: None
     totals.loop_start, totals.start_step = time.perf_counter(), t.state.step
+    stopped = ""
     try:
         while t.state.step < t.stop_at:
             ep = run_epoch(t, data, log, quiet, totals)
@@ -171,6 +185,14 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
             val = evaluate_epoch(t, data, log, totals, quiet, ep) if dinfo.main and eval_due(t) else {}
             if dinfo.main:
                 save_checkpoints(t, stopper, data, run_dir, val)
+            reason = (on_eval({"epoch": t.state.epoch, "iter": t.state.step, **val}) or "") if on_eval and val else ""
+            if on_eval is not None and broadcast_flag(bool(reason) and t.state.step < t.stop_at, dinfo, dev):
+                stopped = reason
+                if log is not None:
+                    log.write({"type": "stopped", "reason": reason, "epoch": t.state.epoch, "iter": t.state.step})
+                if not quiet and dinfo.main:
+                    print(f"stopped after epoch {t.state.epoch}: {reason}", flush=True)
+                break
             if stopper.enabled and broadcast_flag(stopper.should_stop and t.state.step < t.stop_at, dinfo, dev):
                 if log is not None:
                     log.write(stopper.record(t.state.epoch, t.state.step))
@@ -179,6 +201,8 @@ def _run(cfg: Config, run_dir: Path, resume: str | bool | None, dinfo: DistInfo,
                           f"best {stopper.best:.4g} at epoch {stopper.best_epoch} (best.pt)", flush=True)
                 break
         summary = summarize(t, data, totals, run_dir, t_start, stopper) if dinfo.main else {}
+        if stopped and dinfo.main:
+            summary["stopped"] = stopped
         if log is not None:
             log.write({"type": "summary", **{k: v for k, v in summary.items() if k != "final"},
                        "final_top1": totals.last_val.get("top1"), "final_top5": totals.last_val.get("top5")})
@@ -363,7 +387,7 @@ def open_log(t: Trainer, data: RunData, run_dir: Path, resumed: bool) -> RunLog:
               "steps_per_epoch": t.steps_per_epoch, "total_steps": t.total_steps, "world_size": t.dinfo.world}
     resume_iter = t.state.step if resumed else None
     return RunLog(run_dir / "log.jsonl", header, resume_iter=resume_iter,
-                  sinks=make_sinks(t.cfg.log, run_dir, t.cfg.train.batch_size, resume_iter))
+                  sinks=make_sinks(t.cfg, run_dir, header, resume_iter))
 
 
 # ---- the loop -----------------------------------------------------------------------------------

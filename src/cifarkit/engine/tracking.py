@@ -1,0 +1,254 @@
+"""The run in an MLflow tracking store (`log.mlflow: URI`): one more view of `log.jsonl`.
+
+`MlflowSink` is a `RunLog` sink like the TensorBoard and CSV ones: every train and val record
+becomes MLflow metrics at its iteration (`train/loss`, `train/lr`, `train/images_per_s`,
+`val/top1`, `val/top5`, `val/loss`, the names TensorBoard gets), the summary becomes final
+metrics, the flattened config the run's params, and cifarkit version / git commit / device /
+precision its tags. `finish_mlflow` runs after the run's figures and report are written (the
+CLI's `after_run` hooks) and uploads them, with the config and log (and `last.pt` / `best.pt`
+when `log.mlflow_checkpoints`), then closes the MLflow run.
+
+Resume continues the same MLflow run: its id is kept in `RUN/mlflow.json`. A killed run may have
+logged steps past its last checkpoint; the resumed run logs only the steps MLflow does not have
+yet (per metric), so no step appears twice, and replays kept records MLflow never got (the store
+was down). The tracking store is never allowed to cost the run: an unreachable store or a failed
+call prints one warning line and the sink goes quiet; `log.jsonl` keeps every record, and a
+later `--resume` against a working store replays them. Only rank 0 writes (`RunLog` exists there
+alone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cifarkit.extras import MissingExtra, require
+
+STATE_FILE = "mlflow.json"  # RUN/mlflow.json: {"tracking_uri", "experiment_id", "run_id"}
+# record type -> (record field, MLflow metric key)
+METRICS = {
+    "train": (("loss", "train/loss"), ("lr", "train/lr")),
+    "val": (("top1", "val/top1"), ("top5", "val/top5"), ("loss", "val/loss")),
+}
+SUMMARY_METRICS = ("best_top1", "final_top1", "final_top5", "best_epoch", "seconds", "train_img_per_s")
+ARTIFACTS = ("config.yaml", "log.jsonl", "curves.png", "report.html", "train_batch.png", "metrics.csv")
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
+
+
+def require_mlflow() -> None:
+    """Fail before training when `log.mlflow` is set and MLflow is not installed.
+
+    Raises:
+        MissingExtra: one line naming the extra (or how to turn the logger off).
+    """
+    try:
+        require("mlflow", "log.mlflow")
+    except MissingExtra as e:
+        raise MissingExtra(f"{e} (or set log.mlflow='')") from None
+
+
+def warn(msg: str) -> None:
+    """One warning line on stderr: the tracking store never stops a run."""
+    print(f"warning: MLflow: {msg}; training goes on and every record stays in log.jsonl", file=sys.stderr,
+          flush=True)
+
+
+def _short(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{type(e).__name__}: {line[:160]}"
+
+
+def _bound_http_retries() -> None:
+    # MLflow retries an HTTP call 7 times with exponential backoff by default (minutes per call
+    # while a server is down); a training step must not wait that long. A user's own setting wins.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+def probe(uri: str, timeout: float = 5.0) -> None:
+    """Raise OSError when an http(s) tracking server does not answer its /health page in `timeout` s."""
+    if uri.startswith(("http://", "https://")):
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310 - the user's URI
+            pass
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": "0.1"}: the config as MLflow params."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:MAX_PARAM_CHARS]
+    return out
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit of the git checkout the run was started in, or None outside one (or without git)."""
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def read_state(run_dir: Path) -> dict[str, str] | None:
+    """RUN/mlflow.json, or None when the run was never logged to MLflow (or the file is damaged)."""
+    try:
+        d = json.loads((run_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(d, dict) and all(isinstance(d.get(k), str) for k in ("tracking_uri", "run_id"))
+    return d if ok else None
+
+
+def get_experiment_id(client: Any, name: str) -> str:
+    """The id of experiment `name`, created when missing (two processes creating it at once: the
+    loser finds the winner's)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - MLflow raises its own RESOURCE_ALREADY_EXISTS error
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class MlflowSink:
+    """Log a run's records to MLflow (see the module docstring).
+
+    Args:
+        cfg: the run's config (its `log.mlflow*` keys, and the params to log).
+        run_dir: the run directory (`mlflow.json` is kept there).
+        header: the run's log header (device, precision, versions) for the tags.
+        resume_iter: the iteration a resumed run continues from, or None for a fresh run.
+    """
+
+    def __init__(self, cfg: Any, run_dir: Path, header: dict[str, Any], resume_iter: int | None):
+        self.uri, self.run_dir, self.batch_size = cfg.log.mlflow, run_dir, cfg.train.batch_size
+        self.client: Any = None
+        self.run_id = ""
+        self.last_step: dict[str, int] = {}  # metric key -> highest step MLflow already holds
+        _bound_http_retries()
+        try:
+            self._open(cfg, header, resume_iter)
+        except Exception as e:  # noqa: BLE001 - whatever the store says, the run goes on
+            self.client = None
+            warn(f"cannot log to {self.uri} ({_short(e)})")
+
+    def _open(self, cfg: Any, header: dict[str, Any], resume_iter: int | None) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        probe(self.uri)
+        client = MlflowClient(tracking_uri=self.uri)
+        state = read_state(self.run_dir) if resume_iter is not None else None
+        if state is not None and state["tracking_uri"] == self.uri:
+            self.run_id = state["run_id"]
+            client.update_run(self.run_id, status="RUNNING")
+            for keys in METRICS.values():
+                for _, key in keys:
+                    steps = [m.step for m in client.get_metric_history(self.run_id, key)]
+                    if steps:
+                        self.last_step[key] = max(steps)
+        else:  # a fresh run, or a resume whose earlier attempt never reached this store
+            exp_id = get_experiment_id(client, cfg.log.mlflow_experiment)
+            versions = header.get("versions", {})
+            tags = {"cifarkit.version": versions.get("cifarkit", ""), "cifarkit.run_dir": str(self.run_dir.resolve()),
+                    "device": str(header.get("device", "")), "precision": str(header.get("precision", "")),
+                    "cpu_kind": str(versions.get("cpu_kind", "")), "mlflow.source.name": "cifarkit"}
+            commit = git_commit()
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            run = client.create_run(exp_id, run_name=cfg.name, tags=tags)
+            self.run_id = run.info.run_id
+            params = [Param(k, v) for k, v in flatten(header.get("config", {})).items()]
+            for i in range(0, len(params), PARAMS_PER_BATCH):
+                client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_BATCH])
+            tmp = self.run_dir / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps({"tracking_uri": self.uri, "experiment_id": exp_id, "run_id": self.run_id}),
+                           encoding="utf-8")
+            tmp.replace(self.run_dir / STATE_FILE)
+        self.client = client
+
+    def _metrics(self, rec: dict[str, Any]) -> list[Any]:
+        from mlflow.entities import Metric
+
+        kind, step = rec.get("type"), rec.get("iter")
+        if kind not in METRICS or not isinstance(step, int):
+            return []
+        now = int(time.time() * 1000)
+        out = []
+        pairs = list(METRICS[kind])
+        if kind == "train" and rec.get("time"):
+            rec = {**rec, "images_per_s": self.batch_size / rec["time"]}
+            pairs.append(("images_per_s", "train/images_per_s"))
+        for field, key in pairs:
+            v = rec.get(field)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and step > self.last_step.get(key, -1):
+                out.append(Metric(key, float(v), now, step))
+        return out
+
+    def write(self, rec: dict[str, Any]) -> None:
+        """Log a train / val record's metrics at its iteration (steps MLflow already has are skipped)."""
+        if self.client is None:
+            return
+        try:
+            if rec.get("type") == "summary":
+                self._summary(rec)
+                return
+            metrics = self._metrics(rec)
+            if metrics:
+                self.client.log_batch(self.run_id, metrics=metrics)
+                for m in metrics:
+                    self.last_step[m.key] = m.step
+        except Exception as e:  # noqa: BLE001
+            self.client = None
+            warn(f"logging to {self.uri} failed ({_short(e)}); no more records go there in this run")
+
+    replay = write  # on resume: the kept records MLflow does not have yet (a store that was down)
+
+    def _summary(self, rec: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+
+        now, step = int(time.time() * 1000), int(rec.get("iters") or 0)
+        metrics = [Metric(f"summary/{k}", float(rec[k]), now, step) for k in SUMMARY_METRICS
+                   if isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def close(self) -> None:
+        """Nothing: `finish_mlflow` uploads the files and ends the MLflow run once the figures exist."""
+
+
+def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
+    """Upload the run's files (config, log, curves, report; checkpoints when `log.mlflow_checkpoints`)
+    and end its MLflow run with `status`; a failure is one warning line."""
+    state = read_state(run_dir)
+    if not cfg.log.mlflow or state is None or state["tracking_uri"] != cfg.log.mlflow:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        probe(cfg.log.mlflow)
+        client = MlflowClient(tracking_uri=cfg.log.mlflow)
+        if status != "FINISHED" and client.get_run(state["run_id"]).info.status != "RUNNING":
+            return  # this attempt never reopened the MLflow run (e.g. --resume of a finished run)
+        names = list(ARTIFACTS) + (["last.pt", "best.pt"] if cfg.log.mlflow_checkpoints else [])
+        for name in names:
+            p = run_dir / name
+            if p.is_file() and not p.is_symlink():
+                client.log_artifact(state["run_id"], str(p))
+        client.set_terminated(state["run_id"], status=status)
+    except Exception as e:  # noqa: BLE001
+        warn(f"could not finish run {state['run_id']} at {cfg.log.mlflow} ({_short(e)})")

@@ -1,0 +1,547 @@
+"""`cifarkit tune`: hyperparameter search over a config with Optuna, one ordinary run per trial.
+
+    load_space -> study (storage) -> loop of (fail stale trials, ask, fit with a pruner hook, tell)
+    -> trials.csv, best.yaml, history.png, importance.png
+
+A search space is a YAML mapping from config keys to distributions:
+
+    optim.lr: {log_uniform: [1.0e-3, 1.0]}
+    train.label_smoothing: {uniform: [0, 0.3]}
+    model.name: {choice: [airnet, resnet18_cifar]}
+    train.batch_size: {int: [128, 512], step: 128}
+
+Every key and both ends of every range are checked against the config schema before any trial
+runs (a typo gets the nearest key, as `--set` does). Each trial is a run directory
+`OUT/trials/NNNN` made by the ordinary `fit` (log, checkpoints, report), with the trial's values
+in its config.yaml and a `trial.json` saying how it ended. The engine's per-epoch evaluation is
+reported to the trial, and the pruner (ASHA = Optuna's asynchronous successive halving, or the
+median rule) stops hopeless ones through `fit(on_eval=...)`: their log ends with a `stopped`
+record.
+
+Several workers share one study through its storage: by default the journal file
+`OUT/study.journal` (Optuna's JournalFileBackend: processes on one machine, or machines sharing a
+disk), or any RDB URL (`postgresql://...`, `mysql://...`, `sqlite:///...`). The study stops at
+`trials` trials counted in the storage (complete, pruned, running, and failed by the trial's own
+values), so N workers run N distinct trials in all. A worker killed mid-trial leaves a RUNNING
+trial with a stale heartbeat; the next worker to start a trial marks it failed (at once when the
+dead worker was on the same machine, after `3 x heartbeat` seconds otherwise) and it is run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import socket
+import sys
+import threading
+import time
+import typing
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cifarkit.analysis.after_run import plot_writers
+from cifarkit.config import (
+    Config,
+    _read_config_text,
+    _suggest,
+    _yaml_load,
+    all_keys,
+    config_from_dict,
+    config_to_dict,
+)
+from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.train import fit
+from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.extras import require
+from cifarkit.models import list_models
+from cifarkit.safecsv import csv_row
+from cifarkit.safepath import safe_component
+
+KINDS = ("uniform", "log_uniform", "int", "choice")
+PRUNERS = ("asha", "median", "none")
+METRICS = {"top1": "maximize", "loss": "minimize"}
+MAX_ERRORS_IN_A_ROW = 3  # a worker stops after this many trials fail with an error (not divergence) in a row
+STUDY_FILE = "study.json"  # OUT/study.json: which study and storage this output folder belongs to
+OWN_NAMES = ("study.json", "study.journal", "trials")  # what a worker starting beside another may find in OUT
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One key's distribution: `kind` in KINDS, `low`/`high` for ranges, `step` and `log` for
+    ints, `choices` for a choice."""
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def suggest(self, trial: Any, key: str) -> Any:
+        """The trial's value for `key` (Optuna's suggest_* for this kind)."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(key, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(key, self.low, self.high, log=self.kind == "log_uniform", step=self.step)
+
+    def ends(self) -> list[Any]:
+        """The values that must each make a valid config: both ends of a range, every choice."""
+        if self.kind == "choice":
+            return list(self.choices)
+        if self.kind == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+def _number(v: Any, key: str, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ConfigError(f"{where}{key}: {v!r} is not a finite number")
+    return float(v)
+
+
+def parse_dist(key: str, spec: Any, where: str) -> Dist:
+    """One entry of a space file -> `Dist`, checked for shape and range (not yet against the config).
+
+    Raises:
+        ConfigError: not a mapping with one known kind, an empty range, the log of a value <= 0, ...
+    """
+    if not isinstance(spec, dict) or len([k for k in spec if k in KINDS]) != 1:
+        raise ConfigError(f"{where}{key}: expected one of {{uniform: [lo, hi]}}, {{log_uniform: [lo, hi]}}, "
+                          f"{{int: [lo, hi], step: 1}}, {{choice: [a, b, ...]}}; got {spec!r}")
+    kind = next(k for k in spec if k in KINDS)
+    extra = set(spec) - {kind} - ({"step", "log"} if kind == "int" else {"step"} if kind == "uniform" else set())
+    if extra:
+        raise ConfigError(f"{where}{key}: {kind} takes no {', '.join(sorted(map(str, extra)))}")
+    v = spec[kind]
+    if kind == "choice":
+        if not isinstance(v, list) or not v:
+            raise ConfigError(f"{where}{key}: choice needs a non-empty list of values")
+        if any(isinstance(c, (dict, list)) for c in v):
+            raise ConfigError(f"{where}{key}: choice values must be plain values (numbers, strings, true/false)")
+        if len({json.dumps(c) for c in v}) != len(v):
+            raise ConfigError(f"{where}{key}: choice lists a value twice")
+        return Dist("choice", choices=tuple(v))
+    if not isinstance(v, list) or len(v) != 2:
+        raise ConfigError(f"{where}{key}: {kind} needs [low, high], got {v!r}")
+    lo, hi = (_number(x, key, where) for x in v)
+    if not lo < hi:
+        raise ConfigError(f"{where}{key}: the range [{v[0]}, {v[1]}] is empty (low must be below high)")
+    step = spec.get("step")
+    if step is not None and (_number(step, key, where) <= 0 or step > hi - lo):
+        raise ConfigError(f"{where}{key}: step {step!r} must be above 0 and at most high - low")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}{key}: log must be true or false")
+    if kind == "int":
+        if not (float(lo).is_integer() and float(hi).is_integer() and (step is None or float(step).is_integer())):
+            raise ConfigError(f"{where}{key}: int needs whole numbers, got {spec!r}")
+        if log and step not in (None, 1):
+            raise ConfigError(f"{where}{key}: an int range is either log or stepped, not both")
+    if (kind == "log_uniform" or log) and lo <= 0:
+        raise ConfigError(f"{where}{key}: a log range needs low > 0 (the log of {v[0]} is undefined)")
+    if kind == "log_uniform" and step is not None:
+        raise ConfigError(f"{where}{key}: log_uniform takes no step")
+    return Dist(kind, lo, hi, step, log)
+
+
+def _field_type(key: str) -> Any:
+    obj: Any = Config()
+    for part in key.split(".")[:-1]:
+        obj = getattr(obj, part)
+    return typing.get_type_hints(type(obj)).get(key.split(".")[-1])
+
+
+def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dist]:
+    """Read and check a search space file against the config it will vary.
+
+    Args:
+        path: the space YAML (key -> distribution).
+        base: the config the trials start from (its values fill every key the space leaves).
+
+    Raises:
+        ConfigError: the file is unreadable or empty; a key unknown (with the nearest one); a
+            distribution malformed; or an end of a range / a choice that the key cannot take.
+    """
+    p = Path(path)
+    where = f"{p}: "
+    try:
+        d = _yaml_load(_read_config_text(p))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(d, dict) or not d:
+        raise ConfigError(f"{p}: a search space is a non-empty mapping of config keys to distributions, "
+                          "e.g. `optim.lr: {log_uniform: [1.0e-3, 1.0]}`")
+    base_dict = config_to_dict(base) if isinstance(base, Config) else base
+    space: dict[str, Dist] = {}
+    for key, spec in d.items():
+        key = str(key)
+        if key not in all_keys() and not key.startswith("model.kwargs."):
+            raise ConfigError(_suggest(key, where))
+        dist = parse_dist(key, spec, where)
+        ftype = None if key.startswith("model.kwargs.") else _field_type(key)  # kwargs: any number
+        if dist.kind in ("uniform", "log_uniform") and ftype is int:
+            raise ConfigError(f"{where}{key}: takes whole numbers; use {{int: [{int(dist.low)}, {int(dist.high)}]}}")
+        if dist.kind != "choice" and ftype not in (int, float) and not key.startswith("model.kwargs."):
+            raise ConfigError(f"{where}{key}: is not a number; use {{choice: [...]}}")
+        for value in dist.ends():
+            if key == "model.name" and not (str(value) in list_models(include_torchvision=True)
+                                            or str(value).startswith("timm/")):
+                raise ConfigError(f"{where}model.name: {value!r} is not a model cifarkit knows (`cifarkit models`)")
+            try:
+                config_from_dict(base_dict, [f"{key}={json.dumps(value)}"])
+            except ConfigError as e:
+                raise ConfigError(f"{where}{key}: the value {value!r} is not valid for it ({e})") from None
+        space[key] = dist
+    return space
+
+
+# ---- storage and liveness -------------------------------------------------------------------------
+def open_storage(storage: str | None, out: Path) -> Any:
+    """Optuna storage: an RDB URL as it is, a file path (or none: OUT/study.journal) as a journal file."""
+    optuna = require("optuna", "cifarkit tune")
+    if storage and "://" in storage:
+        return optuna.storages.RDBStorage(storage)
+    path = Path(storage) if storage else out / "study.journal"
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: Any, heartbeat: float) -> list[int]:
+    """Mark RUNNING trials whose worker is gone as FAIL (`failure: worker died`): a worker on this
+    machine whose process no longer exists, or any worker silent for more than 3 heartbeats.
+    Returns their numbers."""
+    from optuna.trial import TrialState
+
+    host, now, failed = socket.gethostname(), time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        a = t.user_attrs
+        beat = a.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+        dead = (a.get("host") == host and isinstance(a.get("pid"), int) and a["pid"] != os.getpid()
+                and not _pid_alive(a["pid"])) or now - beat > 3 * heartbeat
+        if not dead:
+            continue
+        try:
+            study._storage.set_trial_user_attr(t._trial_id, "failure", "worker died (no heartbeat)")
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+        except Exception:  # noqa: BLE001 - another worker failed it first
+            pass
+    return failed
+
+
+class Heartbeat:
+    """A thread that stamps the trial's `heartbeat` user attribute every `interval` seconds."""
+
+    def __init__(self, study: Any, trial_id: int, interval: float):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(study, trial_id, interval), daemon=True)
+        self.thread.start()
+
+    def _beat(self, study: Any, trial_id: int, interval: float) -> None:
+        while not self.stop.wait(interval):
+            # the trial may have finished meanwhile, or the store be briefly down: the next beat retries
+            with contextlib.suppress(Exception):
+                study._storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+
+    def close(self) -> None:
+        """Stop stamping (the trial is told)."""
+        self.stop.set()
+        self.thread.join()
+
+
+def counts(t: Any) -> bool:
+    """Whether trial `t` counts towards the study's total: run, running, or failed by its own values
+    (not a worker that died, not a surplus trial a worker asked for and gave back)."""
+    state = t.state.name
+    return state in ("COMPLETE", "PRUNED", "RUNNING") or (state == "FAIL" and t.user_attrs.get("counts", False))
+
+
+# ---- the search ------------------------------------------------------------------------------------
+@dataclass
+class TuneResult:
+    """What a `tune` call leaves: the study's numbers and the files written."""
+    out: Path
+    study: str
+    trials: int = 0
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    ran_here: int = 0
+    best_number: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+    files: dict[str, Path] = dataclasses.field(default_factory=dict)
+
+
+def make_pruner(name: str) -> Any:
+    """asha: asynchronous successive halving with rungs at 1, 3, 9, ... epochs (the top third go
+    on); median: stop a trial below the median of earlier ones at the same epoch (after 4 trials
+    and its first epoch); none: never stop."""
+    optuna = require("optuna", "cifarkit tune")
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def check_out(out: Path, study_name: str, storage: str | None) -> None:
+    """OUT belongs to one study: a rerun of the same study continues it; another study there is refused."""
+    f = out / STUDY_FILE
+    if f.is_file():
+        try:
+            prev = json.loads(f.read_text(encoding="utf-8"))
+        except ValueError:
+            prev = {}
+        if prev.get("study") != study_name:
+            raise ConfigError(f"{out}: holds the search {prev.get('study')!r}, not {study_name!r}; choose another "
+                              "--out (or --study to continue that one)")
+    elif out.exists() and any(not p.name.startswith(OWN_NAMES) for p in out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not a cifarkit tune folder; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    # workers started together on one --out: each writes the same content, atomically
+    tmp = out / f"{STUDY_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"study": study_name, "storage": storage or str(out / "study.journal")}),
+                   encoding="utf-8")
+    tmp.replace(f)
+
+
+def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, storage: str | None = None,
+         study: str | None = None, pruner: str = "asha", metric: str = "top1", seed: int | None = None,
+         heartbeat: float = 30.0, quiet: bool = False, device: str | None = None,
+         progress: Callable[[str], None] | None = None) -> TuneResult:
+    """Search `space` around `base` until the study holds `trials` trials; write its outputs.
+
+    Args:
+        base: the config every trial starts from.
+        space: key -> `Dist` (`load_space`).
+        trials: the study's total number of trials, over every worker sharing it.
+        out: the search's folder: trials/NNNN run directories, trials.csv, best.yaml, figures.
+        storage: an RDB URL or a journal file shared by workers (default OUT/study.journal).
+        study: the study's name (default: the config's name).
+        pruner: asha | median | none.
+        metric: top1 (maximised) or loss (minimised), of each trial's final evaluation.
+        seed: the TPE sampler's seed (None: fresh; give workers sharing a study different seeds or none).
+        heartbeat: seconds between a running trial's liveness stamps.
+        quiet: no per-trial lines.
+        device: the device to train on (default: each config's train.device).
+        progress: where per-trial lines go (default print).
+
+    Raises:
+        ConfigError: a bad argument, or OUT belongs to another search.
+        CifarkitError: a trial failed for a reason that is not its values (e.g. the data is missing).
+    """
+    optuna = require("optuna", "cifarkit tune")
+    from optuna.trial import TrialState
+
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
+    if not heartbeat > 0:
+        raise ConfigError(f"--heartbeat must be above 0 seconds, got {heartbeat}")
+    say = progress or (lambda s: None if quiet else print(s, flush=True))
+    t0 = time.perf_counter()
+    out = Path(out)
+    name = study or base.name
+    check_out(out, name, storage)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = optuna.create_study(storage=open_storage(storage, out), study_name=name, direction=METRICS[metric],
+                             sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner),
+                             load_if_exists=True)
+    if base.data.val_fraction == 0:
+        say(f"note: trials are scored on the {base.data.test_split!r} split, so the best one's score is optimistic; "
+            "hold out a validation split with --set data.val_fraction=0.1")
+    ran = errors = 0
+    while True:
+        for n in fail_stale_trials(st, heartbeat):
+            say(f"trial {n}: its worker died; marked failed, to be run again")
+        if sum(map(counts, st.get_trials(deepcopy=False))) >= trials:
+            break
+        trial = st.ask()
+        ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
+        if ahead >= trials:  # another worker took the last trial between our count and our ask
+            st._storage.set_trial_user_attr(trial._trial_id, "failure", "surplus: the study had its trials")
+            st.tell(trial, state=TrialState.FAIL)
+            break
+        error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
+        ran += 1
+        errors = errors + 1 if error is not None else 0
+        if errors >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, the config itself
+            raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed; the last: {error}") from None
+    res = summarize_study(st, out, name, metric)
+    res.ran_here, res.seconds = ran, time.perf_counter() - t0
+    return res
+
+
+def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Path, metric: str,
+              heartbeat: float, device: str | None, say: Callable[[str], None]) -> CifarkitError | None:
+    """One trial: its values into the config, `fit` into OUT/trials/NNNN with the pruner hook, told.
+
+    A trial that diverges or fails with a cifarkit error is a failed trial that counts (its values
+    did it); the error is returned so that the worker can stop when every trial fails. Anything
+    else (Ctrl-C, a bug) fails the trial, uncounted, and propagates."""
+    from optuna.trial import TrialState
+
+    values = {key: dist.suggest(trial, key) for key, dist in space.items()}
+    cfg = config_from_dict(config_to_dict(base), [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    cfg.name = f"{safe_component(st.study_name)}-trial{trial.number:04d}"
+    run_dir = out / "trials" / f"{trial.number:04d}"
+    for k, v in {"run_dir": str(run_dir.resolve()), "host": socket.gethostname(), "pid": os.getpid(),
+                 "heartbeat": time.time(), "config": config_to_dict(cfg)}.items():
+        trial.set_user_attr(k, v)
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    say(f"trial {trial.number}: {shown}")
+    beat = Heartbeat(st, trial._trial_id, heartbeat)
+
+    def report(val: dict[str, Any]) -> str | None:
+        trial.report(float(val[metric]), int(val["epoch"]))
+        if trial.should_prune():
+            return f"pruned by the search at epoch {val['epoch']} ({metric} {val[metric]:.4g})"
+        return None
+
+    state, value, note, error = TrialState.FAIL, None, "", None
+    try:
+        summary = fit(cfg, work_dir=run_dir, quiet=True, device=device, after_run=plot_writers(cfg.log.plots),
+                      on_eval=report)
+        final = summary.get("final") or {}
+        value = final.get(metric)
+        if summary.get("stopped"):
+            state, note = TrialState.PRUNED, summary["stopped"]
+        elif value is not None and math.isfinite(value):
+            state = TrialState.COMPLETE
+        else:
+            note = f"no final {metric}"
+    except TrainingDiverged as e:  # the trial's values make it diverge: a result, not an error
+        note = f"diverged: {str(e).splitlines()[0][:200]}"
+        trial.set_user_attr("counts", True)
+    except CifarkitError as e:
+        note, error = " ".join(str(e).split())[:300], e
+        trial.set_user_attr("counts", True)
+    except BaseException as e:
+        beat.close()
+        trial.set_user_attr("failure", f"{type(e).__name__}: {str(e)[:200]}")
+        st.tell(trial, state=TrialState.FAIL)
+        raise
+    beat.close()
+    if note:
+        trial.set_user_attr("failure" if state == TrialState.FAIL else "pruned", note)
+    st.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    run_dir.mkdir(parents=True, exist_ok=True)  # also for a trial that failed before its run began
+    (run_dir / "trial.json").write_text(json.dumps({
+        "study": st.study_name, "number": trial.number, "state": state.name, metric: value, "params": values,
+        "note": note}, default=str), encoding="utf-8")
+    say(f"trial {trial.number}: {state.name.lower()}" + (f", {metric} {value:.4g}" if value is not None else "")
+        + (f" ({note})" if note else ""))
+    return error
+
+
+# ---- outputs -----------------------------------------------------------------------------------------
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def summarize_study(st: Any, out: Path, name: str, metric: str) -> TuneResult:
+    """trials.csv, best.yaml and the two figures from the study as the storage holds it now (every
+    worker's trials), rewritten whole each time."""
+    from optuna.trial import TrialState
+
+    all_trials = st.get_trials(deepcopy=False)
+    res = TuneResult(out=out, study=name, trials=len(all_trials))
+    res.complete = sum(t.state == TrialState.COMPLETE for t in all_trials)
+    res.pruned = sum(t.state == TrialState.PRUNED for t in all_trials)
+    res.failed = sum(t.state == TrialState.FAIL for t in all_trials)
+    keys = sorted({k for t in all_trials for k in t.params})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "state", metric, *keys, "epochs", "seconds", "note", "run_dir", "host"])
+    for t in all_trials:
+        secs = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start \
+            else None
+        epochs = max(t.intermediate_values) if t.intermediate_values else None
+        note = t.user_attrs.get("pruned") or t.user_attrs.get("failure") or ""
+        w.writerow(csv_row([t.number, t.state.name, t.value, *[t.params.get(k) for k in keys], epochs,
+                            None if secs is None else round(secs, 1), note, t.user_attrs.get("run_dir", ""),
+                            t.user_attrs.get("host", "")]))
+    _atomic_text(out / "trials.csv", buf.getvalue())
+    res.files["trials"] = out / "trials.csv"
+    if res.complete:
+        best = st.best_trial
+        res.best_number, res.best_value, res.best_params = best.number, best.value, dict(best.params)
+        cfg = dict(best.user_attrs["config"])
+        cfg["name"] = f"{safe_component(name)}-best"
+        cfg["data"] = {**cfg["data"], "root": str(Path(cfg["data"]["root"]).resolve()) if cfg["data"]["root"] else ""}
+        head = (f"# best of search {name!r}: trial {best.number}, {metric} {best.value:.4g}\n"
+                f"# its values: {json.dumps(best.params)}\n# reproduce: cifarkit train {out / 'best.yaml'}\n")
+        _atomic_text(out / "best.yaml", head + yaml.safe_dump(cfg, sort_keys=False))
+        res.files["best"] = out / "best.yaml"
+        res.files.update(draw_figures(st, out))
+    return res
+
+
+def draw_figures(st: Any, out: Path) -> dict[str, Path]:
+    """history.png (each trial's value and the best so far) and importance.png (PED-ANOVA
+    importance of each varied key: numpy only, works from a handful of trials); a figure that
+    cannot be drawn yet (too few complete trials) is skipped with a note."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    files = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+        for key, fname, draw in (
+                ("history", "history.png", lambda: plot_optimization_history(st)),
+                ("importance", "importance.png",
+                 lambda: plot_param_importances(st, evaluator=PedAnovaImportanceEvaluator()))):
+            try:
+                ax = draw()
+                ax.figure.tight_layout()
+                ax.figure.savefig(out / fname, dpi=100)
+                plt.close(ax.figure)
+                files[key] = out / fname
+            except (ValueError, RuntimeError, ZeroDivisionError) as e:
+                print(f"note: {fname} not drawn yet ({str(e).splitlines()[0][:120]})", file=sys.stderr)
+                plt.close("all")
+    return files
+
+
+def format_result(r: TuneResult, metric: str) -> str:
+    """The summary line(s) `cifarkit tune` prints."""
+    head = (f"search {r.study!r}: {r.trials} trials ({r.complete} complete, {r.pruned} pruned, {r.failed} failed; "
+            f"{r.ran_here} run by this worker in {r.seconds:.0f} s)")
+    if r.best_number is None:
+        return head + f"; no complete trial yet -> {r.files.get('trials', r.out)}"
+    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
+    return (f"{head}\nbest: trial {r.best_number}, {metric} {r.best_value:.4g} ({shown}) -> {r.files['best']}; "
+            f"all trials in {r.files['trials']}")
+
+
+__all__ = ["Dist", "TuneResult", "load_space", "tune", "format_result", "parse_dist", "CifarkitError"]

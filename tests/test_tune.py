@@ -1,0 +1,221 @@
+"""`cifarkit tune` through the real CLI on tiny data: a search end to end (best.yaml reproduces its
+trial), rerun continues the study, two workers on one storage, kill -9 of a worker, pruning that
+really stops a trial, and bad space files as one error line before any training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import NARROW, cli_run
+
+optuna = pytest.importorskip("optuna")
+
+
+def sets(root: Path, *extra: str) -> list[str]:
+    out = []
+    for s in (f"data.root={root}", "train.batch_size=100", "eval.tta=none", "eval.batch_size=100",
+              "train.device=cpu", "eval.interval=1", "log.plots=false", "train.epochs=3", NARROW, *extra):
+        out += ["--set", s]
+    return out
+
+
+def tune_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cifarkit", "tune", "fast", *args]
+
+
+def run_tune(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(tune_cmd(*args), cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+def rows(out: Path) -> list[dict]:
+    return list(csv.DictReader((out / "trials.csv").open()))
+
+
+def write_space(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+SGD_MUON = ("optim.lr", "optim.head_lr", "optim.muon_lr")  # the fast recipe's three learning rates
+SPACE = "optim.lr: {log_uniform: [1.0e-3, 0.5]}\ntrain.label_smoothing: {uniform: [0, 0.3]}\n"
+
+
+@pytest.mark.slow
+def test_search_end_to_end_best_yaml_reproduces_and_rerun_continues(cifar10_small: Path, tmp_path: Path):
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    args = ["--space", str(space), "--out", "search", "--pruner", "none", "--metric", "loss", "--seed", "1",
+            *sets(cifar10_small)]
+    r = run_tune(*args, "--trials", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "search"
+    got = rows(out)
+    assert [x["state"] for x in got] == ["COMPLETE"] * 3 and len({x["optim.lr"] for x in got}) == 3
+    assert {"best.yaml", "trials.csv", "history.png", "importance.png", "study.journal"} <= {p.name for p in
+                                                                                           out.iterdir()}
+    for x in got:  # each trial is an ordinary run directory whose config holds its values
+        run = Path(x["run_dir"])
+        cfg = json.loads((run / "log.jsonl").read_text().splitlines()[0])["config"]
+        assert cfg["optim"]["lr"] == pytest.approx(float(x["optim.lr"]))
+        assert (run / "last.pt").is_file() and json.loads((run / "trial.json").read_text())["state"] == "COMPLETE"
+    best = min(got, key=lambda x: float(x["loss"]))
+    assert f"best: trial {best['number']}, loss" in r.stdout
+    # best.yaml is the full config of the best trial: training it again gives the same result
+    t = subprocess.run([sys.executable, "-m", "cifarkit", "train", str(out / "best.yaml"), "--work-dir", "again"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert t.returncode == 0, t.stderr[-3000:]
+    summary = json.loads((tmp_path / "again" / "log.jsonl").read_text().splitlines()[-1])
+    trial_summary = json.loads((Path(best["run_dir"]) / "log.jsonl").read_text().splitlines()[-1])
+    assert summary["final_top1"] == trial_summary["final_top1"]
+    last_val = [json.loads(x) for x in (tmp_path / "again" / "log.jsonl").read_text().splitlines()
+                if '"type": "val"' in x][-1]
+    assert last_val["loss"] == pytest.approx(float(best["loss"]), rel=1e-6)
+    # rerunning the command with a larger --trials continues the same study
+    r = run_tune(*args, "--trials", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [x["number"] for x in rows(out)] == ["0", "1", "2", "3", "4"]
+    assert "5 trials (5 complete" in r.stdout and "2 run by this worker" in r.stdout
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_storage_without_running_a_trial_twice(cifar10_small: Path, tmp_path: Path):
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    storage = tmp_path / "shared" / "study.journal"
+    storage.parent.mkdir()
+    workers = [subprocess.Popen(tune_cmd("--space", str(space), "--trials", "6", "--storage", str(storage),
+                                         "--study", "shared", "--out", f"w{i}", "--pruner", "none",
+                                         *sets(cifar10_small, "train.epochs=2")),
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name="shared", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    dirs = sorted(Path(t.user_attrs["run_dir"]).relative_to(tmp_path).as_posix() for t in trials)
+    assert len(set(dirs)) == 6  # six distinct trials, each run once, by one worker or the other
+    assert all((tmp_path / d / "last.pt").is_file() for d in dirs)
+    # both workers' trials.csv show the whole study
+    assert len(rows(tmp_path / "w0")) == len(rows(tmp_path / "w1")) == 6
+
+
+@pytest.mark.slow
+def test_killed_worker_leaves_a_failed_trial_and_the_study_goes_on(cifar10_small: Path, tmp_path: Path):
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    args = ["--space", str(space), "--trials", "2", "--out", "search", "--pruner", "none",
+            *sets(cifar10_small, "train.epochs=30")]
+    victim = subprocess.Popen(tune_cmd(*args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    log = tmp_path / "search" / "trials" / "0000" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.exists() and '"type": "val"' in log.read_text()):
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    r = run_tune(*args[:-2], *sets(cifar10_small, "train.epochs=2"), cwd=tmp_path)  # shorter trials from now on
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trial 0: its worker died; marked failed, to be run again" in r.stdout
+    got = rows(tmp_path / "search")
+    assert [x["state"] for x in got] == ["FAIL", "COMPLETE", "COMPLETE"]  # the study is not stuck
+    assert got[0]["note"] == "worker died (no heartbeat)"
+
+
+@pytest.mark.slow
+def test_asha_really_stops_a_hopeless_trial(cifar10_small: Path, tmp_path: Path):
+    # two trials in a known order: the recipe's lrs, then all lrs 0 (nothing learns); at the first rung ASHA
+    # keeps only the best third, so the second is stopped after its first epoch of four
+    storage = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="prune", direction="minimize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    good, frozen = {"optim.lr": 0.053, "optim.head_lr": 0.67, "optim.muon_lr": 0.24}, dict.fromkeys(SGD_MUON, 0.0)
+    study.enqueue_trial(good)
+    study.enqueue_trial(frozen)
+    space = write_space(tmp_path / "space.yaml", "".join(f"{k}: {{choice: [{good[k]}, 0.0]}}\n" for k in SGD_MUON))
+    r = run_tune("--space", str(space), "--trials", "2", "--storage", str(storage), "--study", "prune",
+                 "--out", "search", "--metric", "loss", "--pruner", "asha", *sets(cifar10_small, "train.epochs=4"),
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = rows(tmp_path / "search")
+    assert [(x["optim.lr"], x["state"]) for x in got] == [("0.053", "COMPLETE"), ("0.0", "PRUNED")]
+    assert got[1]["epochs"] == "1" and got[1]["note"].startswith("pruned by the search at epoch 1")
+    pruned = Path(got[1]["run_dir"])
+    recs = [json.loads(x) for x in (pruned / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in recs if x["type"] == "val"] == [1]  # fewer epochs than its config's 4
+    assert any(x["type"] == "stopped" and x["reason"].startswith("pruned") for x in recs)
+    assert recs[-1]["type"] == "summary" and recs[-1]["stopped"].startswith("pruned")
+    assert json.loads((pruned / "trial.json").read_text())["state"] == "PRUNED"
+    full = [json.loads(x) for x in (Path(got[0]["run_dir"]) / "log.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in full if x["type"] == "val"] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("space, message", [
+    ("optim.lrr: {log_uniform: [1.0e-3, 1.0]}\n", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("optim.lr: {uniform: [0.5, 0.1]}\n", "optim.lr: the range [0.5, 0.1] is empty"),
+    ("optim.lr: {log_uniform: [-1, 1]}\n", "optim.lr: a log range needs low > 0"),
+    ("train.amp: {choice: [none, fp64]}\n", "train.amp: the value 'fp64' is not valid for it"),
+    ("model.name: {choice: [airnet, nonet]}\n", "model.name: 'nonet' is not a model cifarkit knows"),
+    ("optim.momentum: {uniform: [0.5, 1.5]}\n", "optim.momentum: the value 1.5 is not valid for it"),
+    ("train.batch_size: {uniform: [64, 512]}\n", "train.batch_size: takes whole numbers; use {int: [64, 512]}"),
+    ("train.amp: {uniform: [0, 1]}\n", "train.amp: is not a number; use {choice: [...]}"),
+    ("optim.lr: {normal: [0, 1]}\n", "optim.lr: expected one of"),
+    ("optim.lr: 0.1\n", "optim.lr: expected one of"),
+    ("", "a search space is a non-empty mapping"),
+    ("- optim.lr\n", "a search space is a non-empty mapping"),
+    ("optim.lr: {log_uniform: [1.0e-3, .inf]}\n", "optim.lr: inf is not a finite number"),
+    ("train.epochs: {int: [1, 5], step: 0}\n", "train.epochs: step 0 must be above 0"),
+])
+def test_bad_space_is_one_error_line_before_any_training(space: str, message: str, cifar10_small: Path,
+                                                         tmp_path: Path):
+    f = write_space(tmp_path / "space.yaml", space)
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "search"),
+                *sets(cifar10_small))
+    assert r.returncode == 2, r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "search").exists()  # nothing ran, nothing written
+
+
+def test_bad_arguments_are_one_line(cifar10_small: Path, tmp_path: Path):
+    f = write_space(tmp_path / "space.yaml", SPACE)
+    base = ["tune", "fast", "--space", str(f), *sets(cifar10_small)]
+    r = cli_run(*base, "--trials", "0", "--out", str(tmp_path / "a"))
+    assert r.returncode == 2 and "--trials must be at least 1" in r.stderr
+    r = cli_run(*base, "--trials", "2", "--out", str(tmp_path / "a"), "--pruner", "hyperband")
+    assert r.returncode == 2 and "invalid choice: 'hyperband'" in r.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = cli_run(*base, "--trials", "2", "--out", str(tmp_path / "other"))
+    assert r.returncode == 2 and "is not a cifarkit tune folder" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+    r = cli_run("tune", "fast", "--space", str(tmp_path / "nope.yaml"), "--trials", "2")
+    assert r.returncode == 2 and "nope.yaml: no such config file" in r.stderr
+
+
+def test_missing_optuna_is_one_line(cifar10_small: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    f = write_space(tmp_path / "space.yaml", SPACE)
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "s"), *sets(cifar10_small))
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: cifarkit tune needs the optuna package, which is not installed: "
+                                "pip install 'cifarkit[tune]'")
+    assert not (tmp_path / "s").exists()
+
+
+def test_space_values_reach_the_config_exactly():
+    from cifarkit.config import load_config
+    from cifarkit.tune import parse_dist
+
+    d = parse_dist("train.batch_size", {"int": [128, 512], "step": 128}, "")
+    assert (d.kind, d.low, d.high, d.step) == ("int", 128, 512, 128)
+    trial = optuna.trial.FixedTrial({"train.batch_size": 384})
+    assert d.suggest(trial, "train.batch_size") == 384
+    assert load_config(None, ["train.batch_size=384"]).train.batch_size == 384
