@@ -64,6 +64,7 @@ from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
 from cifarkit.models import list_models
+from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row
 from cifarkit.safepath import safe_component
 
@@ -507,13 +508,10 @@ def draw_figures(st: Any, out: Path) -> dict[str, Path]:
     """history.png (each trial's value and the best so far) and importance.png (PED-ANOVA
     importance of each varied key: numpy only, works from a handful of trials); a figure that
     cannot be drawn yet (too few complete trials) is skipped with a note."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.importance import PedAnovaImportanceEvaluator
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+    plt = pyplot()
     files = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
@@ -522,12 +520,9 @@ def draw_figures(st: Any, out: Path) -> dict[str, Path]:
                 ("importance", "importance.png",
                  lambda: plot_param_importances(st, evaluator=PedAnovaImportanceEvaluator()))):
             try:
-                ax = draw()
-                ax.figure.tight_layout()
-                ax.figure.savefig(out / fname, dpi=100)
-                plt.close(ax.figure)
+                save(draw().figure, out / fname, dpi=100)
                 files[key] = out / fname
-            except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            except Exception as e:  # noqa: BLE001 - a figure must never cost the search its results
                 print(f"note: {fname} not drawn yet ({str(e).splitlines()[0][:120]})", file=sys.stderr)
                 plt.close("all")
     return files
