@@ -29,7 +29,7 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"logs", "data", "models", "engine", "analysis", "predict", "cam", "export", "config"}
+_SUBMODULES = {"logs", "data", "models", "engine", "analysis", "predict", "cam", "export", "config", "tune"}
 
 
 def __getattr__(name: str) -> Any:

@@ -375,6 +375,9 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
     if base.data.val_fraction == 0:
         say(f"note: trials are scored on the {base.data.test_split!r} split, so the best one's score is optimistic; "
             "hold out a validation split with --set data.val_fraction=0.1")
+    if pruner != "none" and base.eval.interval > 1:
+        say(f"note: the pruner sees a score every {base.eval.interval} epochs (eval.interval); --set eval.interval=1 "
+            "lets it stop hopeless trials after their first epoch")
     ran = errors = 0
     while True:
         for n in fail_stale_trials(st, heartbeat):
