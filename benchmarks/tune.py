@@ -8,7 +8,8 @@ reduced budget beats the shipped recipe at the shipped budget.
    the recipe's 0.004) and label smoothing (0..0.4), same TPE seed, one with `--pruner asha` and
    one with `--pruner none`, each on a reduced budget: the first `--per-class` training images of
    each class, 20% of them held out as the validation split the trials are scored on (never the
-   test split), the recipe's 8 epochs, evaluated after every epoch (the pruner's input), no TTA. Wall time and best validation top-1 of each.
+   test split), the recipe's 8 epochs, evaluated after every epoch (the pruner's input), no TTA.
+   Wall time and best validation top-1 of each.
 2. The best config of the two searches, retrained at the shipped budget (all 50,000 training
    images, scored on the 10,000 test images, TTA as shipped) vs the shipped recipe, `--seeds`
    seeds each (train.seed 0, 1, ...).

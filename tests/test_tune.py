@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -51,9 +52,8 @@ SPACE = "optim.lr: {log_uniform: [1.0e-3, 0.5]}\ntrain.label_smoothing: {uniform
 @pytest.mark.slow
 def test_search_end_to_end_best_yaml_reproduces_and_rerun_continues(cifar10_small: Path, tmp_path: Path):
     space = write_space(tmp_path / "space.yaml", SPACE)
-    args = ["--space", str(space), "--out", "search", "--pruner", "none", "--metric", "loss", "--seed", "1",
-            *sets(cifar10_small)]
-    r = run_tune(*args, "--trials", "3", cwd=tmp_path)
+    args = ["--space", str(space), "--pruner", "none", "--metric", "loss", "--seed", "1", *sets(cifar10_small)]
+    r = run_tune(*args, "--trials", "3", "--out", "search", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "search"
     got = rows(out)
@@ -78,10 +78,25 @@ def test_search_end_to_end_best_yaml_reproduces_and_rerun_continues(cifar10_smal
                 if '"type": "val"' in x][-1]
     assert last_val["loss"] == pytest.approx(float(best["loss"]), rel=1e-6)
     # rerunning the command with a larger --trials continues the same study
-    r = run_tune(*args, "--trials", "5", cwd=tmp_path)
+    r = run_tune(*args, "--trials", "5", "--out", "search", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [x["number"] for x in rows(out)] == ["0", "1", "2", "3", "4"]
     assert "5 trials (5 complete" in r.stdout and "2 run by this worker" in r.stdout
+    assert len({x["optim.lr"] for x in rows(out)}) == 5  # the same --seed did not propose the first values again
+    # the study remembers what it searches: another metric, space or storage is refused, nothing touched
+    before = (out / "trials.csv").read_text()
+    for extra, message in ((["--metric", "top1"], "was started with another --metric"),
+                           (["--space", str(write_space(tmp_path / "other.yaml", "optim.lr: {uniform: [0.1, 0.2]}\n"))],
+                            "was started with another --space"),
+                           (["--storage", str(tmp_path / "elsewhere.journal")], "its search lives in")):
+        argv = list(args)
+        for flag in ("--metric", "--space"):
+            if flag in extra:
+                i = argv.index(flag)
+                del argv[i:i + 2]
+        e = cli_run("tune", "fast", *argv, *extra, "--trials", "6", "--out", str(out))
+        assert e.returncode == 2 and message in e.stderr and len(e.stderr.strip().splitlines()) == 1, e.stderr
+    assert (out / "trials.csv").read_text() == before and not (tmp_path / "elsewhere.journal").exists()
 
 
 @pytest.mark.slow
@@ -219,3 +234,93 @@ def test_space_values_reach_the_config_exactly():
     trial = optuna.trial.FixedTrial({"train.batch_size": 384})
     assert d.suggest(trial, "train.batch_size") == 384
     assert load_config(None, ["train.batch_size=384"]).train.batch_size == 384
+
+
+def test_values_that_pass_each_end_but_not_together_fail_the_trial_and_count(cifar10_small: Path, tmp_path: Path):
+    # data.imbalance_ratio takes 0 or >= 1: both ends of [0, 4] are valid, 0.5 inside is not
+    storage = tmp_path / "s.journal"
+    study = optuna.create_study(study_name="imb", direction="maximize", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    study.enqueue_trial({"data.imbalance_ratio": 0.5})
+    space = write_space(tmp_path / "space.yaml", "data.imbalance_ratio: {uniform: [0, 4]}\n")
+    r = cli_run("tune", "fast", "--space", str(space), "--trials", "1", "--storage", str(storage), "--study", "imb",
+                "--out", str(tmp_path / "search"), *sets(cifar10_small))
+    assert r.returncode == 0, r.stderr
+    (row,) = rows(tmp_path / "search")
+    assert row["state"] == "FAIL" and "data.imbalance_ratio" in row["note"]  # counted: the study is done
+    assert "1 trials (0 complete, 0 pruned, 1 failed" in r.stdout
+
+
+def test_a_trial_without_a_finite_score_counts_so_the_search_ends(tmp_path: Path, monkeypatch):
+    # a run that ends with a NaN loss (train.nan_policy=skip_batch, a huge lr) is a finished trial
+    # of those values: it must count (before, it never counted and was no error: trials forever)
+    import cifarkit.tune as tunemod
+    from cifarkit.config import load_config
+
+    calls = []
+
+    def nan_fit(cfg, work_dir, **kw):
+        calls.append(work_dir)
+        Path(work_dir).mkdir(parents=True)
+        return {"final": {"loss": float("nan"), "top1": 10.0}}
+
+    monkeypatch.setattr(tunemod, "fit", nan_fit)
+    base = load_config("fast", ["data.root=/nowhere"])
+    space = tunemod.load_space(write_space(tmp_path / "space.yaml", SPACE), base)
+    r = tunemod.tune(base, space, 3, tmp_path / "search", metric="loss", pruner="none", quiet=True)
+    assert len(calls) == 3 and (r.trials, r.failed) == (3, 3)
+    assert all(x["note"] == "no finite final loss (nan)" for x in rows(tmp_path / "search"))
+
+
+def test_bad_storage_is_one_line_and_writes_nothing(cifar10_small: Path, tmp_path: Path):
+    f = write_space(tmp_path / "space.yaml", SPACE)
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--storage", "foo://nowhere",
+                "--out", str(tmp_path / "search"), *sets(cifar10_small))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "error: --storage foo://nowhere: cannot open the study there" in r.stderr
+    assert not (tmp_path / "search").exists()
+
+
+def test_worker_gone_trusts_the_process_only_when_it_is_the_same_one():
+    from cifarkit.tune import process_identity, worker_gone
+
+    me = process_identity()
+    if me is None:
+        pytest.skip("no /proc here")
+    now = time.time()
+    # this very process: alive, however old its heartbeat stamp
+    assert not worker_gone({"process": me, "heartbeat": now - 10_000, "heartbeat_s": 1}, now, 1)
+    # a process that has exited (its pid gone), or a reused pid (another start time): gone at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    boot_ns = me.rsplit("/", 2)[0]
+    assert worker_gone({"process": f"{boot_ns}/{dead.pid}/123", "heartbeat": now}, now, 30)
+    assert worker_gone({"process": f"{boot_ns}/{os.getpid()}/1", "heartbeat": now}, now, 30)
+    # another machine (other boot id): judged by its own heartbeat interval, not this worker's
+    other = {"process": "another-boot/1/42/99", "heartbeat": now - 100, "heartbeat_s": 600}
+    assert not worker_gone(other, now, 1)
+    assert worker_gone({**other, "heartbeat": now - 1801}, now, 1)
+    assert worker_gone({"heartbeat": now - 91}, now, 30) and not worker_gone({"heartbeat": now - 89}, now, 30)
+
+
+def test_values_reach_the_config_as_they_are():
+    from cifarkit.config import config_to_dict, load_config
+    from cifarkit.tune import set_values
+
+    base = config_to_dict(load_config("fast"))
+    cfg = set_values(base, {"model.kwargs.scale": 1e-05, "optim.lr": 2e-05, "train.batch_size": 384})
+    assert cfg.model.kwargs["scale"] == 1e-05 and isinstance(cfg.model.kwargs["scale"], float)
+    assert cfg.optim.lr == 2e-05 and cfg.train.batch_size == 384
+
+
+def test_space_accepts_what_yaml_reads_as_strings_and_refuses_equal_choices(tmp_path: Path):
+    from cifarkit.config import load_config
+    from cifarkit.errors import ConfigError
+    from cifarkit.tune import load_space
+
+    base = load_config("fast")
+    sp = load_space(write_space(tmp_path / "a.yaml", "optim.lr: {log_uniform: [1e-4, 1.0e4]}\n"), base)
+    assert (sp["optim.lr"].low, sp["optim.lr"].high) == (1e-4, 1e4)
+    for text in ("train.ema: {choice: [1, true]}\n", "optim.lr: {choice: [100, 100.0]}\n"):
+        with pytest.raises(ConfigError, match="lists a value twice"):
+            load_space(write_space(tmp_path / "b.yaml", text), base)

@@ -207,7 +207,7 @@ class LogConfig:
                            "after_run writers)")
     tensorboard: bool = _f(False, "also write TensorBoard event files to RUN/tb/ (needs cifarkit[tensorboard])")
     csv: bool = _f(False, "also write RUN/metrics.csv, one row per train/val/early_stop record")
-    mlflow: str = _f("", "MLflow tracking URI to log the run to ('' = off): sqlite:///mlflow.db, a folder, or "
+    mlflow: str = _f("", "MLflow tracking URI to log the run to ('' = off): sqlite:///mlflow.db or "
                          "http://host:port (needs cifarkit[mlflow])")
     mlflow_experiment: str = _f("cifarkit", "MLflow experiment the run is logged under (created when missing)")
     mlflow_checkpoints: bool = _f(False, "also upload last.pt and best.pt to MLflow at the end of the run")

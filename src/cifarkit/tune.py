@@ -7,7 +7,6 @@ A search space is a YAML mapping from config keys to distributions:
 
     optim.lr: {log_uniform: [1.0e-3, 1.0]}
     train.label_smoothing: {uniform: [0, 0.3]}
-    model.name: {choice: [airnet, resnet18_cifar]}
     train.batch_size: {int: [128, 512], step: 128}
 
 Every key and both ends of every range are checked against the config schema before any trial
@@ -30,6 +29,7 @@ dead worker was on the same machine, after `3 x heartbeat` seconds otherwise) an
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
@@ -73,7 +73,7 @@ PRUNERS = ("asha", "median", "none")
 METRICS = {"top1": "maximize", "loss": "minimize"}
 MAX_ERRORS_IN_A_ROW = 3  # a worker stops after this many trials fail with an error (not divergence) in a row
 STUDY_FILE = "study.json"  # OUT/study.json: which study and storage this output folder belongs to
-OWN_NAMES = ("study.json", "study.journal", "trials")  # what a worker starting beside another may find in OUT
+OWN_NAMES = ("study.json", "study.journal", "trials", ".")  # what a worker starting beside another may find in OUT
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,27 @@ class Dist:
 
 
 def _number(v: Any, key: str, where: str) -> float:
+    if isinstance(v, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; the config takes it as a number too
+        with contextlib.suppress(ValueError):
+            v = float(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ConfigError(f"{where}{key}: {v!r} is not a finite number")
     return float(v)
+
+
+def set_values(base: dict[str, Any], values: dict[str, Any], where: str = "") -> Config:
+    """`base` (a config dict) with each dotted key set to its value, as a validated `Config`.
+
+    The values go into the dict as they are (no text round trip that could turn 1e-05 into a
+    string or re-read a string as a number)."""
+    d = copy.deepcopy(base)
+    for key, value in values.items():
+        cur = d
+        *parents, last = key.split(".")
+        for part in parents:
+            cur = cur.setdefault(part, {})
+        cur[last] = value
+    return config_from_dict(d, where=where)
 
 
 def parse_dist(key: str, spec: Any, where: str) -> Dist:
@@ -129,8 +147,8 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
             raise ConfigError(f"{where}{key}: choice needs a non-empty list of values")
         if any(isinstance(c, (dict, list)) for c in v):
             raise ConfigError(f"{where}{key}: choice values must be plain values (numbers, strings, true/false)")
-        if len({json.dumps(c) for c in v}) != len(v):
-            raise ConfigError(f"{where}{key}: choice lists a value twice")
+        if any(a == b for i, a in enumerate(v) for b in v[i + 1:]):  # Optuna finds a choice by ==: 1 is True
+            raise ConfigError(f"{where}{key}: choice lists a value twice (or two that compare equal, like 1 and true)")
         return Dist("choice", choices=tuple(v))
     if not isinstance(v, list) or len(v) != 2:
         raise ConfigError(f"{where}{key}: {kind} needs [low, high], got {v!r}")
@@ -138,8 +156,9 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
     if not lo < hi:
         raise ConfigError(f"{where}{key}: the range [{v[0]}, {v[1]}] is empty (low must be below high)")
     step = spec.get("step")
-    if step is not None and (_number(step, key, where) <= 0 or step > hi - lo):
-        raise ConfigError(f"{where}{key}: step {step!r} must be above 0 and at most high - low")
+    step = None if step is None else _number(step, key, where)
+    if step is not None and (_number(step, key, where) <= 0 or _number(step, key, where) > hi - lo):
+        raise ConfigError(f"{where}{key}: step {spec['step']!r} must be above 0 and at most high - low")
     log = spec.get("log", False)
     if not isinstance(log, bool):
         raise ConfigError(f"{where}{key}: log must be true or false")
@@ -199,7 +218,7 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
                                             or str(value).startswith("timm/")):
                 raise ConfigError(f"{where}model.name: {value!r} is not a model cifarkit knows (`cifarkit models`)")
             try:
-                config_from_dict(base_dict, [f"{key}={json.dumps(value)}"])
+                set_values(base_dict, {key: value})
             except ConfigError as e:
                 raise ConfigError(f"{where}{key}: the value {value!r} is not valid for it ({e})") from None
         space[key] = dist
@@ -207,44 +226,57 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
 
 
 # ---- storage and liveness -------------------------------------------------------------------------
-def open_storage(storage: str | None, out: Path) -> Any:
-    """Optuna storage: an RDB URL as it is, a file path (or none: OUT/study.journal) as a journal file."""
-    optuna = require("optuna", "cifarkit tune")
-    if storage and "://" in storage:
-        return optuna.storages.RDBStorage(storage)
-    path = Path(storage) if storage else out / "study.journal"
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-
-
-def _pid_alive(pid: int) -> bool:
+def _proc_stat_start(pid: int | str) -> str | None:
+    """Field 22 of /proc/PID/stat (the process's start time in clock ticks since boot), or None."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_identity(pid: int | None = None) -> str | None:
+    """"boot id/pid namespace/pid/start time" of a process (default this one): equal only for the
+    same process on the same boot of the same machine, even across containers sharing a host name
+    and after its pid is reused. None where /proc does not tell (not Linux)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+    pid = os.getpid() if pid is None else pid
+    start = _proc_stat_start(pid)
+    return None if start is None else f"{boot}/{ns}/{pid}/{start}"
+
+
+def worker_gone(attrs: dict[str, Any], now: float, heartbeat: float) -> bool:
+    """Whether the worker that runs a RUNNING trial is gone: its process no longer exists (when it
+    ran in this boot and pid namespace), or it has not stamped its heartbeat for 3 of *its own*
+    intervals (this worker's when it did not say)."""
+    ident = attrs.get("process")
+    mine = process_identity()
+    if isinstance(ident, str) and mine is not None and ident.rsplit("/", 2)[0] == mine.rsplit("/", 2)[0]:
+        pid = ident.rsplit("/", 2)[1]
+        return not pid.isdigit() or process_identity(int(pid)) != ident
+    interval = attrs.get("heartbeat_s") if isinstance(attrs.get("heartbeat_s"), (int, float)) else heartbeat
+    beat = attrs.get("heartbeat") if isinstance(attrs.get("heartbeat"), (int, float)) else now
+    return now - beat > 3 * interval
 
 
 def fail_stale_trials(study: Any, heartbeat: float) -> list[int]:
-    """Mark RUNNING trials whose worker is gone as FAIL (`failure: worker died`): a worker on this
-    machine whose process no longer exists, or any worker silent for more than 3 heartbeats.
-    Returns their numbers."""
+    """Mark RUNNING trials whose worker is gone (`worker_gone`) as failed, not counted (they are
+    run again). Returns their numbers."""
     from optuna.trial import TrialState
 
-    host, now, failed = socket.gethostname(), time.time(), []
+    now, failed = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        a = t.user_attrs
-        beat = a.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
-        dead = (a.get("host") == host and isinstance(a.get("pid"), int) and a["pid"] != os.getpid()
-                and not _pid_alive(a["pid"])) or now - beat > 3 * heartbeat
-        if not dead:
+        if not worker_gone(t.user_attrs, now, heartbeat):
             continue
-        try:
+        try:  # Optuna offers no public call to finish another process's trial; its storage does
             study._storage.set_trial_user_attr(t._trial_id, "failure", "worker died (no heartbeat)")
+            study._storage.set_trial_user_attr(t._trial_id, "counts", False)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
-        except Exception:  # noqa: BLE001 - another worker failed it first
+        except Exception:  # noqa: BLE001 - another worker failed it first, or it just finished
             pass
     return failed
 
@@ -270,10 +302,11 @@ class Heartbeat:
 
 
 def counts(t: Any) -> bool:
-    """Whether trial `t` counts towards the study's total: run, running, or failed by its own values
-    (not a worker that died, not a surplus trial a worker asked for and gave back)."""
+    """Whether trial `t` counts towards the study's total: complete, pruned, running, or failed
+    by what it tried (diverged, NaN, values the config refuses); not a trial whose worker died, a
+    surplus one a worker gave back, or one of a run of errors that stopped its worker."""
     state = t.state.name
-    return state in ("COMPLETE", "PRUNED", "RUNNING") or (state == "FAIL" and t.user_attrs.get("counts", False))
+    return state in ("COMPLETE", "PRUNED", "RUNNING") or (state == "FAIL" and t.user_attrs.get("counts", True))
 
 
 # ---- the search ------------------------------------------------------------------------------------
@@ -306,8 +339,9 @@ def make_pruner(name: str) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def check_out(out: Path, study_name: str, storage: str | None) -> None:
-    """OUT belongs to one study: a rerun of the same study continues it; another study there is refused."""
+def check_out(out: Path, study_name: str, storage: str) -> None:
+    """OUT belongs to one study in one storage: a rerun of the same continues it; anything else there
+    is refused (nothing is written here; `claim_out` writes once the study is open)."""
     f = out / STUDY_FILE
     if f.is_file():
         try:
@@ -317,14 +351,58 @@ def check_out(out: Path, study_name: str, storage: str | None) -> None:
         if prev.get("study") != study_name:
             raise ConfigError(f"{out}: holds the search {prev.get('study')!r}, not {study_name!r}; choose another "
                               "--out (or --study to continue that one)")
+        if prev.get("storage") != storage:
+            raise ConfigError(f"{out}: its search lives in {prev.get('storage')!r}, not {storage!r}; pass "
+                              f"--storage {prev.get('storage')} to continue it, or choose another --out")
     elif out.exists() and any(not p.name.startswith(OWN_NAMES) for p in out.iterdir()):
         raise ConfigError(f"{out}: exists and is not a cifarkit tune folder; choose another --out")
+
+
+def claim_out(out: Path, study_name: str, storage: str) -> None:
+    """Write OUT/study.json (workers started together on one --out write the same, atomically)."""
     out.mkdir(parents=True, exist_ok=True)
-    # workers started together on one --out: each writes the same content, atomically
     tmp = out / f"{STUDY_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"study": study_name, "storage": storage or str(out / "study.journal")}),
-                   encoding="utf-8")
-    tmp.replace(f)
+    tmp.write_text(json.dumps({"study": study_name, "storage": storage}), encoding="utf-8")
+    tmp.replace(out / STUDY_FILE)
+
+
+def describe_space(space: dict[str, Dist], metric: str) -> dict[str, Any]:
+    """What a study is searching (kept in the study, so a worker with another space or metric is refused)."""
+    return {"metric": metric, "space": {k: [d.kind, d.low, d.high, d.step, d.log, [repr(c) for c in d.choices]]
+                                        for k, d in sorted(space.items())}}
+
+
+def open_study(storage: str, name: str, space: dict[str, Dist], metric: str, pruner: str,
+               seed: int | None) -> Any:
+    """Create or load the study; refuse one that searches another space or metric.
+
+    Raises:
+        ConfigError: the storage cannot be opened, or the study there differs from this command's.
+    """
+    optuna = require("optuna", "cifarkit tune")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if "://" in storage:
+            store = optuna.storages.RDBStorage(storage)
+        else:
+            Path(storage).parent.mkdir(parents=True, exist_ok=True)
+            store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+        st = optuna.create_study(storage=store, study_name=name, direction=METRICS[metric],
+                                 pruner=make_pruner(pruner), load_if_exists=True)
+    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable database
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(f"--storage {storage}: cannot open the study there ({type(e).__name__}: {line})") from None
+    want = describe_space(space, metric)
+    have = st.user_attrs.get("cifarkit")
+    if have is None:
+        st.set_user_attr("cifarkit", want)
+    elif have != want:
+        what = "--metric" if have.get("metric") != metric else "--space"
+        raise ConfigError(f"study {name!r} in {storage} was started with another {what} ({have.get('metric')}, "
+                          f"keys {', '.join(have.get('space', {}))}); continue it with the same, or name a new --study")
+    # a seed continues where the study is: a rerun with --seed S must not propose the first values again
+    st.sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + len(st.get_trials(deepcopy=False)))
+    return st
 
 
 def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, storage: str | None = None,
@@ -342,17 +420,19 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
         study: the study's name (default: the config's name).
         pruner: asha | median | none.
         metric: top1 (maximised) or loss (minimised), of each trial's final evaluation.
-        seed: the TPE sampler's seed (None: fresh; give workers sharing a study different seeds or none).
-        heartbeat: seconds between a running trial's liveness stamps.
+        seed: the TPE sampler's seed, offset by the study's trial count (None: fresh; workers
+            sharing a study: different seeds or none).
+        heartbeat: seconds between a running trial's liveness stamps (1 to 3600).
         quiet: no per-trial lines.
         device: the device to train on (default: each config's train.device).
         progress: where per-trial lines go (default print).
 
     Raises:
-        ConfigError: a bad argument, or OUT belongs to another search.
-        CifarkitError: a trial failed for a reason that is not its values (e.g. the data is missing).
+        ConfigError: a bad argument, OUT belongs to another search, the storage cannot be opened,
+            or the study there searches another space or metric.
+        CifarkitError: 3 trials in a row failed with an error (a missing dataset, not a bad lr).
     """
-    optuna = require("optuna", "cifarkit tune")
+    require("optuna", "cifarkit tune")
     from optuna.trial import TrialState
 
     if trials < 1:
@@ -361,98 +441,130 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
         raise ConfigError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r} is not one of {', '.join(METRICS)}")
-    if not heartbeat > 0:
-        raise ConfigError(f"--heartbeat must be above 0 seconds, got {heartbeat}")
+    if not 1 <= heartbeat <= 3600:
+        raise ConfigError(f"--heartbeat must be 1 to 3600 seconds, got {heartbeat}")
     say = progress or (lambda s: None if quiet else print(s, flush=True))
     t0 = time.perf_counter()
     out = Path(out)
     name = study or base.name
-    check_out(out, name, storage)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = optuna.create_study(storage=open_storage(storage, out), study_name=name, direction=METRICS[metric],
-                             sampler=optuna.samplers.TPESampler(seed=seed), pruner=make_pruner(pruner),
-                             load_if_exists=True)
+    where = str(Path(storage).resolve()) if storage and "://" not in storage else storage or str(
+        (out / "study.journal").resolve())
+    check_out(out, name, where)
+    st = open_study(where, name, space, metric, pruner, seed)
+    claim_out(out, name, where)
     if base.data.val_fraction == 0:
         say(f"note: trials are scored on the {base.data.test_split!r} split, so the best one's score is optimistic; "
             "hold out a validation split with --set data.val_fraction=0.1")
     if pruner != "none" and base.eval.interval > 1:
         say(f"note: the pruner sees a score every {base.eval.interval} epochs (eval.interval); --set eval.interval=1 "
             "lets it stop hopeless trials after their first epoch")
-    ran = errors = 0
+    ran, streak = 0, []
     while True:
         for n in fail_stale_trials(st, heartbeat):
             say(f"trial {n}: its worker died; marked failed, to be run again")
-        if sum(map(counts, st.get_trials(deepcopy=False))) >= trials:
-            break
+        now = st.get_trials(deepcopy=False)
+        if sum(map(counts, now)) >= trials:
+            if not any(t.state == TrialState.RUNNING for t in now):
+                break
+            time.sleep(min(5.0, heartbeat))  # other workers' last trials: they may die and need running again
+            continue
         trial = st.ask()
         ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
         if ahead >= trials:  # another worker took the last trial between our count and our ask
-            st._storage.set_trial_user_attr(trial._trial_id, "failure", "surplus: the study had its trials")
+            trial.set_user_attr("failure", "surplus: the study had its trials")
+            trial.set_user_attr("counts", False)
             st.tell(trial, state=TrialState.FAIL)
-            break
+            continue
         error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
         ran += 1
-        errors = errors + 1 if error is not None else 0
-        if errors >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, the config itself
-            raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed; the last: {error}") from None
+        streak = [*streak, trial] if error is not None else []
+        if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
+            for t in streak:  # they say nothing about their values: run them again once it is fixed
+                with contextlib.suppress(Exception):
+                    st._storage.set_trial_user_attr(t._trial_id, "counts", False)
+            raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
+                                f"--trials); the last: {error}") from None
     res = summarize_study(st, out, name, metric)
     res.ran_here, res.seconds = ran, time.perf_counter() - t0
     return res
+
+
+def _absolute(cfg: Config) -> None:
+    """Paths in the trial's config made absolute, so best.yaml works from any folder."""
+    if cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).resolve())
+    if cfg.model.pretrained and cfg.model.pretrained != "torchvision" and Path(cfg.model.pretrained).exists():
+        cfg.model.pretrained = str(Path(cfg.model.pretrained).resolve())
 
 
 def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Path, metric: str,
               heartbeat: float, device: str | None, say: Callable[[str], None]) -> CifarkitError | None:
     """One trial: its values into the config, `fit` into OUT/trials/NNNN with the pruner hook, told.
 
-    A trial that diverges or fails with a cifarkit error is a failed trial that counts (its values
-    did it); the error is returned so that the worker can stop when every trial fails. Anything
-    else (Ctrl-C, a bug) fails the trial, uncounted, and propagates."""
+    A trial that diverges, ends without a finite score or whose values the config refuses is a
+    failed trial that counts (its values did it). One that fails with another cifarkit error
+    counts too, and the error is returned so that the worker can stop when every trial fails.
+    Anything else (Ctrl-C, a bug) fails the trial, uncounted, and propagates."""
     from optuna.trial import TrialState
 
-    values = {key: dist.suggest(trial, key) for key, dist in space.items()}
-    cfg = config_from_dict(config_to_dict(base), [f"{k}={json.dumps(v)}" for k, v in values.items()])
-    cfg.name = f"{safe_component(st.study_name)}-trial{trial.number:04d}"
     run_dir = out / "trials" / f"{trial.number:04d}"
-    for k, v in {"run_dir": str(run_dir.resolve()), "host": socket.gethostname(), "pid": os.getpid(),
-                 "heartbeat": time.time(), "config": config_to_dict(cfg)}.items():
+    if run_dir.exists():  # never write into a run this trial did not make
+        trial.set_user_attr("counts", False)
+        trial.set_user_attr("failure", f"{run_dir} exists from another search")
+        st.tell(trial, state=TrialState.FAIL)
+        raise ConfigError(f"{run_dir}: exists from another search; choose another --out")
+    for k, v in {"run_dir": str(run_dir.resolve()), "host": socket.gethostname(), "process": process_identity(),
+                 "heartbeat": time.time(), "heartbeat_s": heartbeat}.items():
         trial.set_user_attr(k, v)
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-    say(f"trial {trial.number}: {shown}")
     beat = Heartbeat(st, trial._trial_id, heartbeat)
+    state, value, note, error, values = TrialState.FAIL, None, "", None, {}
 
     def report(val: dict[str, Any]) -> str | None:
-        trial.report(float(val[metric]), int(val["epoch"]))
-        if trial.should_prune():
-            return f"pruned by the search at epoch {val['epoch']} ({metric} {val[metric]:.4g})"
+        try:
+            trial.report(float(val[metric]), int(val["epoch"]))
+            if trial.should_prune():
+                return f"pruned by the search at epoch {val['epoch']} ({metric} {val[metric]:.4g})"
+        except Exception as e:  # noqa: BLE001 - e.g. another worker judged this one dead and failed the trial
+            return f"the study no longer takes this trial's scores ({type(e).__name__})"
         return None
 
-    state, value, note, error = TrialState.FAIL, None, "", None
     try:
+        values = {key: dist.suggest(trial, key) for key, dist in space.items()}
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        say(f"trial {trial.number}: {shown}")
+        cfg = set_values(config_to_dict(base), values, f"trial {trial.number}: ")
+        cfg.name = f"{safe_component(st.study_name)}-trial{trial.number:04d}"
+        _absolute(cfg)
+        trial.set_user_attr("config", config_to_dict(cfg))
         summary = fit(cfg, work_dir=run_dir, quiet=True, device=device, after_run=plot_writers(cfg.log.plots),
                       on_eval=report)
-        final = summary.get("final") or {}
-        value = final.get(metric)
+        value = (summary.get("final") or {}).get(metric)
         if summary.get("stopped"):
             state, note = TrialState.PRUNED, summary["stopped"]
         elif value is not None and math.isfinite(value):
             state = TrialState.COMPLETE
         else:
-            note = f"no final {metric}"
+            note = f"no finite final {metric} ({value})"
     except TrainingDiverged as e:  # the trial's values make it diverge: a result, not an error
         note = f"diverged: {str(e).splitlines()[0][:200]}"
-        trial.set_user_attr("counts", True)
+    except ConfigError as e:  # values each valid alone, not together (or not inside a range's ends)
+        note = " ".join(str(e).split())[:300]
     except CifarkitError as e:
         note, error = " ".join(str(e).split())[:300], e
-        trial.set_user_attr("counts", True)
     except BaseException as e:
         beat.close()
-        trial.set_user_attr("failure", f"{type(e).__name__}: {str(e)[:200]}")
-        st.tell(trial, state=TrialState.FAIL)
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("counts", False)
+            trial.set_user_attr("failure", f"{type(e).__name__}: {str(e)[:200]}")
+            st.tell(trial, state=TrialState.FAIL)
         raise
     beat.close()
-    if note:
-        trial.set_user_attr("failure" if state == TrialState.FAIL else "pruned", note)
-    st.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    try:
+        if note:
+            trial.set_user_attr("pruned" if state == TrialState.PRUNED else "failure", note)
+        st.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+    except Exception as e:  # noqa: BLE001 - another worker marked it failed meanwhile: its result stays here
+        note = f"{note}; not recorded in the study ({type(e).__name__}: the trial was marked failed meanwhile)"
     run_dir.mkdir(parents=True, exist_ok=True)  # also for a trial that failed before its run began
     (run_dir / "trial.json").write_text(json.dumps({
         "study": st.study_name, "number": trial.number, "state": state.name, metric: value, "params": values,
@@ -463,8 +575,14 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
 
 
 # ---- outputs -----------------------------------------------------------------------------------------
+def _tmp(path: Path) -> Path:
+    """A temporary name beside `path`, this process's own (workers on one --out write at once),
+    keeping the suffix (matplotlib picks the format from it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _tmp(path)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
@@ -523,7 +641,8 @@ def draw_figures(st: Any, out: Path) -> dict[str, Path]:
                 ("importance", "importance.png",
                  lambda: plot_param_importances(st, evaluator=PedAnovaImportanceEvaluator()))):
             try:
-                save(draw().figure, out / fname, dpi=100)
+                save(draw().figure, _tmp(out / fname), dpi=100)
+                _tmp(out / fname).replace(out / fname)
                 files[key] = out / fname
             except Exception as e:  # noqa: BLE001 - a figure must never cost the search its results
                 print(f"note: {fname} not drawn yet ({str(e).splitlines()[0][:120]})", file=sys.stderr)

@@ -22,10 +22,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(n: int, args: list[str]) -> subprocess.CompletedProcess:
+def _torchrun(n: int, args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "cifarkit", "train", str(FAST), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -46,7 +46,9 @@ def test_two_processes_match_one_and_resume(cifar10_small: Path, tmp_path: Path)
     one = _torchrun(1, _sets(cifar10_small) + ["--work-dir", str(tmp_path / "one")])
     assert one.returncode == 0, one.stderr[-3000:]
     mlflow = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    two = _torchrun(2, _sets(cifar10_small, f"log.mlflow={mlflow}") + ["--work-dir", str(tmp_path / "two")])
+    # cwd: MLflow keeps a sqlite store's artifacts in ./mlruns
+    two = _torchrun(2, _sets(cifar10_small, f"log.mlflow={mlflow}") + ["--work-dir", str(tmp_path / "two")],
+                    cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 

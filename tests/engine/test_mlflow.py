@@ -55,6 +55,9 @@ def assert_same_as_log(client: MlflowClient, run_id: str, run: Path) -> None:
             hist = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
             assert [m.step for m in hist] == [r["iter"] for r in rows], key  # each step once, none missing
             assert [m.value for m in hist] == pytest.approx([r[field] for r in rows], rel=1e-9, abs=1e-12), key
+    timed = [r["iter"] for r in recs if r["type"] == "train" and r.get("time")]
+    speed = sorted(m.step for m in client.get_metric_history(run_id, "train/images_per_s"))
+    assert speed == timed  # each step once here too
 
 
 def the_run(client: MlflowClient, experiment: str = "cifarkit"):
@@ -172,7 +175,7 @@ def test_unreachable_server_warns_once_and_training_goes_on(cifar10_small: Path,
     assert "every record stays in log.jsonl" in warnings[0]
     recs = records(tmp_path / "run")
     assert sum(x["type"] == "val" for x in recs) == 2 and recs[-1]["type"] == "summary"
-    assert not (tmp_path / "run" / "mlflow.json").exists()  # a later --resume against a live store replays all
+    assert not (tmp_path / "run" / "mlflow.json").exists()  # no MLflow run was ever made for it
 
 
 def test_missing_extra_is_one_line_before_training(cifar10_small: Path, tmp_path: Path, monkeypatch):
@@ -182,3 +185,14 @@ def test_missing_extra_is_one_line_before_training(cifar10_small: Path, tmp_path
     assert r.stderr.strip() == ("error: log.mlflow needs the mlflow package, which is not installed: "
                                 "pip install 'cifarkit[mlflow]' (or set log.mlflow='')")
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+def test_folder_store_that_mlflow_refuses_is_one_line_before_training(cifar10_small: Path, tmp_path: Path,
+                                                                      monkeypatch):
+    if not hasattr(pytest.importorskip("mlflow.environment_variables"), "MLFLOW_ALLOW_FILE_STORE"):
+        pytest.skip("this MLflow takes folder stores as they are")  # MLflow 3 made them opt-in
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    r = cli_run("train", "fast", *sets(cifar10_small, str(tmp_path / "mlruns")), "--work-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "this MLflow keeps folder stores in maintenance mode" in r.stderr and "sqlite:///mlflow.db" in r.stderr
+    assert not (tmp_path / "run").exists()

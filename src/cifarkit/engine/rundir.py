@@ -26,7 +26,7 @@ LOCK_NAME = ".lock"
 # what a run writes into its directory; only these move aside, so a --work-dir that also holds
 # the user's own files keeps them in place
 RUN_OUTPUTS = ("config.yaml", "log.jsonl", "metrics.csv", "tb", "curves.png", "report.html", "analysis",
-               "data_stats")
+               "data_stats", "mlflow.json")
 
 
 class RunDirBusy(CifarkitError):

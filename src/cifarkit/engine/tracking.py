@@ -19,6 +19,7 @@ alone).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -28,7 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cifarkit.errors import ConfigError
 from cifarkit.extras import MissingExtra, require
+from cifarkit.logs import read_jsonl
 
 STATE_FILE = "mlflow.json"  # RUN/mlflow.json: {"tracking_uri", "experiment_id", "run_id"}
 # record type -> (record field, MLflow metric key)
@@ -37,25 +40,45 @@ METRICS = {
     "val": (("top1", "val/top1"), ("top5", "val/top5"), ("loss", "val/loss")),
 }
 SUMMARY_METRICS = ("best_top1", "final_top1", "final_top5", "best_epoch", "seconds", "train_img_per_s")
+ALL_KEYS = ([key for pairs in METRICS.values() for _, key in pairs] + ["train/images_per_s"]
+            + [f"summary/{k}" for k in SUMMARY_METRICS])  # every metric key a run logs
 ARTIFACTS = ("config.yaml", "log.jsonl", "curves.png", "report.html", "train_batch.png", "metrics.csv")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
 
 
-def require_mlflow() -> None:
-    """Fail before training when `log.mlflow` is set and MLflow is not installed.
+def require_mlflow(uri: str) -> None:
+    """Fail before training when `log.mlflow` is set and MLflow is not installed, or names a
+    folder store that this MLflow refuses.
 
     Raises:
         MissingExtra: one line naming the extra (or how to turn the logger off).
+        ConfigError: a folder store while MLflow (3.x) keeps them behind MLFLOW_ALLOW_FILE_STORE.
     """
     try:
         require("mlflow", "log.mlflow")
     except MissingExtra as e:
         raise MissingExtra(f"{e} (or set log.mlflow='')") from None
+    folder = "://" not in uri or uri.startswith("file:")
+    if folder:
+        try:
+            from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+        except ImportError:  # an MLflow from before the file store's maintenance mode takes folders as they are
+            return
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise ConfigError(f"log.mlflow {uri!r}: this MLflow keeps folder stores in maintenance mode and refuses "
+                              "them; use a database store such as log.mlflow=sqlite:///mlflow.db, or set "
+                              "MLFLOW_ALLOW_FILE_STORE=true")
 
 
-def warn(msg: str) -> None:
-    """One warning line on stderr: the tracking store never stops a run."""
+_WARNED: set[str] = set()  # stores this process has already warned about: one line per failing store
+
+
+def warn(uri: str, msg: str) -> None:
+    """One warning line on stderr (once per store and process): the tracking store never stops a run."""
+    if uri in _WARNED:
+        return
+    _WARNED.add(uri)
     print(f"warning: MLflow: {msg}; training goes on and every record stays in log.jsonl", file=sys.stderr,
           flush=True)
 
@@ -73,8 +96,9 @@ def _bound_http_retries() -> None:
 
 
 def probe(uri: str, timeout: float = 5.0) -> None:
-    """Raise OSError when an http(s) tracking server does not answer its /health page in `timeout` s."""
-    if uri.startswith(("http://", "https://")):
+    """Raise OSError when a plain-http tracking server does not answer its /health page in
+    `timeout` s (https is left to MLflow's own client, which knows the user's TLS settings)."""
+    if uri.startswith("http://"):
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310 - the user's URI
             pass
 
@@ -134,17 +158,28 @@ class MlflowSink:
         resume_iter: the iteration a resumed run continues from, or None for a fresh run.
     """
 
-    def __init__(self, cfg: Any, run_dir: Path, header: dict[str, Any], resume_iter: int | None):
+    def __init__(self, cfg: Any, run_dir: Path, header: dict[str, Any] | None, resume_iter: int | None,
+                 open_run: bool = True):
         self.uri, self.run_dir, self.batch_size = cfg.log.mlflow, run_dir, cfg.train.batch_size
         self.client: Any = None
         self.run_id = ""
         self.last_step: dict[str, int] = {}  # metric key -> highest step MLflow already holds
+        if not open_run:
+            return
         _bound_http_retries()
         try:
-            self._open(cfg, header, resume_iter)
+            self._open(cfg, header or {}, resume_iter)
         except Exception as e:  # noqa: BLE001 - whatever the store says, the run goes on
             self.client = None
-            warn(f"cannot log to {self.uri} ({_short(e)})")
+            warn(self.uri, f"cannot log to {self.uri} ({_short(e)})")
+
+    def attach(self, client: Any, run_id: str) -> None:
+        """Continue MLflow run `run_id`: note the last step it holds of every metric key."""
+        self.client, self.run_id = client, run_id
+        for key in ALL_KEYS:
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            if steps:
+                self.last_step[key] = max(steps)
 
     def _open(self, cfg: Any, header: dict[str, Any], resume_iter: int | None) -> None:
         from mlflow.entities import Param
@@ -154,32 +189,35 @@ class MlflowSink:
         client = MlflowClient(tracking_uri=self.uri)
         state = read_state(self.run_dir) if resume_iter is not None else None
         if state is not None and state["tracking_uri"] == self.uri:
-            self.run_id = state["run_id"]
-            client.update_run(self.run_id, status="RUNNING")
-            for keys in METRICS.values():
-                for _, key in keys:
-                    steps = [m.step for m in client.get_metric_history(self.run_id, key)]
-                    if steps:
-                        self.last_step[key] = max(steps)
-        else:  # a fresh run, or a resume whose earlier attempt never reached this store
-            exp_id = get_experiment_id(client, cfg.log.mlflow_experiment)
-            versions = header.get("versions", {})
-            tags = {"cifarkit.version": versions.get("cifarkit", ""), "cifarkit.run_dir": str(self.run_dir.resolve()),
-                    "device": str(header.get("device", "")), "precision": str(header.get("precision", "")),
-                    "cpu_kind": str(versions.get("cpu_kind", "")), "mlflow.source.name": "cifarkit"}
-            commit = git_commit()
-            if commit:
-                tags["mlflow.source.git.commit"] = commit
-            run = client.create_run(exp_id, run_name=cfg.name, tags=tags)
-            self.run_id = run.info.run_id
+            try:
+                client.update_run(state["run_id"], status="RUNNING")
+                self.attach(client, state["run_id"])
+                return
+            except Exception:  # noqa: BLE001 - the run is gone (deleted, or a relative sqlite path from elsewhere)
+                self.last_step = {}
+        # a fresh run, or a resume whose earlier attempt never reached this store: a new MLflow run
+        exp_id = get_experiment_id(client, cfg.log.mlflow_experiment)
+        versions = header.get("versions", {})
+        tags = {"cifarkit.version": versions.get("cifarkit", ""), "cifarkit.run_dir": str(self.run_dir.resolve()),
+                "device": str(header.get("device", "")), "precision": str(header.get("precision", "")),
+                "cpu_kind": str(versions.get("cpu_kind", "")), "mlflow.source.name": "cifarkit"}
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run_id = client.create_run(exp_id, run_name=cfg.name, tags=tags).info.run_id
+        try:
             params = [Param(k, v) for k, v in flatten(header.get("config", {})).items()]
             for i in range(0, len(params), PARAMS_PER_BATCH):
-                client.log_batch(self.run_id, params=params[i:i + PARAMS_PER_BATCH])
+                client.log_batch(run_id, params=params[i:i + PARAMS_PER_BATCH])
             tmp = self.run_dir / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({"tracking_uri": self.uri, "experiment_id": exp_id, "run_id": self.run_id}),
+            tmp.write_text(json.dumps({"tracking_uri": self.uri, "experiment_id": exp_id, "run_id": run_id}),
                            encoding="utf-8")
             tmp.replace(self.run_dir / STATE_FILE)
-        self.client = client
+        except BaseException:
+            with contextlib.suppress(Exception):  # no orphaned RUNNING run left behind
+                client.set_terminated(run_id, status="FAILED")
+            raise
+        self.client, self.run_id = client, run_id
 
     def _metrics(self, rec: dict[str, Any]) -> list[Any]:
         from mlflow.entities import Metric
@@ -214,7 +252,7 @@ class MlflowSink:
                     self.last_step[m.key] = m.step
         except Exception as e:  # noqa: BLE001
             self.client = None
-            warn(f"logging to {self.uri} failed ({_short(e)}); no more records go there in this run")
+            warn(self.uri, f"logging to {self.uri} failed ({_short(e)}); no more records go there in this run")
 
     replay = write  # on resume: the kept records MLflow does not have yet (a store that was down)
 
@@ -223,17 +261,22 @@ class MlflowSink:
 
         now, step = int(time.time() * 1000), int(rec.get("iters") or 0)
         metrics = [Metric(f"summary/{k}", float(rec[k]), now, step) for k in SUMMARY_METRICS
-                   if isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool)]
+                   if isinstance(rec.get(k), (int, float)) and not isinstance(rec.get(k), bool)
+                   and step > self.last_step.get(f"summary/{k}", -1)]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
+            for m in metrics:
+                self.last_step[m.key] = m.step
 
     def close(self) -> None:
         """Nothing: `finish_mlflow` uploads the files and ends the MLflow run once the figures exist."""
 
 
 def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
-    """Upload the run's files (config, log, curves, report; checkpoints when `log.mlflow_checkpoints`)
-    and end its MLflow run with `status`; a failure is one warning line."""
+    """End the run's MLflow run with `status`: first the records of `log.jsonl` MLflow does not
+    hold yet (the store was down for a while), then the run's files (config, log, curves, report;
+    checkpoints when `log.mlflow_checkpoints`). A failure is one warning line (none when this
+    store has already had its warning)."""
     state = read_state(run_dir)
     if not cfg.log.mlflow or state is None or state["tracking_uri"] != cfg.log.mlflow:
         return
@@ -244,6 +287,11 @@ def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
         client = MlflowClient(tracking_uri=cfg.log.mlflow)
         if status != "FINISHED" and client.get_run(state["run_id"]).info.status != "RUNNING":
             return  # this attempt never reopened the MLflow run (e.g. --resume of a finished run)
+        sink = MlflowSink(cfg, run_dir, None, None, open_run=False)
+        sink.attach(client, state["run_id"])
+        if (run_dir / "log.jsonl").is_file():
+            for rec in read_jsonl(run_dir / "log.jsonl"):
+                sink.write(rec)
         names = list(ARTIFACTS) + (["last.pt", "best.pt"] if cfg.log.mlflow_checkpoints else [])
         for name in names:
             p = run_dir / name
@@ -251,4 +299,4 @@ def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
                 client.log_artifact(state["run_id"], str(p))
         client.set_terminated(state["run_id"], status=status)
     except Exception as e:  # noqa: BLE001
-        warn(f"could not finish run {state['run_id']} at {cfg.log.mlflow} ({_short(e)})")
+        warn(cfg.log.mlflow, f"could not finish run {state['run_id']} at {cfg.log.mlflow} ({_short(e)})")

@@ -107,7 +107,7 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     if cfg.log.tensorboard:
         summary_writer_class()  # a missing extra fails now, not after the first epoch
     if cfg.log.mlflow:
-        require_mlflow()
+        require_mlflow(cfg.log.mlflow)
     if cfg.train.calibrate and cfg.data.val_fraction == 0 and not quiet:
         print("warning: train.calibrate fits the temperature on a validation split and this run has none "
               "(data.val_fraction is 0): no calibrated.pt will be written", file=sys.stderr)
