@@ -196,3 +196,25 @@ def test_folder_store_that_mlflow_refuses_is_one_line_before_training(cifar10_sm
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "this MLflow keeps folder stores in maintenance mode" in r.stderr and "sqlite:///mlflow.db" in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_finish_sends_what_the_store_missed_before_closing_the_run(trained_run: Path, tmp_path: Path):
+    # a store that was down for part of a run: at the end, the records it lacks go there first
+    import shutil
+
+    from cifarkit.config import config_from_dict
+    from cifarkit.engine.tracking import finish_mlflow
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("x")).info.run_id
+    first = next(r for r in records(run) if r["type"] == "train")
+    client.log_metric(run_id, "train/loss", first["loss"], step=first["iter"])  # what it got before going down
+    (run / "mlflow.json").write_text(json.dumps({"tracking_uri": uri, "run_id": run_id}))
+    cfg = config_from_dict(records(run)[0]["config"], [f"log.mlflow={uri}"])
+    finish_mlflow(run, cfg)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert_same_as_log(client, run_id, run)  # every record once, the one it had not twice
+    assert client.get_run(run_id).data.metrics["summary/final_top1"] == pytest.approx(records(run)[-1]["final_top1"])

@@ -45,6 +45,7 @@ ALL_KEYS = ([key for pairs in METRICS.values() for _, key in pairs] + ["train/im
 ARTIFACTS = ("config.yaml", "log.jsonl", "curves.png", "report.html", "train_batch.png", "metrics.csv")
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 PARAMS_PER_BATCH = 100  # MLflow's limit of params in one log_batch call
+METRICS_PER_BATCH = 1000  # ... and of metrics
 
 
 def require_mlflow(uri: str) -> None:
@@ -289,9 +290,13 @@ def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
             return  # this attempt never reopened the MLflow run (e.g. --resume of a finished run)
         sink = MlflowSink(cfg, run_dir, None, None, open_run=False)
         sink.attach(client, state["run_id"])
-        if (run_dir / "log.jsonl").is_file():
-            for rec in read_jsonl(run_dir / "log.jsonl"):
-                sink.write(rec)
+        records = read_jsonl(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
+        missed = [m for rec in records for m in sink._metrics(rec)]  # usually none: the sink sent them live
+        for i in range(0, len(missed), METRICS_PER_BATCH):
+            client.log_batch(state["run_id"], metrics=missed[i:i + METRICS_PER_BATCH])
+        for rec in records:
+            if rec.get("type") == "summary":
+                sink._summary(rec)
         names = list(ARTIFACTS) + (["last.pt", "best.pt"] if cfg.log.mlflow_checkpoints else [])
         for name in names:
             p = run_dir / name
