@@ -265,7 +265,7 @@ def test_a_trial_without_a_finite_score_counts_so_the_search_ends(tmp_path: Path
         return {"final": {"loss": float("nan"), "top1": 10.0}}
 
     monkeypatch.setattr(tunemod, "fit", nan_fit)
-    base = load_config("fast", ["data.root=/nowhere"])
+    base = load_config("fast", [f"data.root={tmp_path}"])
     space = tunemod.load_space(write_space(tmp_path / "space.yaml", SPACE), base)
     r = tunemod.tune(base, space, 3, tmp_path / "search", metric="loss", pruner="none", quiet=True)
     assert len(calls) == 3 and (r.trials, r.failed) == (3, 3)
@@ -296,6 +296,17 @@ def test_worker_gone_trusts_the_process_only_when_it_is_the_same_one():
     boot_ns = me.rsplit("/", 2)[0]
     assert worker_gone({"process": f"{boot_ns}/{dead.pid}/123", "heartbeat": now}, now, 30)
     assert worker_gone({"process": f"{boot_ns}/{os.getpid()}/1", "heartbeat": now}, now, 30)
+    # killed but not yet reaped by its parent (a zombie): gone too
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.5)
+        ident = process_identity(zombie.pid)
+        assert ident is not None and not worker_gone({"process": ident}, now, 30)
+        zombie.kill()
+        time.sleep(0.5)  # exited, not waited for
+        assert worker_gone({"process": ident, "heartbeat": time.time()}, time.time(), 30)
+    finally:
+        zombie.wait()
     # another machine (other boot id): judged by its own heartbeat interval, not this worker's
     other = {"process": "another-boot/1/42/99", "heartbeat": now - 100, "heartbeat_s": 600}
     assert not worker_gone(other, now, 1)
@@ -324,3 +335,49 @@ def test_space_accepts_what_yaml_reads_as_strings_and_refuses_equal_choices(tmp_
     for text in ("train.ema: {choice: [1, true]}\n", "optim.lr: {choice: [100, 100.0]}\n"):
         with pytest.raises(ConfigError, match="lists a value twice"):
             load_space(write_space(tmp_path / "b.yaml", text), base)
+
+
+def test_a_trial_left_running_without_a_word_does_not_hold_the_search_forever(tmp_path: Path, monkeypatch):
+    # a worker killed between asking for its trial and stamping it leaves a RUNNING trial with no
+    # heartbeat at all: it must go stale from its start (before: waited on forever)
+    import signal as sig
+
+    import cifarkit.tune as tunemod
+    from cifarkit.config import load_config
+
+    def fake_fit(cfg, work_dir, **kw):
+        Path(work_dir).mkdir(parents=True)
+        return {"final": {"top1": 50.0, "loss": 1.0}}
+
+    monkeypatch.setattr(tunemod, "fit", fake_fit)
+    base = load_config("fast", [f"data.root={tmp_path}"])
+    space = tunemod.load_space(write_space(tmp_path / "space.yaml", SPACE), base)
+    storage = tmp_path / "s.journal"
+    tunemod.tune(base, space, 1, tmp_path / "a", storage=str(storage), study="s", quiet=True)
+    orphan = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage)))).ask()  # and nothing more
+    sig.signal(sig.SIGALRM, lambda *_: pytest.fail("the search waited on the orphan forever"))
+    sig.alarm(60)
+    try:
+        r = tunemod.tune(base, space, 3, tmp_path / "b", storage=str(storage), study="s", heartbeat=1, quiet=True)
+    finally:
+        sig.alarm(0)
+    left = {t["number"]: t for t in rows(tmp_path / "b")}[str(orphan.number)]
+    assert left["state"] == "FAIL" and left["note"] == "worker died (no heartbeat)"
+    assert r.complete == 3
+
+
+def test_what_no_value_changes_is_checked_once_before_any_trial(cifar10_small: Path, tmp_path: Path):
+    f = write_space(tmp_path / "space.yaml", SPACE)
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "a"),
+                *sets(cifar10_small, f"data.root={tmp_path / 'nowhere'}"))
+    assert r.returncode == 2 and "no such dataset" in r.stderr and not (tmp_path / "a").exists()
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "b"),
+                *sets(cifar10_small, f"log.mlflow={tmp_path / 'mlruns'}"))
+    assert r.returncode == 2 and "folder stores" in r.stderr and not (tmp_path / "b").exists()
+    # an --out holding the user's own files, even with names like the search's, is refused
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "trials.csv").write_text("mine")
+    r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "c"), *sets(cifar10_small))
+    assert r.returncode == 2 and "is not a cifarkit tune folder" in r.stderr
+    assert (tmp_path / "c" / "trials.csv").read_text() == "mine"

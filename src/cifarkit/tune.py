@@ -59,7 +59,10 @@ from cifarkit.config import (
     config_from_dict,
     config_to_dict,
 )
+from cifarkit.engine.device import resolve_device
+from cifarkit.engine.loggers import summary_writer_class
 from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.tracking import require_mlflow
 from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
@@ -73,7 +76,7 @@ PRUNERS = ("asha", "median", "none")
 METRICS = {"top1": "maximize", "loss": "minimize"}
 MAX_ERRORS_IN_A_ROW = 3  # a worker stops after this many trials fail with an error (not divergence) in a row
 STUDY_FILE = "study.json"  # OUT/study.json: which study and storage this output folder belongs to
-OWN_NAMES = ("study.json", "study.journal", "trials", ".")  # what a worker starting beside another may find in OUT
+DEFAULT_STORAGE = "study.journal"  # the journal file inside OUT when no --storage is given
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,14 @@ def _number(v: Any, key: str, where: str) -> float:
     return float(v)
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def set_values(base: dict[str, Any], values: dict[str, Any], where: str = "") -> Config:
     """`base` (a config dict) with each dotted key set to its value, as a validated `Config`.
 
@@ -124,6 +135,8 @@ def set_values(base: dict[str, Any], values: dict[str, Any], where: str = "") ->
         *parents, last = key.split(".")
         for part in parents:
             cur = cur.setdefault(part, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"{where}{key}: {part} is not a section of the config")
         cur[last] = value
     return config_from_dict(d, where=where)
 
@@ -149,6 +162,8 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
             raise ConfigError(f"{where}{key}: choice values must be plain values (numbers, strings, true/false)")
         if any(a == b for i, a in enumerate(v) for b in v[i + 1:]):  # Optuna finds a choice by ==: 1 is True
             raise ConfigError(f"{where}{key}: choice lists a value twice (or two that compare equal, like 1 and true)")
+        if key.startswith("model.kwargs."):  # no schema converts them later: YAML 1.1 reads 1e-3 as a string
+            v = [_number(c, key, where) if isinstance(c, str) and _looks_numeric(c) else c for c in v]
         return Dist("choice", choices=tuple(v))
     if not isinstance(v, list) or len(v) != 2:
         raise ConfigError(f"{where}{key}: {kind} needs [low, high], got {v!r}")
@@ -227,11 +242,16 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
 
 # ---- storage and liveness -------------------------------------------------------------------------
 def _proc_stat_start(pid: int | str) -> str | None:
-    """Field 22 of /proc/PID/stat (the process's start time in clock ticks since boot), or None."""
+    """Field 22 of /proc/PID/stat (the process's start time in clock ticks since boot); None when
+    there is no such process or it has exited (a zombie its parent has not reaped yet); "?" when
+    /proc will not tell (hidepid)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except PermissionError:
+        return "?"
     except (OSError, IndexError):
         return None
+    return None if fields[0] in ("Z", "X") or len(fields) < 20 else fields[19]
 
 
 def process_identity(pid: int | None = None) -> str | None:
@@ -248,18 +268,23 @@ def process_identity(pid: int | None = None) -> str | None:
     return None if start is None else f"{boot}/{ns}/{pid}/{start}"
 
 
-def worker_gone(attrs: dict[str, Any], now: float, heartbeat: float) -> bool:
-    """Whether the worker that runs a RUNNING trial is gone: its process no longer exists (when it
-    ran in this boot and pid namespace), or it has not stamped its heartbeat for 3 of *its own*
-    intervals (this worker's when it did not say)."""
+def worker_gone(attrs: dict[str, Any], now: float, heartbeat: float, started: float | None = None) -> bool:
+    """Whether the worker that runs a RUNNING trial is gone: its process no longer exists or has
+    exited (when it ran in this boot and pid namespace), or it has not stamped its heartbeat for 3
+    of *its own* intervals (this worker's when it did not say; counted from the trial's start,
+    `started`, when it never stamped: a worker killed between asking for the trial and its first
+    stamp)."""
     ident = attrs.get("process")
     mine = process_identity()
     if isinstance(ident, str) and mine is not None and ident.rsplit("/", 2)[0] == mine.rsplit("/", 2)[0]:
         pid = ident.rsplit("/", 2)[1]
-        return not pid.isdigit() or process_identity(int(pid)) != ident
+        if not pid.isdigit() or _proc_stat_start(pid) is None:
+            return True
+        if _proc_stat_start(pid) != "?":  # readable: the same process, or its pid reused by another
+            return process_identity(int(pid)) != ident
     interval = attrs.get("heartbeat_s") if isinstance(attrs.get("heartbeat_s"), (int, float)) else heartbeat
-    beat = attrs.get("heartbeat") if isinstance(attrs.get("heartbeat"), (int, float)) else now
-    return now - beat > 3 * interval
+    beat = attrs.get("heartbeat") if isinstance(attrs.get("heartbeat"), (int, float)) else started
+    return now - (now if beat is None else beat) > 3 * interval
 
 
 def fail_stale_trials(study: Any, heartbeat: float) -> list[int]:
@@ -267,12 +292,17 @@ def fail_stale_trials(study: Any, heartbeat: float) -> list[int]:
     run again). Returns their numbers."""
     from optuna.trial import TrialState
 
-    now, failed = time.time(), []
+    now, failed, mine = time.time(), [], process_identity()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not worker_gone(t.user_attrs, now, heartbeat):
+        started = t.datetime_start.timestamp() if t.datetime_start else None
+        # between trials this worker runs none: one still RUNNING under its own name was left by
+        # an error (a failed tell, Ctrl-C in a notebook) and would be waited on forever
+        own = mine is not None and t.user_attrs.get("process") == mine
+        if not own and not worker_gone(t.user_attrs, now, heartbeat, started):
             continue
         try:  # Optuna offers no public call to finish another process's trial; its storage does
-            study._storage.set_trial_user_attr(t._trial_id, "failure", "worker died (no heartbeat)")
+            study._storage.set_trial_user_attr(t._trial_id, "failure", "left running by this worker" if own
+                                               else "worker died (no heartbeat)")
             study._storage.set_trial_user_attr(t._trial_id, "counts", False)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed.append(t.number)
@@ -352,10 +382,18 @@ def check_out(out: Path, study_name: str, storage: str) -> None:
             raise ConfigError(f"{out}: holds the search {prev.get('study')!r}, not {study_name!r}; choose another "
                               "--out (or --study to continue that one)")
         if prev.get("storage") != storage:
-            raise ConfigError(f"{out}: its search lives in {prev.get('storage')!r}, not {storage!r}; pass "
-                              f"--storage {prev.get('storage')} to continue it, or choose another --out")
-    elif out.exists() and any(not p.name.startswith(OWN_NAMES) for p in out.iterdir()):
+            have = "its own study.journal" if prev.get("storage") == DEFAULT_STORAGE else repr(prev.get("storage"))
+            how = "no --storage" if prev.get("storage") == DEFAULT_STORAGE else f"--storage {prev.get('storage')}"
+            raise ConfigError(f"{out}: its search lives in {have}; continue it with {how}, or choose another --out")
+    elif out.exists() and any(not _own_name(p.name) for p in out.iterdir()):
         raise ConfigError(f"{out}: exists and is not a cifarkit tune folder; choose another --out")
+
+
+def _own_name(name: str) -> bool:
+    """What a worker starting beside another may already find in a new OUT (study.json and the
+    journal are written first; temporary files are hidden and per process)."""
+    return name in ("study.json", "trials") or name.startswith((DEFAULT_STORAGE, "study.json.")) or (
+        name.startswith(".") and ".tmp" in name)
 
 
 def claim_out(out: Path, study_name: str, storage: str) -> None:
@@ -364,6 +402,23 @@ def claim_out(out: Path, study_name: str, storage: str) -> None:
     tmp = out / f"{STUDY_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({"study": study_name, "storage": storage}), encoding="utf-8")
     tmp.replace(out / STUDY_FILE)
+
+
+def check_environment(base: Config, space: dict[str, Dist], device: str | None) -> None:
+    """What every trial needs and no value changes, checked once before the first: the device,
+    the extras the config's loggers need, the dataset path. (Otherwise each trial would fail the
+    same way, and a search would end with nothing tried.)
+
+    Raises:
+        ConfigError / MissingExtra: one line, before any trial.
+    """
+    resolve_device(device or base.train.device)
+    if base.log.mlflow and "log.mlflow" not in space:
+        require_mlflow(base.log.mlflow)
+    if base.log.tensorboard:
+        summary_writer_class()
+    if "data.root" not in space and not Path(base.data.root).exists():
+        raise ConfigError(f"data.root {base.data.root!r}: no such dataset; set --set data.root=PATH")
 
 
 def describe_space(space: dict[str, Dist], metric: str) -> dict[str, Any]:
@@ -401,7 +456,11 @@ def open_study(storage: str, name: str, space: dict[str, Dist], metric: str, pru
         raise ConfigError(f"study {name!r} in {storage} was started with another {what} ({have.get('metric')}, "
                           f"keys {', '.join(have.get('space', {}))}); continue it with the same, or name a new --study")
     # a seed continues where the study is: a rerun with --seed S must not propose the first values again
-    st.sampler = optuna.samplers.TPESampler(seed=None if seed is None else seed + len(st.get_trials(deepcopy=False)))
+    if seed is not None:  # mixed with the study's size: (S, n) never repeats another (S', n')'s stream
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([seed, len(st.get_trials(deepcopy=False))]).generate_state(1)[0])
+    st.sampler = optuna.samplers.TPESampler(seed=seed)
     return st
 
 
@@ -447,11 +506,13 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
     t0 = time.perf_counter()
     out = Path(out)
     name = study or base.name
-    where = str(Path(storage).resolve()) if storage and "://" not in storage else storage or str(
-        (out / "study.journal").resolve())
-    check_out(out, name, where)
+    default = str((out / DEFAULT_STORAGE).resolve())
+    where = str(Path(storage).resolve()) if storage and "://" not in storage else storage or default
+    recorded = DEFAULT_STORAGE if where == default else where  # the default moves with the folder
+    check_out(out, name, recorded)
+    check_environment(base, space, device)
     st = open_study(where, name, space, metric, pruner, seed)
-    claim_out(out, name, where)
+    claim_out(out, name, recorded)
     if base.data.val_fraction == 0:
         say(f"note: trials are scored on the {base.data.test_split!r} split, so the best one's score is optimistic; "
             "hold out a validation split with --set data.val_fraction=0.1")
@@ -479,9 +540,6 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
         ran += 1
         streak = [*streak, trial] if error is not None else []
         if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
-            for t in streak:  # they say nothing about their values: run them again once it is fixed
-                with contextlib.suppress(Exception):
-                    st._storage.set_trial_user_attr(t._trial_id, "counts", False)
             raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
                                 f"--trials); the last: {error}") from None
     res = summarize_study(st, out, name, metric)
@@ -502,9 +560,10 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
     """One trial: its values into the config, `fit` into OUT/trials/NNNN with the pruner hook, told.
 
     A trial that diverges, ends without a finite score or whose values the config refuses is a
-    failed trial that counts (its values did it). One that fails with another cifarkit error
-    counts too, and the error is returned so that the worker can stop when every trial fails.
-    Anything else (Ctrl-C, a bug) fails the trial, uncounted, and propagates."""
+    failed trial that counts (its values did it). One that fails with another cifarkit error (the
+    data, the disk, a package) does not count, and the error is returned so that the worker can
+    stop when every trial fails. Anything else (Ctrl-C, a bug) fails the trial, uncounted, and
+    propagates."""
     from optuna.trial import TrialState
 
     run_dir = out / "trials" / f"{trial.number:04d}"
@@ -549,8 +608,10 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
         note = f"diverged: {str(e).splitlines()[0][:200]}"
     except ConfigError as e:  # values each valid alone, not together (or not inside a range's ends)
         note = " ".join(str(e).split())[:300]
-    except CifarkitError as e:
+    except CifarkitError as e:  # the data, the disk, a package: nothing about the values, so not counted
         note, error = " ".join(str(e).split())[:300], e
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("counts", False)
     except BaseException as e:
         beat.close()
         with contextlib.suppress(Exception):
@@ -559,12 +620,17 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
             st.tell(trial, state=TrialState.FAIL)
         raise
     beat.close()
-    try:
-        if note:
-            trial.set_user_attr("pruned" if state == TrialState.PRUNED else "failure", note)
-        st.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
-    except Exception as e:  # noqa: BLE001 - another worker marked it failed meanwhile: its result stays here
-        note = f"{note}; not recorded in the study ({type(e).__name__}: the trial was marked failed meanwhile)"
+    for attempt in range(3):  # a shared database can be briefly locked
+        try:
+            if note:
+                trial.set_user_attr("pruned" if state == TrialState.PRUNED else "failure", note)
+            st.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+            break
+        except Exception as e:  # noqa: BLE001 - e.g. another worker marked it failed meanwhile
+            if attempt == 2 or "finished" in str(e).lower():
+                note = f"{note}; not recorded in the study ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                break
+            time.sleep(1.0)
     run_dir.mkdir(parents=True, exist_ok=True)  # also for a trial that failed before its run began
     (run_dir / "trial.json").write_text(json.dumps({
         "study": st.study_name, "number": trial.number, "state": state.name, metric: value, "params": values,

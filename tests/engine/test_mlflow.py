@@ -198,9 +198,11 @@ def test_folder_store_that_mlflow_refuses_is_one_line_before_training(cifar10_sm
     assert not (tmp_path / "run").exists()
 
 
-def test_finish_sends_what_the_store_missed_before_closing_the_run(trained_run: Path, tmp_path: Path):
+def test_finish_sends_what_the_store_missed_before_closing_the_run(trained_run: Path, tmp_path: Path, monkeypatch):
     # a store that was down for part of a run: at the end, the records it lacks go there first
     import shutil
+
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a sqlite store's artifacts in ./mlruns
 
     from cifarkit.config import config_from_dict
     from cifarkit.engine.tracking import finish_mlflow

@@ -60,7 +60,7 @@ def require_mlflow(uri: str) -> None:
         require("mlflow", "log.mlflow")
     except MissingExtra as e:
         raise MissingExtra(f"{e} (or set log.mlflow='')") from None
-    folder = "://" not in uri or uri.startswith("file:")
+    folder = ("://" not in uri and not uri.startswith("databricks")) or uri.startswith("file:")
     if folder:
         try:
             from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
@@ -72,14 +72,14 @@ def require_mlflow(uri: str) -> None:
                               "MLFLOW_ALLOW_FILE_STORE=true")
 
 
-_WARNED: set[str] = set()  # stores this process has already warned about: one line per failing store
+_WARNED: set[str] = set()  # (store, run directory) pairs already warned about: one line per run
 
 
-def warn(uri: str, msg: str) -> None:
-    """One warning line on stderr (once per store and process): the tracking store never stops a run."""
-    if uri in _WARNED:
+def warn(key: str, msg: str) -> None:
+    """One warning line on stderr (once per `key`: a store and run): the tracking store never stops a run."""
+    if key in _WARNED:
         return
-    _WARNED.add(uri)
+    _WARNED.add(key)
     print(f"warning: MLflow: {msg}; training goes on and every record stays in log.jsonl", file=sys.stderr,
           flush=True)
 
@@ -172,7 +172,7 @@ class MlflowSink:
             self._open(cfg, header or {}, resume_iter)
         except Exception as e:  # noqa: BLE001 - whatever the store says, the run goes on
             self.client = None
-            warn(self.uri, f"cannot log to {self.uri} ({_short(e)})")
+            warn(f"{self.uri}|{self.run_dir}", f"cannot log to {self.uri} ({_short(e)})")
 
     def attach(self, client: Any, run_id: str) -> None:
         """Continue MLflow run `run_id`: note the last step it holds of every metric key."""
@@ -253,7 +253,8 @@ class MlflowSink:
                     self.last_step[m.key] = m.step
         except Exception as e:  # noqa: BLE001
             self.client = None
-            warn(self.uri, f"logging to {self.uri} failed ({_short(e)}); no more records go there in this run")
+            warn(f"{self.uri}|{self.run_dir}",
+                 f"logging to {self.uri} failed ({_short(e)}); no more records go there in this run")
 
     replay = write  # on resume: the kept records MLflow does not have yet (a store that was down)
 
@@ -304,4 +305,4 @@ def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
                 client.log_artifact(state["run_id"], str(p))
         client.set_terminated(state["run_id"], status=status)
     except Exception as e:  # noqa: BLE001
-        warn(cfg.log.mlflow, f"could not finish run {state['run_id']} at {cfg.log.mlflow} ({_short(e)})")
+        warn(f"{cfg.log.mlflow}|{run_dir}", f"could not finish run {state['run_id']} at {cfg.log.mlflow} ({_short(e)})")
