@@ -19,7 +19,8 @@ from typing import Any
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _number(text: str) -> bool:
+def looks_numeric(text: str) -> bool:
+    """Whether `text` reads as a number (float() takes it: "1e-3", "-2", "inf")."""
     try:
         float(text)
     except ValueError:
@@ -32,7 +33,7 @@ def csv_cell(value: Any) -> Any:
     (or one starting with `'`) gets a leading `'`; anything else is returned unchanged."""
     if not isinstance(value, str) or not value:
         return value
-    if value[0] == "'" or (value[0] in FORMULA_STARTS and not _number(value)):
+    if value[0] == "'" or (value[0] in FORMULA_STARTS and not looks_numeric(value)):
         return "'" + value
     return value
 

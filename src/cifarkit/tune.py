@@ -68,7 +68,7 @@ from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
 from cifarkit.models import list_models
 from cifarkit.plotting import pyplot, save
-from cifarkit.safecsv import csv_row
+from cifarkit.safecsv import csv_row, looks_numeric
 from cifarkit.safepath import safe_component
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
@@ -116,14 +116,6 @@ def _number(v: Any, key: str, where: str) -> float:
     return float(v)
 
 
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def set_values(base: dict[str, Any], values: dict[str, Any], where: str = "") -> Config:
     """`base` (a config dict) with each dotted key set to its value, as a validated `Config`.
 
@@ -163,7 +155,7 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
         if any(a == b for i, a in enumerate(v) for b in v[i + 1:]):  # Optuna finds a choice by ==: 1 is True
             raise ConfigError(f"{where}{key}: choice lists a value twice (or two that compare equal, like 1 and true)")
         if key.startswith("model.kwargs."):  # no schema converts them later: YAML 1.1 reads 1e-3 as a string
-            v = [_number(c, key, where) if isinstance(c, str) and _looks_numeric(c) else c for c in v]
+            v = [_number(c, key, where) if isinstance(c, str) and looks_numeric(c) else c for c in v]
         return Dist("choice", choices=tuple(v))
     if not isinstance(v, list) or len(v) != 2:
         raise ConfigError(f"{where}{key}: {kind} needs [low, high], got {v!r}")
