@@ -19,12 +19,14 @@ them touches the filesystem, `safe_component` maps it to one path component:
 Names that are already safe (every CIFAR-10/100 class, ordinary file names) come back unchanged.
 The original name is always kept where it matters (the export's manifest has `label_name` and
 `split` as given), so nothing is lost. `inside` is the last line of defence: it refuses any path
-that would resolve outside its base folder.
+that would resolve outside its base folder. `write_text_atomic` replaces a file whole, so a
+reader (or a second process writing the same file) never sees half of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from cifarkit.errors import DataError
@@ -78,3 +80,16 @@ def output_dir(path: str | Path, overwrite: bool = False, flag: str = "--overwri
         raise CifarkitError(f"{path}: folder is not empty; pass {flag} to write into it or choose another")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def temp_beside(path: Path) -> Path:
+    """A hidden temporary name next to `path`, this process's own (two processes may write the same
+    file at once), keeping the suffix (matplotlib picks the format from it)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through `temp_beside(path)` and one rename."""
+    tmp = temp_beside(path)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

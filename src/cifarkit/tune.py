@@ -69,7 +69,7 @@ from cifarkit.extras import require
 from cifarkit.models import list_models
 from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row, looks_numeric
-from cifarkit.safepath import safe_component
+from cifarkit.safepath import safe_component, temp_beside, write_text_atomic
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
 PRUNERS = ("asha", "median", "none")
@@ -384,16 +384,14 @@ def check_out(out: Path, study_name: str, storage: str) -> None:
 def _own_name(name: str) -> bool:
     """What a worker starting beside another may already find in a new OUT (study.json and the
     journal are written first; temporary files are hidden and per process)."""
-    return name in ("study.json", "trials") or name.startswith((DEFAULT_STORAGE, "study.json.")) or (
+    return name in ("study.json", "trials") or name.startswith(DEFAULT_STORAGE) or (
         name.startswith(".") and ".tmp" in name)
 
 
 def claim_out(out: Path, study_name: str, storage: str) -> None:
     """Write OUT/study.json (workers started together on one --out write the same, atomically)."""
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{STUDY_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"study": study_name, "storage": storage}), encoding="utf-8")
-    tmp.replace(out / STUDY_FILE)
+    write_text_atomic(out / STUDY_FILE, json.dumps({"study": study_name, "storage": storage}))
 
 
 def check_environment(base: Config, space: dict[str, Dist], device: str | None) -> None:
@@ -581,8 +579,7 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
 
     try:
         values = {key: dist.suggest(trial, key) for key, dist in space.items()}
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        say(f"trial {trial.number}: {shown}")
+        say(f"trial {trial.number}: {show(values)}")
         cfg = set_values(config_to_dict(base), values, f"trial {trial.number}: ")
         cfg.name = f"{safe_component(st.study_name)}-trial{trial.number:04d}"
         _absolute(cfg)
@@ -633,18 +630,6 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
 
 
 # ---- outputs -----------------------------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    """A temporary name beside `path`, this process's own (workers on one --out write at once),
-    keeping the suffix (matplotlib picks the format from it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def summarize_study(st: Any, out: Path, name: str, metric: str) -> TuneResult:
     """trials.csv, best.yaml and the two figures from the study as the storage holds it now (every
     worker's trials), rewritten whole each time."""
@@ -667,7 +652,7 @@ def summarize_study(st: Any, out: Path, name: str, metric: str) -> TuneResult:
         w.writerow(csv_row([t.number, t.state.name, t.value, *[t.params.get(k) for k in keys], epochs,
                             None if secs is None else round(secs, 1), note, t.user_attrs.get("run_dir", ""),
                             t.user_attrs.get("host", "")]))
-    _atomic_text(out / "trials.csv", buf.getvalue())
+    write_text_atomic(out / "trials.csv", buf.getvalue())
     res.files["trials"] = out / "trials.csv"
     if res.complete:
         best = st.best_trial
@@ -677,7 +662,7 @@ def summarize_study(st: Any, out: Path, name: str, metric: str) -> TuneResult:
         cfg["data"] = {**cfg["data"], "root": str(Path(cfg["data"]["root"]).resolve()) if cfg["data"]["root"] else ""}
         head = (f"# best of search {name!r}: trial {best.number}, {metric} {best.value:.4g}\n"
                 f"# its values: {json.dumps(best.params)}\n# reproduce: cifarkit train {out / 'best.yaml'}\n")
-        _atomic_text(out / "best.yaml", head + yaml.safe_dump(cfg, sort_keys=False))
+        write_text_atomic(out / "best.yaml", head + yaml.safe_dump(cfg, sort_keys=False))
         res.files["best"] = out / "best.yaml"
         res.files.update(draw_figures(st, out))
     return res
@@ -699,13 +684,18 @@ def draw_figures(st: Any, out: Path) -> dict[str, Path]:
                 ("importance", "importance.png",
                  lambda: plot_param_importances(st, evaluator=PedAnovaImportanceEvaluator()))):
             try:
-                save(draw().figure, _tmp(out / fname), dpi=100)
-                _tmp(out / fname).replace(out / fname)
+                save(draw().figure, temp_beside(out / fname), dpi=100)  # workers on one --out: whole files
+                temp_beside(out / fname).replace(out / fname)
                 files[key] = out / fname
             except Exception as e:  # noqa: BLE001 - a figure must never cost the search its results
                 print(f"note: {fname} not drawn yet ({str(e).splitlines()[0][:120]})", file=sys.stderr)
                 plt.close("all")
     return files
+
+
+def show(values: dict[str, Any]) -> str:
+    """A trial's values as one short line: `optim.lr=0.01234, model.name=airnet`."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
 def format_result(r: TuneResult, metric: str) -> str:
@@ -714,9 +704,8 @@ def format_result(r: TuneResult, metric: str) -> str:
             f"{r.ran_here} run by this worker in {r.seconds:.0f} s)")
     if r.best_number is None:
         return head + f"; no complete trial yet -> {r.files.get('trials', r.out)}"
-    shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.best_params.items())
-    return (f"{head}\nbest: trial {r.best_number}, {metric} {r.best_value:.4g} ({shown}) -> {r.files['best']}; "
-            f"all trials in {r.files['trials']}")
+    return (f"{head}\nbest: trial {r.best_number}, {metric} {r.best_value:.4g} ({show(r.best_params)}) -> "
+            f"{r.files['best']}; all trials in {r.files['trials']}")
 
 
-__all__ = ["Dist", "TuneResult", "load_space", "tune", "format_result", "parse_dist", "CifarkitError"]
+__all__ = ["Dist", "TuneResult", "load_space", "tune", "format_result", "parse_dist"]

@@ -12,9 +12,9 @@ Resume continues the same MLflow run: its id is kept in `RUN/mlflow.json`. A kil
 logged steps past its last checkpoint; the resumed run logs only the steps MLflow does not have
 yet (per metric), so no step appears twice, and replays kept records MLflow never got (the store
 was down). The tracking store is never allowed to cost the run: an unreachable store or a failed
-call prints one warning line and the sink goes quiet; `log.jsonl` keeps every record, and a
-later `--resume` against a working store replays them. Only rank 0 writes (`RunLog` exists there
-alone).
+call prints one warning line and the sink goes quiet; `log.jsonl` keeps every record, and
+`finish_mlflow` sends what the store missed once it answers again. Only rank 0 writes (`RunLog`
+exists there alone).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 from cifarkit.errors import ConfigError
 from cifarkit.extras import MissingExtra, require
 from cifarkit.logs import read_jsonl
+from cifarkit.safepath import write_text_atomic
 
 STATE_FILE = "mlflow.json"  # RUN/mlflow.json: {"tracking_uri", "experiment_id", "run_id"}
 # record type -> (record field, MLflow metric key)
@@ -210,10 +211,8 @@ class MlflowSink:
             params = [Param(k, v) for k, v in flatten(header.get("config", {})).items()]
             for i in range(0, len(params), PARAMS_PER_BATCH):
                 client.log_batch(run_id, params=params[i:i + PARAMS_PER_BATCH])
-            tmp = self.run_dir / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps({"tracking_uri": self.uri, "experiment_id": exp_id, "run_id": run_id}),
-                           encoding="utf-8")
-            tmp.replace(self.run_dir / STATE_FILE)
+            write_text_atomic(self.run_dir / STATE_FILE,
+                              json.dumps({"tracking_uri": self.uri, "experiment_id": exp_id, "run_id": run_id}))
         except BaseException:
             with contextlib.suppress(Exception):  # no orphaned RUNNING run left behind
                 client.set_terminated(run_id, status="FAILED")
@@ -278,7 +277,7 @@ def finish_mlflow(run_dir: Path, cfg: Any, status: str = "FINISHED") -> None:
     """End the run's MLflow run with `status`: first the records of `log.jsonl` MLflow does not
     hold yet (the store was down for a while), then the run's files (config, log, curves, report;
     checkpoints when `log.mlflow_checkpoints`). A failure is one warning line (none when this
-    store has already had its warning)."""
+    run has already had its warning)."""
     state = read_state(run_dir)
     if not cfg.log.mlflow or state is None or state["tracking_uri"] != cfg.log.mlflow:
         return
