@@ -55,12 +55,13 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     """`cifarkit data export`: write image folders and manifest.csv."""
     from tqdm import tqdm
 
-    from cifarkit.data.export import export_dataset
+    from cifarkit.data.export import check_export_out, export_dataset
     from cifarkit.data.folder import manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, load_dataset
     from cifarkit.data.splits import check_imbalance_ratio, long_tail_train
 
     check_imbalance_ratio(a.imbalance_ratio, "--imbalance-ratio")  # before any reading
+    check_export_out(a.out, a.overwrite, [a.path])  # the output place too: not the data, not another's files
     kind = describe_kind(a.path)
     if kind == "cifar":
         splits: list[str | None] = ["train", "test"]
@@ -72,7 +73,8 @@ def cmd_data_export(a: argparse.Namespace) -> int:
     data = long_tail_train(data, a.imbalance_ratio, a.path)  # what data.imbalance_ratio R trains on
     with tqdm(total=sum(len(d) for d in data.values()), unit="img", disable=None) as bar:
         res = export_dataset(data, a.out, fmt=a.format, quality=a.quality, workers=a.workers,
-                             overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0)
+                             overwrite=a.overwrite, progress=bar.update, png_level=6 if a.compress else 0,
+                             inputs=[a.path])
     counts = ", ".join(f"{k} {v:,}" for k, v in res.counts.items())
     print(f"wrote {res.out} ({counts}) and {res.manifest}")
     return 0
@@ -155,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="png", choices=["png", "jpg"])
     e.add_argument("--quality", type=int, default=95, help="JPEG quality 1..100")
     e.add_argument("--workers", type=int, default=None)
-    e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace OUT when it holds an earlier export and nothing else")
     e.add_argument("--compress", action="store_true", help="deflate PNGs (~9%% smaller for CIFAR, ~3x slower)")
     e.add_argument("--imbalance-ratio", type=float, default=0.0, metavar="R",
                    help="write the train split cut to the long-tail profile of data.imbalance_ratio R (Cao et al. "

@@ -24,6 +24,7 @@ import torch
 from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError
 from cifarkit.extras import require
+from cifarkit.safepath import check_apart, output_file, real_path
 
 
 @contextlib.contextmanager
@@ -123,7 +124,8 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
         An `ExportReport`.
 
     Raises:
-        CifarkitError: an unknown format, `out` exists without `overwrite` or is a folder, the
+        CifarkitError: an unknown format, `out` exists without `overwrite` or is not a regular file
+            (a folder, device, FIFO, link), is the checkpoint or lies inside `data`, the
             exporter package is missing, or the exported model disagrees with the checkpoint.
     """
     ext = {"onnx": ".onnx", "torchscript": ".ts"}.get(fmt)
@@ -132,16 +134,18 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
     if fmt == "onnx":  # both before any work: the export and its parity check
         onnx = require("onnx", "ONNX export")
         require("onnxruntime", "ONNX export's parity check")
+    out = Path(out) if out else Path(ckpt).with_suffix(ext)
+    if out.is_dir() and not out.is_symlink():
+        raise CifarkitError(f"{out}: is a folder; give --out a file name ending in {ext}")
+    if real_path(out) == real_path(ckpt):
+        raise CifarkitError(f"--out {out}: that is the input checkpoint; give the export a name of its own")
+    output_file(out, overwrite)  # nothing there or a regular file (never a device, FIFO or link), before any work
+    check_apart(out, [data])
     ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
     if ref.logit_bias is not None or ref.temperature != 1.0:
         model = _PostHoc(model, ref.logit_bias, ref.temperature).eval()
     s = ref.prep.input_size
-    out = Path(out) if out else Path(ckpt).with_suffix(ext)
-    if out.is_dir():
-        raise CifarkitError(f"{out}: is a folder; give --out a file name ending in {ext}")
-    if out.exists() and not overwrite:
-        raise CifarkitError(f"{out}: exists; pass --overwrite to replace it or choose another --out")
     batch = 8 if dynamic_batch else 1  # a fixed-shape export takes one image at a time
     dummy = torch.zeros(batch, 3, s, s)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -30,10 +30,17 @@ def pyplot():
 
 
 def save(fig, out, dpi: int = 110) -> None:
-    """Write `fig` to `out` (parent folders created) at `dpi` and close it."""
+    """Write `fig` to `out` (parent folders created; through a temporary file and a rename) at `dpi` and close it."""
     from pathlib import Path
+
+    from cifarkit.safepath import temp_beside
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight")
-    pyplot().close(fig)
+    tmp = temp_beside(out)  # written beside and renamed: never opened in place (a FIFO or device there
+    try:                    # would block or be fed), and a reader never sees half a figure
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        pyplot().close(fig)

@@ -13,9 +13,9 @@ epochs, unless the user sets `train.epochs` (see its comment for the evidence).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from cifarkit.engine.inference import Inference
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.safecsv import csv_row, csv_uncell
-from cifarkit.safepath import output_dir
+from cifarkit.safepath import claim_outputs, output_dir, remove_outputs, write_text_atomic
 
 # The folds train for this fraction of the recipe's epochs (fast: 1.6 of 8), in batches of at most
 # FOLD_BATCH: 5 folds x 4/5 of the data x 1/5 of the epochs is 0.8 of one recipe run's training,
@@ -63,6 +63,7 @@ LABEL_COLUMNS = ["split", "path", "index", "given", "suggested", "score", "p_giv
 OUTLIER_COLUMNS = ["split", "path", "index", "label", "score", "z"]
 FILES = ("duplicates.csv", "label_issues.csv", "outliers.csv", "audit.json", "audit.html", "embeddings.npy",
          "probs.npy", "changes.csv")
+OUTPUTS = (*FILES, "folds")  # everything an audit writes in its --out (folds/: the folds' runs)
 
 
 @dataclass
@@ -207,25 +208,29 @@ def audit(data: str | Path, out: str | Path, splits: list[str] | None = None, fo
     load_config(recipe, list(overrides or []))  # a bad recipe or --set fails before the data is read
     if (drop or relabel) and write_manifest is None:
         raise ConfigError("--drop and --relabel say what --write-manifest leaves out; give --write-manifest CSV")
+    # every output place before the data is read and the folds train: --out, the manifest, its images
+    output_dir(out, overwrite, inputs=[data], writes=OUTPUTS, create=False)
     if write_manifest is not None:
-        drop = check_clean_args(write_manifest, drop, relabel, overwrite, out)
+        drop = check_clean_args(write_manifest, drop, relabel, overwrite, out, data)
     a = load_splits(data, splits)
     if write_manifest is not None:
-        check_images_folder(a.kind, write_manifest, overwrite)
+        check_images_folder(a.kind, write_manifest, overwrite, data)
     summary, found = audit_set(a, out, str(data), folds, recipe, overrides, near_threshold, seed, device, overwrite,
-                               quiet, t0)
+                               quiet, t0, inputs=[data])
     if write_manifest is not None:
         summary["manifest"] = write_clean_manifest(a, found, data, write_manifest, drop or [], relabel, out,
                                                    overwrite)
-        (Path(out) / "audit.json").write_text(json.dumps(summary, indent=1))
+        write_text_atomic(Path(out) / "audit.json", json.dumps(summary, indent=1))
     return summary
 
 
 def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: str | Path = "fast",
               overrides: list[str] | None = None, near_threshold: float | None = NEAR_THRESHOLD, seed: int = 0,
               device: str | None = None, overwrite: bool = False, quiet: bool = False,
-              t0: float | None = None) -> tuple[dict[str, Any], Findings]:
-    """`audit` of images already loaded (`load_splits`); `data` names them in the outputs.
+              t0: float | None = None, inputs: list[str | Path] | None = None) -> tuple[dict[str, Any], Findings]:
+    """`audit` of images already loaded (`load_splits`); `data` names them in the outputs, `inputs`
+    are the paths they were read from (`out` may not overlap them). With `overwrite` only an earlier
+    audit's own files and folds/ in `out` are replaced (`safepath.OUTPUTS_RECORD`).
     Returns audit.json's content and the findings themselves."""
     t0 = time.perf_counter() if t0 is None else t0
     overrides = list(overrides or [])
@@ -238,10 +243,11 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
     hashes = pixel_hashes(ds.images)
     groups = exact_groups(hashes)
     fold = assign_folds(ds.labels, folds, seed, groups)
-    out = output_dir(out, overwrite)
-    for name in FILES:  # stale results of an earlier audit must not survive next to new ones
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "folds", ignore_errors=True)
+    out = output_dir(out, overwrite, inputs=inputs or [], writes=OUTPUTS)
+    # stale results of an earlier audit must not survive next to new ones; only what an audit wrote
+    # (listed in OUT's record) goes: a `folds` or `audit.json` of anyone else was refused above
+    remove_outputs(out, OUTPUTS)
+    claim_outputs(out, OUTPUTS, "data audit")
     probs = np.zeros((len(ds), ds.num_classes), dtype=np.float64)
     emb = None
     fold_top1 = []
@@ -292,7 +298,7 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
     }
     write_page(out / "audit.html", a, dups, issues, probs, outliers, scores, summary)
     summary["seconds"]["total"] = time.perf_counter() - t0
-    (out / "audit.json").write_text(json.dumps(summary, indent=1))
+    write_text_atomic(out / "audit.json", json.dumps(summary, indent=1))
     return summary, Findings(dups, issues, probs, outliers, scores)
 
 
@@ -340,11 +346,16 @@ def where(a: Audited, i: int) -> list[Any]:
 
 def write_csv(path: Path, header: list[str], rows: list[list[Any]], mode: str = "x") -> None:
     """A CSV of the audit's: `header`, then `rows` with formula-like cells defused (names come from
-    the data); mode "x" (the default) refuses an existing file."""
-    with open(path, mode, newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(csv_row(r) for r in rows)
+    the data); mode "x" (the default) refuses an existing file, "w" replaces it atomically."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(csv_row(r) for r in rows)
+    if mode == "x":
+        with open(path, "x", newline="", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+    else:  # replacing: through a temporary file and a rename, never by opening what is there
+        write_text_atomic(path, buf.getvalue())
 
 
 def write_duplicates(path: Path, a: Audited, pairs: list[tuple[int, int, float, str]], hashes: list[bytes]) -> None:

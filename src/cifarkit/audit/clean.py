@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from cifarkit.audit.audit import FILES, Audited, Findings, write_csv
-from cifarkit.data.export import MANIFEST_COLUMNS, export_dataset
-from cifarkit.errors import ConfigError, DataError
+from cifarkit.data.export import MANIFEST_COLUMNS, check_export_out, export_dataset
+from cifarkit.errors import CifarkitError, ConfigError, DataError
 from cifarkit.safecsv import csv_uncell
+from cifarkit.safepath import output_file, real_path
 
 DROPPABLE = ("duplicates", "labels", "outliers")
 KEEP_RANK = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 3}  # other splits: 1
@@ -41,12 +42,14 @@ def keep_rank(split: str) -> int:
 
 
 def check_clean_args(manifest: str | Path, drop: list[str] | None, relabel: bool, overwrite: bool,
-                     out: str | Path | None = None) -> list[str]:
+                     out: str | Path | None = None, data: str | Path | None = None) -> list[str]:
     """The validated `drop` list (default: duplicates), checked before any work.
 
     Raises:
         ConfigError: an unknown `drop` item, `relabel` with labels dropped, or a manifest that is
-            not a .csv, exists already (without `overwrite`) or would be one of the audit's own files.
+            not a .csv, is the data, would be one of the audit's own files, or cannot be written
+            (`safepath.output_file`: exists without `overwrite`, not a regular file, its folder
+            not writable).
     """
     drop = ["duplicates"] if drop is None else [d.strip() for part in drop for d in part.split(",") if d.strip()]
     bad = [d for d in drop if d not in DROPPABLE]
@@ -58,16 +61,21 @@ def check_clean_args(manifest: str | Path, drop: list[str] | None, relabel: bool
     p = Path(manifest)
     if p.suffix.lower() != ".csv":
         raise ConfigError(f"--write-manifest {p}: give a .csv file name")
-    if p.exists() and not overwrite:
-        raise ConfigError(f"--write-manifest {p}: exists; choose another name or pass --overwrite")
+    if data is not None and real_path(p) == real_path(data):
+        raise ConfigError(f"--write-manifest {p}: that is the audited manifest; write the cleaned one beside it")
     if out is not None and p.resolve().parent == Path(out).resolve() and p.name in FILES:
         raise ConfigError(f"--write-manifest {p}: the audit writes its own {p.name} there; choose another name")
+    try:
+        output_file(p, overwrite, option="--write-manifest")  # here, not after the folds trained
+    except CifarkitError as e:
+        raise ConfigError(str(e)) from None
     return drop
 
 
-def check_images_folder(kind: str, manifest: str | Path, overwrite: bool) -> None:
-    """CIFAR batches: the kept images go to `<manifest stem>_images/` beside the manifest; refuse a
-    folder there that is not empty, or with `overwrite` one that is not an earlier such export.
+def check_images_folder(kind: str, manifest: str | Path, overwrite: bool, data: str | Path | None = None) -> None:
+    """CIFAR batches: the kept images go to `<manifest stem>_images/` beside the manifest; refuse,
+    before any work, a folder there that overlaps `data`, is not empty without `overwrite`, or with
+    it holds anything an earlier export did not write (`data.export.check_export_out`).
 
     Raises:
         ConfigError: the folder is in the way.
@@ -75,13 +83,10 @@ def check_images_folder(kind: str, manifest: str | Path, overwrite: bool) -> Non
     if kind != "cifar":
         return
     folder = Path(manifest).parent / f"{Path(manifest).stem}_images"
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        if not overwrite:
-            raise ConfigError(f"{folder}: the clean manifest's images go there and it is not empty; choose another "
-                              "--write-manifest name or pass --overwrite")
-        if not (folder / "manifest.csv").is_file():
-            raise ConfigError(f"{folder}: not an earlier export of clean images (no manifest.csv); --overwrite "
-                              "replaces only those: choose another --write-manifest name")
+    try:
+        check_export_out(folder, overwrite, [data])
+    except DataError as e:
+        raise ConfigError(f"--write-manifest {manifest}: its images go to {e}") from None
 
 
 def plan_changes(a: Audited, found: Findings, drop: list[str], relabel: bool
@@ -136,7 +141,7 @@ def write_clean_manifest(a: Audited, found: Findings, data: str | Path, manifest
         for s in a.splits:
             idx = np.flatnonzero((a.split == s) & keep)
             parts[s] = dataclasses.replace(ds.subset(idx), labels=labels[idx], split=s)
-        res = export_dataset(parts, folder, overwrite=overwrite)
+        res = export_dataset(parts, folder, overwrite=overwrite, inputs=[data])
         with open(res.manifest, newline="", encoding="utf-8") as f:
             exported = [{k: csv_uncell(v) for k, v in r.items()} for r in csv.DictReader(f)]
         for r in exported:

@@ -9,9 +9,13 @@ per-image Python work holds the GIL, so threads scale worse). JPEG goes through 
 
 Safety: everything is written into a hidden temporary folder next to OUT and renamed into place
 at the end, so an interrupted export never looks complete; a non-empty OUT is refused unless
-`overwrite=True`. Split names, class names and file stems come from the input, so each becomes
-one `safe_component` (folders are checked with `inside`); files are created with O_EXCL, so two
-images can never land on one path, and the manifest keeps the original split and label names
+`overwrite=True`, and even then it is replaced only when everything in it is an earlier export's
+own (listed in its `.cifarkit-outputs.json`, `safepath.OUTPUTS_RECORD`): a file the user added, or
+a folder that is not an export (the dataset itself, `data export DATA DATA`), is never deleted.
+OUT may not be, lie inside or contain the data being exported (`safepath.check_apart`). Split
+names, class names and file stems come from the input, so each becomes one `safe_component`
+(folders are checked with `inside`); files are created with O_EXCL, so two images can never land
+on one path, and the manifest keeps the original split and label names
 with the path actually written. Those temporary folders carry the exporting pid
 (`.OUT.partial-<pid>-*`, `.OUT.old-<pid>`); one whose pid is dead (a killed run) is removed by
 the next export. Forked workers die with the exporting process (Linux: PR_SET_PDEATHSIG).
@@ -29,7 +33,7 @@ import sys
 import tempfile
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +41,17 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.data.imageset import ImageSet
-from cifarkit.errors import DataError
+from cifarkit.errors import CifarkitError, DataError
 from cifarkit.safecsv import csv_row
-from cifarkit.safepath import inside, safe_component
+from cifarkit.safepath import (
+    OUTPUTS_RECORD,
+    check_apart,
+    claim_outputs,
+    inside,
+    recorded_outputs,
+    safe_component,
+    writable_place,
+)
 
 MANIFEST_COLUMNS = ["split", "source", "index", "path", "label_id", "label_name"]
 
@@ -233,9 +245,43 @@ def remove_stale_leftovers(out: Path) -> list[Path]:
     return removed
 
 
+def check_export_out(out: str | Path, overwrite: bool = False, inputs: Iterable[str | Path | None] = ()) -> None:
+    """Refuse, before any work, an export folder `out` that overlaps `inputs`, is not a folder, is
+    not empty without `overwrite`, or, with it, holds anything an earlier export did not write (not
+    listed in its `OUTPUTS_RECORD`: replacing the folder would delete it).
+
+    Raises:
+        DataError: `out` cannot be (re)placed."""
+    out = Path(out)
+    try:
+        check_apart(out, inputs)
+        if out.is_dir() or not out.exists():
+            writable_place(out.parent)
+    except CifarkitError as e:
+        raise DataError(str(e)) from None
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder; choose another output path")
+    if out.is_symlink():
+        raise DataError(f"{out}: is a symbolic link; an export replaces its folder, so give the real folder or "
+                        "another path")
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not overwrite:
+        raise DataError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another")
+    own = recorded_outputs(out)
+    for root, dirs, files in os.walk(out):
+        for name in dirs + files:
+            rel = (Path(root) / name).relative_to(out).as_posix()
+            if rel != OUTPUTS_RECORD and rel not in own:
+                raise DataError(f"{out}: {rel} there was not written by `cifarkit data export` (it is not listed in "
+                                f"{OUTPUTS_RECORD}); --overwrite replaces only an earlier export, so move it away "
+                                "or choose another folder")
+
+
 def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png", quality: int = 95,
                    workers: int | None = None, overwrite: bool = False,
-                   progress: Callable[[int], None] | None = None, png_level: int = 0) -> ExportResult:
+                   progress: Callable[[int], None] | None = None, png_level: int = 0,
+                   inputs: Iterable[str | Path | None] = ()) -> ExportResult:
     """Write each split's images to `out/<split>/<class>/<name>` and one `out/manifest.csv`.
 
     The export is written to a temporary folder beside `out` and renamed at the end, so an
@@ -248,25 +294,24 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
         fmt: "png" (lossless) or "jpg".
         quality: JPEG quality, 1..100 (ignored for PNG).
         workers: encoding processes (default: one per core, up to 8).
-        overwrite: replace a non-empty `out`.
+        overwrite: replace a non-empty `out` that holds only an earlier export's own files.
         progress: called with the number of images written since the last call.
         png_level: zlib compression level 0..9 (0: stored, the fastest; files are larger).
+        inputs: the paths the images were read from; `out` may not overlap them.
 
     Returns:
         An `ExportResult` with the folder, the image count per split and the manifest path
         (columns split, source, index, path, label_id, label_name).
 
     Raises:
-        DataError: `out` is a file or not empty without `overwrite`, or an argument is out of range.
+        DataError: `out` is a file, overlaps `inputs`, is not empty without `overwrite` or holds
+            anything an earlier export did not write, or an argument is out of range.
     """
     out = Path(out)
     fmt = fmt.lower()
     if not 1 <= quality <= 100:
         raise DataError(f"--quality {quality} is outside 1..100")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(f"{out}: folder is not empty; pass --overwrite to replace it or choose another")
+    check_export_out(out, overwrite, inputs)
     if not 0 <= png_level <= 9:
         raise DataError(f"PNG compression level {png_level} is outside 0..9")
     if workers is not None and workers < 1:
@@ -284,6 +329,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the renamed OUT gets the user's usual mode
     workers = workers or min(8, os.cpu_count() or 1)
     rows: list[list] = []
+    folders: list[str] = []
     used: set[str] = set()
     try:
         jobs = []
@@ -293,6 +339,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
                 # safe components cannot climb out; inside() is the last check. Files below are
                 # safe components too, created with O_EXCL|O_NOFOLLOW in this fresh folder.
                 inside(tmp, split_dirs[split], c).mkdir(parents=True, exist_ok=True)
+                folders.append(f"{split_dirs[split]}/{c}")
             rel = _relative_paths(split_dirs[split], ds, class_dirs, ext, used)
             rows += [[split, s, int(i), r, int(y), ds.classes[y]]
                      for s, i, r, y in zip(ds.sources, ds.indices.tolist(), rel, ds.labels.tolist())]
@@ -312,6 +359,7 @@ def export_dataset(splits: dict[str, ImageSet], out: str | Path, fmt: str = "png
         finally:
             _JOBS.clear()
             _JOB_CTX.clear()
+        claim_outputs(tmp, [*split_dirs.values(), *folders, *(r[3] for r in rows), "manifest.csv"], "data export")
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(MANIFEST_COLUMNS)

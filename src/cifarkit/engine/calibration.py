@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from cifarkit.engine.checkpoint import atomic_save, load_checkpoint
 from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, eval_data
-from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.errors import ConfigError
 from cifarkit.plotting import pyplot, save
+from cifarkit.safepath import check_apart, output_file
 
 T_RANGE = (0.05, 20.0)
 
@@ -141,7 +142,8 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
     Raises:
         ConfigError: no held-out split, the test split without `allow_test`, `out` is the input, or an
             unknown `objective`.
-        CifarkitError: `out` exists without `overwrite`.
+        CifarkitError: `out` or the figure exists without `overwrite`, is not a regular file (a
+            device, FIFO, folder, link), cannot be written, or lies inside the data.
         CheckpointError, DataError: as `cifarkit eval`.
     """
     if objective not in OBJECTIVES:
@@ -152,11 +154,12 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
     if out.resolve() == ckpt.resolve():
         raise ConfigError(f"--out {out}: that is the input checkpoint; calibrate writes a new file (never rewrites "
                           "the input)")
-    for p in (out, fig_path):
-        if p is not None and p.exists() and not overwrite:
-            raise CifarkitError(f"{p}: exists; pass --overwrite to replace it or choose another --out")
+    for p in (out, fig_path):  # the figure's name derives from --out: checked the same way, before any work
+        if p is not None:
+            output_file(p, overwrite)
     inf = Inference.from_checkpoint(ckpt, device, tta, precision, temperature=1.0)  # the uncalibrated logits
     cfg = inf.config
+    check_apart(out, [data or cfg.data.root])  # a checkpoint and a figure must not land among the images
     if split is None and not (data is None and cfg.data.val_fraction > 0):
         raise ConfigError(f"{ckpt}: its run has no validation split (data.val_fraction is 0); name a held-out split "
                           "with --split (and --data), or train with data.val_fraction=0.1")
@@ -176,7 +179,7 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
     ck = load_checkpoint(ckpt)
     ck["temperature"], ck["calibration"] = t, record
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save(ck, out)
+    atomic_save(ck, out)  # temp file beside `out` + rename
     if fig_path is not None:
         plot_before_after(before, after, t, fig_path)
     return {**record, "checkpoint": str(out), "figure": str(fig_path) if fig_path else None}
