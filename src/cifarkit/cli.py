@@ -44,7 +44,10 @@ def cmd_data_show(a: argparse.Namespace) -> int:
     """`cifarkit data show`: draw a sample grid."""
     from cifarkit.data.show import show_grid
     from cifarkit.data.sources import load_dataset
+    from cifarkit.safepath import check_apart, output_file
 
+    check_apart(a.out, [a.path])  # a grid written among the images would become one of them
+    output_file(a.out, overwrite=True)  # before the data is read
     ds = load_dataset(a.path, a.split)
     out = show_grid(ds, a.out, first=a.first, per_class=a.per_class)
     print(f"wrote {out}")

@@ -113,8 +113,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from cifarkit.engine.inference import checkpoint_label, describe, evaluate_checkpoint
     from cifarkit.safecsv import csv_row
 
-    if a.predictions and Path(a.predictions).exists():
-        raise CifarkitError(f"{a.predictions}: exists; choose another --predictions file")
+    if a.predictions:  # a new file in a writable place, checked before the evaluation
+        from cifarkit.safepath import output_file
+
+        output_file(a.predictions, flag=None, option="--predictions")
     exclude = None
     if a.exclude:
         from cifarkit.audit.audit import leaked_images

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cifarkit.errors import CifarkitError, DataError
 from cifarkit.safecsv import csv_row
-from cifarkit.safepath import inside, output_dir, safe_component
+from cifarkit.safepath import check_replaceable, claim_outputs, inside, output_dir, safe_component, temp_beside
 
 
 def positive_int(text: str) -> int:
@@ -58,16 +58,32 @@ def add_precision_option(p: argparse.ArgumentParser) -> None:
                         "fp32, whatever the run trained in)")
 
 
+def _paths(inputs: list[str]) -> list[str]:
+    """The inputs that name places (not `-` for stdin), for `safepath.check_apart`."""
+    return [i for i in inputs if i != "-"]
+
+
+def _own_file(out: Path, name: str, written: list[str]) -> Path:
+    """`out/name` for a file this command writes (named after an input): refused in one line when a
+    file of that name is there that cifarkit did not write; noted in `written` for the record."""
+    path = inside(out, name)
+    check_replaceable(out, [name])
+    written.append(name)
+    return path
+
+
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
     from cifarkit.engine.inference import describe
     from cifarkit.predict import expand_inputs, load, show_result
 
+    # the output folder first (before the model loads): not among the inputs, only our own files replaced
+    out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs), writes=["predictions.csv"]) if a.out else None
     clf = load(a.model, a.device, a.tta, a.logit_adjust, a.precision)
     if a.batch_size:
         clf.batch_size = a.batch_size
-    out = output_dir(a.out, a.overwrite) if a.out else None
+    written: list[str] = []
     files, problems = expand_inputs(a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
@@ -88,15 +104,18 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")
         if out and len(rows) <= a.draw_limit:
             fig = show_result(path, pred)
-            save(fig, inside(out, f"{len(rows):05d}_{safe_component(Path(path).stem)}.png"))
+            save(fig, _own_file(out, f"{len(rows):05d}_{safe_component(Path(path).stem)}.png", written))
     if out:
-        with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        claim_outputs(out, [*written, "predictions.csv"], "predict")
+        tmp = temp_beside(out / "predictions.csv")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["path", "label", "label_id", "score", "topk", "tta", "precision", "logit_adjust",
                         "temperature"])
             for r in rows:
                 w.writerow(csv_row([r.path, r.label, r.label_id, f"{r.score:.6f}", json.dumps(r.topk), r.tta,
                                     r.precision, r.logit_adjust, r.temperature]))
+        tmp.replace(out / "predictions.csv")
         print(f"wrote {out / 'predictions.csv'}", file=sys.stderr)
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)
@@ -109,9 +128,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 def cmd_cam(a: argparse.Namespace) -> int:
     """`cifarkit cam`: Grad-CAM overlays of images, or `--list-layers`."""
-    import numpy as np
-
-    from cifarkit.cam import compute_cam, default_layer, save_cam_figure, spatial_layers
+    from cifarkit.cam import default_layer, spatial_layers
     from cifarkit.predict import expand_inputs, load
 
     clf = load(a.checkpoint, a.device, a.tta, precision=a.precision)
@@ -123,11 +140,26 @@ def cmd_cam(a: argparse.Namespace) -> int:
         for name, shape in spatial_layers(clf.model, clf.prep.input_size):
             print(f"{name:<40} {str(shape):<20}{'  <- default' if name == best else ''}")
         return 0
-    out = output_dir(a.out, a.overwrite)
+    out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs))
     files, problems = expand_inputs(a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     failed = len(problems)
+    written: list[str] = []
+    try:
+        return _cam_files(a, clf, files, out, written, failed, problems)
+    finally:
+        if written:
+            claim_outputs(out, written, "cam")
+
+
+def _cam_files(a: argparse.Namespace, clf, files: list, out: Path, written: list[str], failed: int,
+               problems: list) -> int:
+    """Grad-CAM of each of `files` into `out` (`cmd_cam`); the names written go into `written`."""
+    import numpy as np
+
+    from cifarkit.cam import compute_cam, save_cam_figure
+
     for i, f in enumerate(files):
         try:
             res = compute_cam(clf, f, a.target, a.method, a.layer, a.aug_smooth, a.eigen_smooth)
@@ -137,9 +169,12 @@ def cmd_cam(a: argparse.Namespace) -> int:
             continue
         # an image in a folder named after a class (train/cat/x.png) has a known true label
         true = Path(f).parent.name if Path(f).parent.name in clf.classes else None
-        path = save_cam_figure(f, res, inside(out, f"{i:04d}_{safe_component(Path(f).stem)}_cam.png"), true)
+        stem = f"{i:04d}_{safe_component(Path(f).stem)}_cam"
+        path = save_cam_figure(f, res, _own_file(out, f"{stem}.png", written), true)
         if a.save_npy:
-            np.save(path.with_suffix(".npy"), res.heatmap)
+            npy = _own_file(out, f"{stem}.npy", written)
+            np.save(temp_beside(npy), res.heatmap)
+            temp_beside(npy).replace(npy)
         print(f"{f}: {res.target_label} {res.score:.3f} ({res.method} on {res.layer}) -> {path}")
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)

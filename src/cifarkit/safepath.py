@@ -144,10 +144,12 @@ def writable_place(folder: str | Path, option: str = "--out") -> None:
     os.unlink(name)
 
 
-def output_file(path: str | Path, overwrite: bool = False, flag: str = "--overwrite", option: str = "--out") -> Path:
+def output_file(path: str | Path, overwrite: bool = False, flag: str | None = "--overwrite",
+                option: str = "--out") -> Path:
     """Check the output file `path` before any work: nothing there, or with `overwrite` a regular
     file (not a symbolic link); a device, FIFO, socket, folder or link is refused in one line, and
-    its folder must be writable (`writable_place`). Write it with `temp_beside` + rename (or
+    its folder must be writable (`writable_place`). `flag`: the option that allows replacing (None:
+    the command has none). Write it with `temp_beside` + rename (or
     `write_text_atomic`), never by opening `path` itself.
 
     Raises:
@@ -159,7 +161,8 @@ def output_file(path: str | Path, overwrite: bool = False, flag: str = "--overwr
             raise CifarkitError(f"{option} {path}: is {_kind(st.st_mode)}; cifarkit writes only new or regular files, "
                                 "so give a new file name")
         if not overwrite:
-            raise CifarkitError(f"{option} {path}: exists; pass {flag} to replace it or choose another name")
+            fix = f"pass {flag} to replace it or choose another name" if flag else "choose another name"
+            raise CifarkitError(f"{option} {path}: exists; {fix}")
     writable_place(path.parent, option)
     return path
 

@@ -29,7 +29,10 @@ from cifarkit.engine.calibration import draw_reliability
 from cifarkit.engine.evaluate import metrics_from_logits, ranked
 from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.safecsv import csv_dict, csv_row
-from cifarkit.safepath import output_dir
+from cifarkit.safepath import claim_outputs, output_dir, write_text_atomic
+
+FILES = ("predictions.npz", "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv",
+         "misclassified.png", "reliability.png")  # what analyze writes in its --out
 
 
 def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
@@ -63,7 +66,8 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
         device: "auto", "cpu", "cuda", ...
         n_errors: how many highest-loss errors `misclassified.png` shows.
         tta: none | flip | flip_translate (default: the checkpoint's `eval.tta`).
-        overwrite: False refuses a non-empty `out`.
+        overwrite: False refuses a non-empty `out`; True replaces only files an earlier analyze
+            wrote there (`safepath.OUTPUTS_RECORD`), never anyone else's of the same name.
         logit_adjust: post-hoc logit adjustment tau (default: the checkpoint's `eval.logit_adjust`).
         precision: auto (default: what this machine is fast at) | fp32 | bf16 | fp16.
 
@@ -76,9 +80,12 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
 
     Raises:
         CheckpointError: the checkpoint cannot be used.
-        DataError: the data is missing or malformed, or `out` is not empty without `overwrite`.
+        DataError: the data is missing or malformed.
+        CifarkitError: `out` is not empty without `overwrite`, holds a same-named file analyze did
+            not write, overlaps `data` or cannot be written.
     """
-    out = output_dir(out, overwrite)
+    out = output_dir(out, overwrite, inputs=[data], writes=FILES)  # replaces only an earlier analyze's files
+    claim_outputs(out, FILES, "analyze")
     p = predictions_for(ckpt, data, split, device, tta, logit_adjust, precision)
     logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
     m = metrics_from_logits(torch.from_numpy(logits), torch.from_numpy(labels))
@@ -97,7 +104,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
                "shot_accuracy": shot_accuracy(cm, p.get("class_counts")), "train_class_counts": p.get("class_counts"),
                "ece": cal["ece"], "per_class": table, "most_confused": most_confused(cm, classes),
                "calibration_bins": cal["bins"]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     with open(out / "confusion_matrix.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(csv_row(["true \\ predicted", *classes]))
@@ -112,7 +119,7 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     plot_reliability(cal, out / "reliability.png")
     errors = plot_misclassified(p["images"], labels, probs, preds, classes, out / "misclassified.png", n_errors)
     metrics["misclassified_index"] = errors
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=1))
     return metrics
 
 

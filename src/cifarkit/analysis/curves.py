@@ -14,6 +14,7 @@ import numpy as np
 from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.errors import DataError
 from cifarkit.logs import RunRecords, read_records
+from cifarkit.safepath import output_file
 
 KEYS = ("loss", "top1", "top5", "lr")
 
@@ -50,6 +51,7 @@ def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | 
     Raises:
         DataError: a log is missing, holds no records, or `keys` names an unknown panel.
     """
+    output_file(out, overwrite=True)  # replaced when a regular file; a device, FIFO, folder or link is refused
     runs = [read_records(p, names[i] if names else None, iters_per_epoch) for i, p in enumerate(paths)]
     return plot_records(runs, out, keys, smooth_window)
 

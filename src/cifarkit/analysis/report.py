@@ -20,6 +20,7 @@ import numpy as np
 
 from cifarkit.errors import CifarkitError
 from cifarkit.logs import read_records
+from cifarkit.safepath import output_file, write_text_atomic
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:0 12px 40px;color:#222;
@@ -160,6 +161,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
     if not (run_dir / "log.jsonl").is_file():
         raise CifarkitError(f"{run_dir}: no log.jsonl here; point at a cifarkit run directory")
     out = Path(out) if out else run_dir / "report.html"
+    output_file(out, overwrite=True)  # replaced when a regular file; a device, FIFO, folder or link is refused
     recs = read_records(run_dir)
     header = recs.header
     cfg = header.get("config", {})
@@ -239,7 +241,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
             f"<title>{html.escape(name)} — cifarkit report</title><style>{CSS}</style>"
             f"<script>{SCRIPT}</script></head><body><main>{''.join(parts)}</main></body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    write_text_atomic(out, page)
     return out
 
 

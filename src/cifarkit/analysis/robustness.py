@@ -49,6 +49,7 @@ from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, checkpoint_label, eval_data
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
+from cifarkit.safepath import check_apart, check_replaceable, claim_outputs, writable_place, write_text_atomic
 
 CHUNK = 1000  # images corrupted at a time: fixed, so the seeds (and images) never depend on batch sizes
 FILES = ("robustness.json", "robustness.png", "robustness_samples.png")
@@ -60,14 +61,18 @@ TITLES = {"gaussian_noise": "Gaussian noise", "shot_noise": "shot noise", "impul
           "spatter": "spatter", "saturate": "saturate"}
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path, overwrite: bool, inputs: list[str | Path | None]) -> None:
     """`out` may exist and hold other results (an analyze folder, a run); our own files in it are
-    replaced only with `overwrite`."""
-    if out.exists() and not out.is_dir():
+    replaced only with `overwrite`, and only when an earlier robustness wrote them (listed in its
+    `safepath.OUTPUTS_RECORD`); it may not overlap the data (`inputs`)."""
+    check_apart(out, inputs)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
         raise CifarkitError(f"{out}: exists and is not a folder; choose another --out")
-    clash = [f for f in FILES if (out / f).exists()]
+    clash = [f for f in FILES if (out / f).exists() or (out / f).is_symlink()]
     if clash and not overwrite:
         raise CifarkitError(f"{out / clash[0]}: exists; pass --overwrite to replace it or choose another --out")
+    check_replaceable(out, FILES)
+    writable_place(out)
     _read_metrics(out / "metrics.json")  # a damaged metrics.json is refused before the work, not after it
 
 
@@ -155,7 +160,7 @@ def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split
     names = check_corruptions(corruptions, extra)
     sevs = check_severities(severities)
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, [data, cifar10c])
     if "spatter" in names and cifar10c is None:
         require("cv2", "the spatter corruption")  # before any work, not 60 cells in
     if limit is not None and limit < 1:
@@ -164,6 +169,8 @@ def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split
         raise ConfigError(f"--seed {seed}: give a number >= 0")
     t0 = time.perf_counter()
     inf = Inference.from_checkpoint(ckpt, device, tta, precision)
+    if data is None:
+        check_apart(out, [inf.config.data.root])  # the run's data, known now
     base = Inference.from_checkpoint(baseline, device, tta, precision) if baseline else None
     if base is not None and base.classes != inf.classes:
         raise ConfigError(f"--baseline {baseline}: its classes differ from {ckpt}'s; a reference model must "
@@ -257,7 +264,8 @@ def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split
         result["baseline"] = {"checkpoint": str(baseline), "clean_top1": base_clean, "table": btable,
                               **corruption_errors(table, clean, btable, base_clean)}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps(result, indent=1))
+    claim_outputs(out, FILES, "robustness")
+    write_text_atomic(out / "robustness.json", json.dumps(result, indent=1))
     plot_heatmap(result, out / "robustness.png")
     plot_samples(images[sample_index], samples, sevs, out / "robustness_samples.png")
     _add_to_metrics(out / "metrics.json", summary(result))
@@ -275,7 +283,7 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
 def _add_to_metrics(path: Path, entry: dict[str, Any]) -> None:
     metrics = _read_metrics(path)
     metrics["robustness"] = entry
-    path.write_text(json.dumps(metrics, indent=1))
+    write_text_atomic(path, json.dumps(metrics, indent=1))
 
 
 def plot_heatmap(r: dict[str, Any], out: Path) -> Path:

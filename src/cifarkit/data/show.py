@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import DataError
+from cifarkit.safepath import output_file, temp_beside
 
 
 def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class: int | None = None,
@@ -42,6 +43,7 @@ def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class
             raise DataError(f"{flag} {v}: use 1 or more images")
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".pdf", ".svg"):
         raise DataError(f"{out}: unsupported image type; use .png, .jpg, .pdf or .svg")
+    output_file(out, overwrite=True)  # replaced when a regular file; a device, FIFO, folder or link is refused
     if per_class:
         sub = ds.first_per_class(per_class)
         order = sorted(range(len(sub)), key=lambda i: (int(sub.labels[i]), i))
@@ -68,6 +70,11 @@ def show_grid(ds: ImageSet, out: str | Path, first: int | None = None, per_class
         fig.suptitle(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    tmp = temp_beside(out)  # beside and renamed: a FIFO or device named --out is never opened
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return out

@@ -19,6 +19,7 @@ import numpy as np
 
 from cifarkit.data.imageset import ImageSet
 from cifarkit.errors import DataError
+from cifarkit.safepath import check_apart, output_file, write_text_atomic
 
 
 def channel_mean_std(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
@@ -87,6 +88,12 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
     from cifarkit.data.splits import check_imbalance_ratio, long_tail_train
 
     check_imbalance_ratio(imbalance_ratio, "--imbalance-ratio")
+    if out is not None:  # the output place before any reading: not inside the data, its files regular
+        check_apart(out, [path])
+        if Path(out).exists() and not Path(out).is_dir():
+            raise DataError(f"--out {out}: exists and is not a folder; choose another output folder")
+        for name in ("stats.json", "class_balance.png"):
+            output_file(Path(out) / name, overwrite=True)
     from cifarkit.data.cache import cached_decode
     from cifarkit.data.folder import FileList, check_files, manifest_splits, splits_of
     from cifarkit.data.sources import describe_kind, list_files, load_dataset
@@ -135,7 +142,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "stats.json").write_text(json.dumps(result, indent=1))
+        write_text_atomic(out / "stats.json", json.dumps(result, indent=1))
         plot_class_balance(result, out / "class_balance.png")
     return result
 

@@ -28,7 +28,7 @@ from cifarkit.errors import CifarkitError
 from cifarkit.models import train_hooks
 from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row
-from cifarkit.safepath import output_dir
+from cifarkit.safepath import claim_outputs, output_dir
 
 
 @dataclass
@@ -58,6 +58,8 @@ class LrFindResult:
     def set_line(self) -> str:
         """The `--set KEY=LR` option that trains with the valley lr."""
         return f"--set {self.key}={self.valley:.3g}"
+
+FILES = ("lr_find.csv", "lr_find.png")  # what lr-find writes in its --out
 
 
 def swept_kinds(cfg: Config) -> tuple[str, set[str]]:
@@ -110,7 +112,8 @@ def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: fl
         raise CifarkitError(f"lr-find: start lr {start_lr:g} must be positive and below the end lr {end_lr:g}")
     if steps < 2:
         raise CifarkitError("lr-find: needs at least 2 steps")
-    out = output_dir(out_dir, overwrite)
+    out = output_dir(out_dir, overwrite, inputs=[cfg.data.root], writes=FILES)
+    claim_outputs(out, FILES, "lr-find")
     dev = resolve_device(device or cfg.train.device)
     configure_torch(cfg, dev, DistInfo())
     t, data, _ = build(cfg, dev, DistInfo(), fresh=True, quiet=quiet)
