@@ -30,7 +30,7 @@ def test_export_layout_manifest_and_exact_pixels(cifar10_dir: Path, tmp_path: Pa
     splits = _splits(cifar10_dir)
     res = export_dataset(splits, tmp_path / "out")
     out = res.out
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "test", "train"]
+    assert sorted(p.name for p in out.iterdir()) == [".cifarkit-outputs.json", "manifest.csv", "test", "train"]
     rows = list(csv.DictReader(open(out / "manifest.csv")))
     assert list(rows[0]) == MANIFEST_COLUMNS
     assert len(rows) == 140
@@ -60,8 +60,13 @@ def test_refuses_non_empty_unless_overwrite(cifar10_dir: Path, tmp_path: Path):
     with pytest.raises(DataError, match="not empty.*--overwrite"):
         export_dataset(_splits(cifar10_dir), out)
     assert (out / "keep.txt").exists()
-    export_dataset(_splits(cifar10_dir), out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.csv").exists()
+    with pytest.raises(DataError, match="keep.txt there was not written by"):  # --overwrite deletes no one else's file
+        export_dataset(_splits(cifar10_dir), out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    export_dataset(_splits(cifar10_dir), out)
+    export_dataset(_splits(cifar10_dir), out, overwrite=True, fmt="jpg")  # an earlier export: replaced
+    assert (out / "manifest.csv").exists() and any(out.rglob("*.jpg")) and not any(out.rglob("*.png"))
 
 
 def test_interrupted_export_never_looks_complete(cifar10_dir: Path, tmp_path: Path):
