@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from cifarkit.safepath import OUTPUTS_RECORD, safe_component
-from conftest import cli_run, make_checkpoint, make_cifar10
+from conftest import NARROW, cli_run, make_checkpoint, make_cifar10
 from test_hostile_runs import one_error_line
 
 
@@ -147,6 +147,21 @@ def folds_data(tmp_path: Path) -> Path:
     """An image folder dataset with a class named `folds` (the audit's own subfolder name)."""
     data = make_folder(tmp_path / "data", ["cat", "folds"])
     return make_folder(data, ["cat", "folds"], split="test")
+
+
+def test_audit_overwrite_replaces_its_own_results_and_keeps_yours(cifar: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    args = ["data", "audit", str(cifar), "--out", str(out), "--folds", "2", "--set", NARROW, "--set",
+            "train.batch_size=10", "--set", "train.epochs=1", "--device", "cpu", "--json"]
+    assert cli_run(*args).returncode == 0
+    own = set(json.loads((out / OUTPUTS_RECORD).read_text())["outputs"])
+    assert {"folds", "audit.json", "duplicates.csv"} <= own
+    (out / "notes.txt").write_text("mine\n")
+    (out / "folds" / "0" / "stale.txt").write_text("an earlier audit's fold: goes\n")
+    r = cli_run(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert (out / "notes.txt").read_text() == "mine\n"
+    assert not (out / "folds" / "0" / "stale.txt").exists() and (out / "folds" / "1").is_dir()
 
 
 @pytest.mark.parametrize("where", ["data", "data/train", "parent"])
