@@ -103,6 +103,8 @@ def cmd_data_check(a: argparse.Namespace) -> int:
             print(f"  empty class: {c}")
         if rep.non_images:
             print(f"  {len(rep.non_images)} non-image files ignored")
+        if rep.outside:
+            print(f"  {len(rep.outside)} links leading out of the folder ignored, e.g. {rep.outside[0]}")
         ok &= rep.ok
     if not ok:
         print("error: some images or classes are unusable (listed above); fix or remove them", file=sys.stderr)
