@@ -210,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a non-UTF-8 file name (lone surrogates in Python) prints as its own bytes on stdout, whatever
+    # the locale (a pipe gets the name back as it is on disk) and escaped on stderr; never a traceback
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
     try:
         return int(args.fn(args) or 0)
     except CifarkitError as e:

@@ -11,6 +11,12 @@ resolved once.
 
 `Within(root)` is the one test every reader uses. It compares real paths (`os.path.realpath`),
 so `..`, absolute paths and chains of links are judged by where they end, not how they read.
+
+Names on Linux are bytes. A file name that is not UTF-8 (`x\xfe.png`) comes to Python with lone
+surrogates (surrogateescape) and is read like any other; `printable` is its text form wherever a
+name is written as text (CSV cells, figures), since UTF-8 encoders refuse lone surrogates. A
+class or split folder name that is not UTF-8 is refused by name (`check_text_name`): class names
+go into checkpoints, figures, HTML pages and CSV files, which all need text.
 """
 
 from __future__ import annotations
@@ -52,3 +58,25 @@ class Within:
             raise DataError(f"{what or path}: leads outside {self.root} (to {self.target(path)}); cifarkit reads "
                             f"only files inside the folder it was given: copy the file in, or point at a folder "
                             f"that holds it")
+
+
+def printable(text: str) -> str:
+    """`text` with the bytes of a non-UTF-8 name (lone surrogates) written as `\\xff` escapes; other
+    text unchanged."""
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to (from surrogatepass)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text_name(path: Path, what: str) -> None:
+    """Refuse a folder whose name becomes a class or split name unless it is valid UTF-8.
+
+    Raises:
+        DataError: one sentence naming the folder (bytes escaped) and what to do.
+    """
+    if printable(path.name) != path.name:
+        raise DataError(f"{printable(str(path))}: the {what} name is not valid UTF-8 (bytes shown as \\x..); "
+                        f"rename the folder, since {what} names go into checkpoints, figures and CSV files")

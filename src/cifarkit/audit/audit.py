@@ -212,7 +212,7 @@ def audit(data: str | Path, out: str | Path, splits: list[str] | None = None, fo
         drop = check_clean_args(write_manifest, drop, relabel, overwrite, out)
     a = load_splits(data, splits, cfg.data.image_size or None)
     if write_manifest is not None:
-        check_images_folder(a.kind, write_manifest, overwrite, data)
+        check_images_folder(a.kind, write_manifest, overwrite, data, a.images.sources)
     summary, found = audit_set(a, out, str(data), folds, recipe, overrides, near_threshold, seed, device, overwrite,
                                quiet, t0)
     if write_manifest is not None:

@@ -33,7 +33,7 @@ from cifarkit.audit.audit import FILES, Audited, Findings, write_csv
 from cifarkit.data.export import MANIFEST_COLUMNS, export_dataset
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.safecsv import csv_uncell
-from cifarkit.saferead import Within
+from cifarkit.saferead import Within, printable
 
 DROPPABLE = ("duplicates", "labels", "outliers")
 KEEP_RANK = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 3}  # other splits: 1
@@ -74,16 +74,23 @@ def _data_folder(data: str | Path) -> Path:
     return Path(data) if Path(data).is_dir() else Path(data).parent
 
 
-def check_images_folder(kind: str, manifest: str | Path, overwrite: bool, data: str | Path | None = None) -> None:
+def check_images_folder(kind: str, manifest: str | Path, overwrite: bool, data: str | Path | None = None,
+                        sources: list[str] | None = None) -> None:
     """Image folders and manifests: the clean manifest lists their files, so `data` must lie inside
     the manifest's folder (a manifest reads nothing outside it). CIFAR batches: the kept images go
     to `<manifest stem>_images/` beside the manifest; refuse a folder there that is not empty, or
     with `overwrite` one that is not an earlier such export.
 
     Raises:
-        ConfigError: the data lies outside the manifest's folder, or the images folder is in the way.
+        ConfigError: the data lies outside the manifest's folder, a file name is not UTF-8 (a manifest
+            is a UTF-8 CSV and could not name it), or the images folder is in the way.
     """
     if kind != "cifar":
+        bad = next((f for f in sources or [] if printable(f) != f), None)
+        if bad is not None:
+            raise ConfigError(f"--write-manifest {manifest}: {_data_folder(data or '.') / printable(bad)} has a file "
+                              "name that is not valid UTF-8, which a manifest (a UTF-8 CSV) cannot list; rename it "
+                              "or leave --write-manifest out")
         if data is not None and not Within(Path(manifest).parent).holds(_data_folder(data)):
             raise ConfigError(f"--write-manifest {manifest}: a manifest lists only files inside its own folder, "
                               f"and {data} is not inside {Path(manifest).parent}; write it into "

@@ -8,7 +8,8 @@ to the decoder.
 Nothing is read from outside the dataset (`saferead.Within`): a file that is a symlink leading
 out of the folder is skipped and counted (`FileList.outside`, listed by `data check` like the
 non-image files), a class or split folder leading out, or a manifest row whose path leads out of
-the manifest's folder (`../`, an absolute path elsewhere, a symlink), is one `DataError`.
+the manifest's folder (`../`, an absolute path elsewhere, a symlink), is one `DataError`; so is a
+class or split folder whose name is not UTF-8 (a file's name need not be).
 Decoding is bounded like predict's (`decode.load_rgb`, DECODE_MAX_SIDE px a side at most), so a
 folder of huge images never holds one at full size.
 
@@ -33,7 +34,7 @@ from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_CLASSES
 from cifarkit.errors import DataError
 from cifarkit.safecsv import csv_uncell
-from cifarkit.saferead import Within
+from cifarkit.saferead import Within, check_text_name
 
 
 def _hidden(name: str) -> bool:
@@ -87,6 +88,7 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
         if (root / split).is_dir():
             base = root / split
             within.check(base, f"{base} (split folder)")
+            check_text_name(base, "split")
         elif splits:
             raise DataError(f"{root}: no split folder {split!r}; found {', '.join(splits)}")
     elif splits:
@@ -102,6 +104,7 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
     outside: list[Path] = []
     for d in class_dirs:
         within.check(d, f"{d} (class folder)")
+        check_text_name(d, "class")
         if d.name not in index:
             raise DataError(f"{d}: class {d.name!r} is not among the expected classes {names}")
         for f in sorted(d.rglob("*")):  # rglob does not descend into linked folders; linked files are judged
