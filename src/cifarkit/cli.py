@@ -108,6 +108,8 @@ def cmd_data_check(a: argparse.Namespace) -> int:
             print(f"  empty class: {c}")
         if rep.non_images:
             print(f"  {len(rep.non_images)} non-image files ignored")
+        if rep.outside:
+            print(f"  {len(rep.outside)} links leading out of the folder ignored, e.g. {rep.outside[0]}")
         ok &= rep.ok
     if not ok:
         print("error: some images or classes are unusable (listed above); fix or remove them", file=sys.stderr)
@@ -214,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a non-UTF-8 file name (lone surrogates in Python) prints as its own bytes on stdout, whatever
+    # the locale (a pipe gets the name back as it is on disk) and escaped on stderr; never a traceback
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=errors)
     try:
         return int(args.fn(args) or 0)
     except CifarkitError as e:

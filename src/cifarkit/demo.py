@@ -25,7 +25,6 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from cifarkit.analysis.after_run import plot_writers, start_writers
 from cifarkit.analysis.analyze import analyze
@@ -33,6 +32,7 @@ from cifarkit.analysis.plotting import save
 from cifarkit.cam import compute_cam, save_cam_figure
 from cifarkit.config import load_config
 from cifarkit.data.cifar import write_cifar_batches
+from cifarkit.data.decode import open_image
 from cifarkit.data.export import export_dataset
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.inspect import format_inspect, inspect_path
@@ -62,7 +62,7 @@ def read_sample() -> dict[str, ImageSet]:
         for m in tar:
             if m.isfile() and m.name.endswith(".jpg"):
                 split, cls, fname = m.name.split("/")
-                arr = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"))
+                arr = np.asarray(open_image(io.BytesIO(tar.extractfile(m).read())).convert("RGB"))
                 found[split].append((m.name, cls, fname, arr))
     classes = sorted({c for items in found.values() for _, c, _, _ in items})
     out = {}

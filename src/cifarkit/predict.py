@@ -30,6 +30,7 @@ from cifarkit.data.decode import DECODE_MAX_SIDE, is_image_name, load_rgb, reduc
 from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
+from cifarkit.saferead import Within
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -230,7 +231,10 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursive), globs and '-' (paths from stdin) -> (image files, problems)."""
+    """Files, folders (recursive), globs and '-' (paths from stdin) -> (image files, problems).
+
+    A file found in a folder is skipped (one problem) when it is a symlink leading out of that
+    folder (`saferead.Within`); files named on the command line or on stdin are the user's own choice."""
     files: list[Path] = []
     problems: list[str] = []
     for item in inputs:
@@ -239,8 +243,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
             continue
         p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            within = Within(p)  # a folder's files stay inside it: a link out is named, not read
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_name(f)
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            files += [f for f in found if not within.link_out(f)]
+            problems += [f"{f}: a link leading outside {p} (to {within.target(f)}); skipped, name the file "
+                         "itself to predict it" for f in found if within.link_out(f)]
         elif p.exists():
             files.append(p)
         elif any(ch in item for ch in "*?["):

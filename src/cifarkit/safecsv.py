@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from cifarkit.saferead import printable
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -30,9 +32,12 @@ def looks_numeric(text: str) -> bool:
 
 def csv_cell(value: Any) -> Any:
     """`value` as it is safe to write into a CSV cell: a string a spreadsheet would run as a formula
-    (or one starting with `'`) gets a leading `'`; anything else is returned unchanged."""
+    (or one starting with `'`) gets a leading `'`, the bytes of a non-UTF-8 file name are written as
+    `\\xff` escapes (`saferead.printable`; a UTF-8 file cannot hold them); anything else is returned
+    unchanged."""
     if not isinstance(value, str) or not value:
         return value
+    value = printable(value)
     if value[0] == "'" or (value[0] in FORMULA_STARTS and not looks_numeric(value)):
         return "'" + value
     return value

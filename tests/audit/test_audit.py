@@ -268,7 +268,7 @@ def test_image_folder_drops_the_training_copy_whatever_the_split_order(audited, 
     assert r.returncode == 0, r.stderr
     changes = rows(tmp_path / "a" / "changes.csv")
     assert len(changes) >= 2 and all(c["split"] == "train" for c in changes)
-    assert all(Path(r["path"]).is_file() for r in rows(tmp_path / "clean.csv"))
+    assert all((tmp_path / r["path"]).is_file() for r in rows(tmp_path / "clean.csv"))  # relative to the manifest
 
 
 def test_a_chain_of_copies_keeps_one():

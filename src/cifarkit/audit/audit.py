@@ -85,8 +85,9 @@ class Findings:
     scores: np.ndarray
 
 
-def load_splits(data: str | Path, splits: list[str] | None = None) -> Audited:
-    """The splits to audit (default: every split the dataset has) as one `Audited`.
+def load_splits(data: str | Path, splits: list[str] | None = None, image_size: int | None = None) -> Audited:
+    """The splits to audit (default: every split the dataset has) as one `Audited`; an image folder
+    or manifest decoded at `image_size` px (the recipe's `data.image_size`; None: their own size).
 
     Raises:
         DataError: the path is not a dataset, a named split is missing, or the splits' classes differ.
@@ -102,7 +103,7 @@ def load_splits(data: str | Path, splits: list[str] | None = None) -> Audited:
         raise DataError(f"--splits {' '.join(splits)}: a split is named twice")
     parts = []
     for s in splits:
-        ds = load_dataset(data, s) if s is not None else load_dataset(data, None)  # type: ignore[arg-type]
+        ds = load_dataset(data, s, image_size)  # type: ignore[arg-type]  # s None: a dataset without splits
         if parts and list(ds.classes) != list(parts[0].classes):
             raise DataError(f"{data}: split {s!r} has classes {ds.classes}, split {splits[0]!r} "
                             f"{parts[0].classes}; audit splits of one dataset")
@@ -205,16 +206,16 @@ def audit(data: str | Path, out: str | Path, splits: list[str] | None = None, fo
     from cifarkit.audit.clean import check_clean_args, check_images_folder, write_clean_manifest
 
     t0 = time.perf_counter()
-    load_config(recipe, list(overrides or []))  # a bad recipe or --set fails before the data is read
+    cfg = load_config(recipe, list(overrides or []))  # a bad recipe or --set fails before the data is read
     if (drop or relabel) and write_manifest is None:
         raise ConfigError("--drop and --relabel say what --write-manifest leaves out; give --write-manifest CSV")
     # every output place before the data is read and the folds train: --out, the manifest, its images
     output_dir(out, overwrite, inputs=[data], writes=OUTPUTS, create=False)
     if write_manifest is not None:
         drop = check_clean_args(write_manifest, drop, relabel, overwrite, out, data)
-    a = load_splits(data, splits)
+    a = load_splits(data, splits, cfg.data.image_size or None)
     if write_manifest is not None:
-        check_images_folder(a.kind, write_manifest, overwrite, data)
+        check_images_folder(a.kind, write_manifest, overwrite, data, a.images.sources)
     summary, found = audit_set(a, out, str(data), folds, recipe, overrides, near_threshold, seed, device, overwrite,
                                quiet, t0, inputs=[data])
     if write_manifest is not None:

@@ -12,7 +12,9 @@ and counted in audit.json and on the terminal.
 - labels: the probable label errors go, or with `--relabel` stay with the suggested label.
 - outliers: the flagged outliers go.
 
-Image folders and manifests: the manifest points at the original files (absolute paths). CIFAR
+Image folders and manifests: the manifest points at the original files, by paths relative to the
+manifest's folder; since a manifest reads only files inside its own folder (`saferead.Within`),
+it has to be written in the dataset's folder or one above it (checked before any work). CIFAR
 batches have no files: the kept images are exported next to the manifest (`<name>_images/`,
 `data export`'s layout) and the manifest points there.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from cifarkit.data.export import MANIFEST_COLUMNS, check_export_out, export_data
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 from cifarkit.safecsv import csv_uncell
 from cifarkit.safepath import output_file, real_path
+from cifarkit.saferead import Within, printable
 
 DROPPABLE = ("duplicates", "labels", "outliers")
 KEEP_RANK = {"train": 0, "val": 2, "valid": 2, "validation": 2, "test": 3}  # other splits: 1
@@ -72,15 +76,33 @@ def check_clean_args(manifest: str | Path, drop: list[str] | None, relabel: bool
     return drop
 
 
-def check_images_folder(kind: str, manifest: str | Path, overwrite: bool, data: str | Path | None = None) -> None:
-    """CIFAR batches: the kept images go to `<manifest stem>_images/` beside the manifest; refuse,
-    before any work, a folder there that overlaps `data`, is not empty without `overwrite`, or with
-    it holds anything an earlier export did not write (`data.export.check_export_out`).
+def _data_folder(data: str | Path) -> Path:
+    """The folder an image folder's or manifest's sources are relative to."""
+    return Path(data) if Path(data).is_dir() else Path(data).parent
+
+
+def check_images_folder(kind: str, manifest: str | Path, overwrite: bool, data: str | Path | None = None,
+                        sources: list[str] | None = None) -> None:
+    """Image folders and manifests: the clean manifest lists their files, so `data` must lie inside
+    the manifest's folder (a manifest reads nothing outside it). CIFAR batches: the kept images go
+    to `<manifest stem>_images/` beside the manifest; refuse, before any work, a folder there that
+    overlaps `data`, is not empty without `overwrite`, or with it holds anything an earlier export
+    did not write (`data.export.check_export_out`).
 
     Raises:
-        ConfigError: the folder is in the way.
+        ConfigError: the data lies outside the manifest's folder, a file name is not UTF-8 (a manifest
+            is a UTF-8 CSV and could not name it), or the images folder is in the way.
     """
     if kind != "cifar":
+        bad = next((f for f in sources or [] if printable(f) != f), None)
+        if bad is not None:
+            raise ConfigError(f"--write-manifest {manifest}: {_data_folder(data or '.') / printable(bad)} has a file "
+                              "name that is not valid UTF-8, which a manifest (a UTF-8 CSV) cannot list; rename it "
+                              "or leave --write-manifest out")
+        if data is not None and not Within(Path(manifest).parent).holds(_data_folder(data)):
+            raise ConfigError(f"--write-manifest {manifest}: a manifest lists only files inside its own folder, "
+                              f"and {data} is not inside {Path(manifest).parent}; write it into "
+                              f"{_data_folder(data)} or a folder above it")
         return
     folder = Path(manifest).parent / f"{Path(manifest).stem}_images"
     try:
@@ -148,13 +170,14 @@ def write_clean_manifest(a: Audited, found: Findings, data: str | Path, manifest
             rows.append([r["split"], r["source"], r["index"], f"{folder.name}/{r['path']}", r["label_id"],
                          r["label_name"]])
     else:
-        base = Path(data) if Path(data).is_dir() else Path(data).parent
+        base, home = _data_folder(data), os.path.realpath(manifest.parent)
         for i in np.flatnonzero(keep).tolist():
-            path = (base / ds.sources[i]).resolve()
+            path = base / ds.sources[i]
             if not path.is_file():
                 raise DataError(f"{path}: listed in {data} but not a file any more; run the audit again")
             y = int(labels[i])
-            rows.append([a.split[i], ds.sources[i], int(ds.indices[i]), str(path), y, ds.classes[y]])
+            rel = os.path.relpath(os.path.realpath(path), home)  # inside: check_images_folder
+            rows.append([a.split[i], ds.sources[i], int(ds.indices[i]), rel, y, ds.classes[y]])
     manifest.parent.mkdir(parents=True, exist_ok=True)
     write_csv(manifest, MANIFEST_COLUMNS, rows, "w" if overwrite else "x")
     write_csv(Path(out) / "changes.csv", ["split", "path", "index", "action", "reason", "label", "new_label"],

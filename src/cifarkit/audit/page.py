@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cifarkit.analysis.report import CSS, SCRIPT, _img_tag, _png
+from cifarkit.saferead import printable
 
 SHOW = 60  # images of each finding on the page (the CSV files have them all)
 EXTRA_CSS = ".pair{display:flex;gap:2px}.pair img{width:50%}"
@@ -79,5 +80,5 @@ def write_page(path: Path, a: Any, pairs: list[tuple[int, int, float, str]], iss
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>data audit — cifarkit</title><style>{CSS}{EXTRA_CSS}</style>"
             f"<script>{SCRIPT}</script></head><body><main>{''.join(parts)}</main></body></html>")
-    path.write_text(page, encoding="utf-8")
+    path.write_text(printable(page), encoding="utf-8")  # a non-UTF-8 file name's bytes as \xff escapes
     return path

@@ -25,10 +25,13 @@ def cache_dir() -> Path:
 
 def cache_key(files: FileList, size: int | None) -> str:
     """A key that changes when any file's path, size, mtime or label, or the decode size, changes."""
-    h = hashlib.sha256(f"v1|{size}|{len(files.paths)}".encode())
+    # v2: images over DECODE_MAX_SIDE are reduced while decoding, so v1 entries of such folders differ
+    h = hashlib.sha256(f"v2|{size}|{len(files.paths)}".encode())
     for p, y in zip(files.paths, files.labels):
         st = p.stat()
-        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{y}\n".encode())
+        # surrogateescape: a Linux file name is bytes, and one that is not UTF-8 (b"cat\xff.png")
+        # comes to Python as lone surrogates; its own bytes go into the key, as the name is on disk
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|{y}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 

@@ -6,7 +6,8 @@ array reconstruction, under its numpy-1 `numpy.core` and numpy-2 `numpy._core` n
 hostile file fails with `DataError` before any of its code can run.
 
 Accepted locations: the `cifar-10-batches-py` / `cifar-100-python` folder, its parent, or the
-downloaded `.tar.gz` itself (members are read straight from the archive).
+downloaded `.tar.gz` itself (members are read straight from the archive). A batch file (or the
+batches folder) that is a symlink leading out of the folder given is refused (`saferead.Within`).
 
 Every size that comes from the file is bounded before memory is spent (see `validate`): a batch
 file or tar member over `MAX_BATCH_BYTES` is refused from its size alone (the tar header or the
@@ -32,6 +33,7 @@ import numpy as np
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_BATCH_BYTES, check_file_size, int_labels, name_list, name_text
 from cifarkit.errors import DataError
+from cifarkit.saferead import Within
 
 if TYPE_CHECKING:  # pandas is optional: imported inside to_dataframe
     import pandas as pd
@@ -208,10 +210,17 @@ class CifarSource:
             raise DataError(f"{self.path}: not a readable tar archive ({why}); re-download it") from None
 
     def _open_folder(self) -> None:
+        # every batch file must lie inside the folder given (saferead): a data_batch_1 that links
+        # to a file elsewhere is refused by name, not read
+        within = Within(self.path)
+        known = {f for lay in LAYOUTS.values() for f in (*lay["train"], *lay["test"], lay["meta"])}
         for layout in LAYOUTS.values():
             for cand in (self.path, self.path / layout["folder"]):
                 if (cand / layout["test"][0]).is_file() or (cand / layout["train"][0]).is_file():
+                    within.check(cand, f"{cand} (the CIFAR batches folder)")
                     self._members = {p.name: p for p in cand.iterdir() if p.is_file()}
+                    for name in sorted(known & set(self._members)):
+                        within.check(self._members[name], f"{self._members[name]} (a CIFAR batch file)")
                     self.folder = cand
                     return
         raise DataError(f"{self.path}: no CIFAR batches here (looked for data_batch_1/test_batch or "

@@ -288,7 +288,7 @@ def _frost_textures() -> tuple[torch.Tensor, ...]:
     out = []
     for i in range(1, 6):
         data = resources.files("cifarkit.data").joinpath(f"frost/frost{i}.png").read_bytes()
-        arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
+        arr = np.asarray(Image.open(io.BytesIO(data), formats=("PNG",)).convert("RGB"), dtype=np.float32)
         out.append(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
     return tuple(out)
 
@@ -396,7 +396,7 @@ def jpeg_compression(x: Batch, s: int, rng: np.random.Generator) -> Batch:
     def jpeg(im: Image.Image) -> Image.Image:
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=quality)
-        return Image.open(buf)
+        return Image.open(buf, formats=("JPEG",))
 
     return _per_image(x, jpeg)
 

@@ -5,6 +5,14 @@ optionally cached on disk by `cache.py`). Hidden entries such as `.ipynb_checkpo
 `.DS_Store` are skipped rather than becoming classes, and non-image files are counted, not fed
 to the decoder.
 
+Nothing is read from outside the dataset (`saferead.Within`): a file that is a symlink leading
+out of the folder is skipped and counted (`FileList.outside`, listed by `data check` like the
+non-image files), a class or split folder leading out, or a manifest row whose path leads out of
+the manifest's folder (`../`, an absolute path elsewhere, a symlink), is one `DataError`; so is a
+class or split folder whose name is not UTF-8 (a file's name need not be).
+Decoding is bounded like predict's (`decode.load_rgb`, DECODE_MAX_SIDE px a side at most), so a
+folder of huge images never holds one at full size.
+
 Manifests are read as `utf-8-sig` (Excel starts its CSVs with a byte-order mark), and label ids
 must be 0..MAX_CLASSES-1 with one name per id: a negative or huge id, or one name for two ids,
 is refused when the manifest is read rather than crashing training or misfiling an export.
@@ -20,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.data.decode import is_image_name, load_rgb
+from cifarkit.data.decode import decode_sized, is_image_name, load_rgb
 from cifarkit.data.export import MANIFEST_COLUMNS
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.validate import MAX_CLASSES
 from cifarkit.errors import DataError
 from cifarkit.safecsv import csv_uncell
+from cifarkit.saferead import Within, check_text_name
 
 
 def _hidden(name: str) -> bool:
@@ -42,6 +51,7 @@ class FileList:
     origin: str
     split: str = ""
     non_images: list[Path] = field(default_factory=list)
+    outside: list[Path] = field(default_factory=list)  # symlinks leading out of the folder: skipped
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -50,17 +60,20 @@ class FileList:
 def splits_of(root: str | Path) -> list[str]:
     """Split folders under `root` (e.g. train/test) when it is laid out as root/<split>/<class>/."""
     root = Path(root)
+    within = Within(root)
     found = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
+    # a folder leading out of root is not looked into (scan_folder refuses it by name)
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name) and not within.link_out(p)):
         subs = [s for s in d.iterdir() if s.is_dir() and not _hidden(s.name)]
         if subs and not any(is_image_name(f) for f in d.iterdir() if f.is_file()):
             found.append(d.name)
     # A plain class folder has images directly inside; split folders only have class folders.
-    return found if found and all(_has_images_below(root / s) for s in found) else []
+    return found if found and all(_has_images_below(root / s, within) for s in found) else []
 
 
-def _has_images_below(d: Path) -> bool:
-    return any(f.is_file() and is_image_name(f) for sub in d.iterdir() if sub.is_dir() for f in sub.iterdir())
+def _has_images_below(d: Path, within: Within) -> bool:
+    return any(f.is_file() and is_image_name(f) for sub in d.iterdir() if sub.is_dir() and within.holds(sub)
+               for f in sub.iterdir())
 
 
 def scan_folder(root: str | Path, split: str | None = None, classes: list[str] | None = None) -> FileList:
@@ -68,11 +81,14 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
+    within = Within(root)
     base = root
     splits = splits_of(root)
     if split:
         if (root / split).is_dir():
             base = root / split
+            within.check(base, f"{base} (split folder)")
+            check_text_name(base, "split")
         elif splits:
             raise DataError(f"{root}: no split folder {split!r}; found {', '.join(splits)}")
     elif splits:
@@ -85,18 +101,23 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
     paths: list[Path] = []
     labels: list[int] = []
     non_images: list[Path] = []
+    outside: list[Path] = []
     for d in class_dirs:
+        within.check(d, f"{d} (class folder)")
+        check_text_name(d, "class")
         if d.name not in index:
             raise DataError(f"{d}: class {d.name!r} is not among the expected classes {names}")
-        for f in sorted(d.rglob("*")):
+        for f in sorted(d.rglob("*")):  # rglob does not descend into linked folders; linked files are judged
             if any(_hidden(part) for part in f.relative_to(d).parts) or not f.is_file():
                 continue
-            if is_image_name(f):
+            if within.link_out(f):
+                outside.append(f)
+            elif is_image_name(f):
                 paths.append(f)
                 labels.append(index[d.name])
             else:
                 non_images.append(f)
-    return FileList(paths, labels, list(names), str(root), split or "", non_images)
+    return FileList(paths, labels, list(names), str(root), split or "", non_images, outside)
 
 
 def _manifest_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -137,8 +158,12 @@ def _label_id(value: str, csv_path: Path, row: int, key: str) -> int:
 def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
     """A CSV with `path,label` (names or ids), or the export's columns, as a dataset.
 
-    Paths are relative to the CSV's folder unless absolute. With a `split` column and `split`
-    given (not None; "" selects rows with an empty split), only those rows are kept.
+    Paths are relative to the CSV's folder; an absolute one must lie inside that folder too, like
+    every path after its symlinks (`saferead.Within`). With a `split` column and `split` given
+    (not None; "" selects rows with an empty split), only those rows are kept.
+
+    Raises:
+        DataError: the manifest is unreadable or malformed, or a row's path leads out of its folder.
     """
     csv_path = Path(csv_path)
     rows = _manifest_rows(csv_path)
@@ -180,7 +205,10 @@ def read_manifest(csv_path: str | Path, split: str | None = None) -> FileList:
             classes = sorted(set(values))
             labels = [classes.index(v) for v in values]
     base = csv_path.parent
-    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else base / r["path"] for r in rows]
+    within = Within(base)
+    paths = [base / r["path"] for r in rows]  # an absolute path replaces base
+    for i, p in enumerate(paths):
+        within.check(p, f"{csv_path}: row {i + 2}: path {rows[i]['path']!r}")
     return FileList(paths, labels, classes, str(csv_path), split or "")
 
 
@@ -188,7 +216,8 @@ def decode_files(files: FileList, size: int | None = None, workers: int = 4) -> 
     """Decode every file to one uint8 (N, S, S, 3) array.
 
     `size` None keeps the images' own size when they all agree (CIFAR exports) and otherwise
-    resizes to the most common size, so one array can hold them.
+    resizes to the most common size, so one array can hold them. Either way an image over
+    DECODE_MAX_SIDE px a side is reduced while it is decoded (`load_rgb`), never held at full size.
     """
     if not files.paths:
         raise DataError(f"{files.origin}: no images found")
@@ -228,8 +257,9 @@ class CheckReport:
     unreadable: list[tuple[str, str]]
     empty_classes: list[str]
     non_images: list[str]
-    sizes: dict[str, int]
+    sizes: dict[str, int]  # "WxH" as stored in the files (decoding reduces the huge ones)
     class_counts: dict[str, int]
+    outside: list[str] = field(default_factory=list)  # links out of the folder, skipped
 
     @property
     def ok(self) -> bool:
@@ -245,13 +275,13 @@ def check_files(files: FileList, workers: int = 4) -> CheckReport:
         workers: decoding threads.
 
     Returns:
-        A `CheckReport`: image count, unreadable files with the reason, non-image files, empty
-        classes, a "WxH" -> count histogram and the images per class.
+        A `CheckReport`: image count, unreadable files with the reason, non-image files, links
+        leading out of the folder, empty classes, a "WxH" -> count histogram and the images per class.
     """
     def probe(p: Path) -> tuple[str, str | None, tuple[int, int] | None]:
         try:
-            a = load_rgb(p)
-            return str(p), None, (a.shape[1], a.shape[0])
+            _, own = decode_sized(p)  # decoded (reduced) to prove it reads; its stored size reported
+            return str(p), None, own
         except DataError as e:
             return str(p), str(e), None
 
@@ -262,6 +292,7 @@ def check_files(files: FileList, workers: int = 4) -> CheckReport:
     return CheckReport(
         origin=files.origin, images=sum(1 for _, e, _ in results if e is None),
         unreadable=[(p, e) for p, e, _ in results if e], non_images=[str(p) for p in files.non_images],
+        outside=[str(p) for p in files.outside],
         empty_classes=[c for i, c in enumerate(files.classes) if counts.get(i, 0) == 0],
         sizes=dict(sizes.most_common()), class_counts={c: counts.get(i, 0) for i, c in enumerate(files.classes)},
     )

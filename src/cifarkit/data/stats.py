@@ -22,11 +22,16 @@ from cifarkit.errors import DataError
 from cifarkit.safepath import check_apart, output_file, write_text_atomic
 
 
-def channel_mean_std(images: np.ndarray, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std over all pixels, on the 0..255 scale (what configs expect)."""
+def channel_mean_std(images: np.ndarray, chunk_pixels: int = 1 << 22) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std over all pixels, on the 0..255 scale (what configs expect).
+
+    Summed in float64 a chunk of images at a time, the chunk sized in pixels (4 Mpx, ~100 MB of
+    float64 with its square), not in images: 8,192 CIFAR images are 8 Mpx, eight photos of
+    1,000 x 1,000 as many."""
     s = np.zeros(3)
     ss = np.zeros(3)
     n = 0
+    chunk = max(1, chunk_pixels // max(1, images.shape[1] * images.shape[2])) if images.ndim == 4 else 8192
     for k in range(0, len(images), chunk):
         x = images[k:k + chunk].reshape(-1, 3).astype(np.float64)
         s += x.sum(0)
@@ -78,7 +83,8 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
         A JSON-ready dict: classes, class_counts per split, imbalance (max / min images per
         class, per split), imbalance_ratio (the profile applied), mean and std per channel on the
         0..255 scale (of the train split; the values for `data.mean` / `data.std`), sizes,
-        duplicates (within and across splits) and unreadable files.
+        duplicates (within and across splits), unreadable files and links_out (files that are
+        symlinks leading out of the dataset folder: skipped, never read).
 
     Raises:
         DataError: the path is missing or holds no readable image, or `imbalance_ratio` is given
@@ -107,6 +113,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
         names = manifest_splits(path) or [None]
     splits: dict[str, ImageSet] = {}
     unreadable: list[str] = []
+    outside: list[str] = []
     sizes: dict[str, int] = {}
     for s in names:
         if kind == "cifar":
@@ -114,7 +121,8 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
             continue
         files = list_files(path, s)
         rep = check_files(files)
-        unreadable += [f"{p}: {e}" for p, e in rep.unreadable]
+        unreadable += [e if e.startswith(p) else f"{p}: {e}" for p, e in rep.unreadable]  # errors name their file
+        outside += rep.outside
         for k, v in rep.sizes.items():
             sizes[k] = sizes.get(k, 0) + v
         bad = {p for p, _ in rep.unreadable}  # decode_files would stop at the first bad file
@@ -137,7 +145,7 @@ def dataset_stats(path: str | Path, out: str | Path | None = None, imbalance_rat
         "imbalance": {n: imbalance(d.class_counts()) for n, d in splits.items()},
         "imbalance_ratio": imbalance_ratio,
         "mean": mean, "std": std, "mean_std_split": "train" if "train" in splits else next(iter(splits)),
-        "sizes": sizes, "duplicates": duplicates(splits), "unreadable": unreadable,
+        "sizes": sizes, "duplicates": duplicates(splits), "unreadable": unreadable, "links_out": outside,
     }
     if out is not None:
         out = Path(out)
@@ -192,4 +200,7 @@ def format_stats(s: dict[str, Any]) -> str:
                  f"{d['across_splits'] or 'none'}")
     lines.append(f"  unreadable files: {len(s['unreadable'])}")
     lines += [f"    {u}" for u in s["unreadable"][:20]]
+    if s.get("links_out"):
+        lines.append(f"  links leading out of the folder, skipped: {len(s['links_out'])}")
+        lines += [f"    {u}" for u in s["links_out"][:20]]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ TTA_MODES = ("none", "flip", "flip_translate")
 # bitwise the same logits, whatever the other images. Padding keeps a single predicted image
 # exactly equal to the same image evaluated in a dataset.
 MIN_BATCH = 8
+TRANSFORM_PIXELS = 1 << 24  # transform_batch: input pixels per evaluation transform (16.7 Mpx, 200 MB as float)
 
 
 def autocast_ctx(device: torch.device, dtype: torch.dtype | None):
@@ -79,7 +80,15 @@ def tta_forward(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
 
 def transform_batch(images: torch.Tensor | Sequence[torch.Tensor], prep: Preprocess,
                     device: torch.device | None = None) -> torch.Tensor:
-    """uint8 (B, 3, H, W), or a list of (3, H, W) of any sizes -> normalised float (B, 3, S, S)."""
+    """uint8 (B, 3, H, W), or a list of (3, H, W) of any sizes -> normalised float (B, 3, S, S).
+
+    Large images go through the transform TRANSFORM_PIXELS at a time: its first step is a float
+    copy of its input, and a batch of 67 photos of 1,000 x 1,000 would be 800 MB of it (what took
+    `predict` of a folder of huge PNGs past 2 GiB)."""
+    if images[0].shape[-1] * images[0].shape[-2] * len(images) > TRANSFORM_PIXELS and len(images) > 1:
+        step = max(1, TRANSFORM_PIXELS // (images[0].shape[-1] * images[0].shape[-2]))
+        if isinstance(images, torch.Tensor) or all(t.shape == images[0].shape for t in images):
+            return torch.cat([transform_batch(images[k:k + step], prep, device) for k in range(0, len(images), step)])
     if isinstance(images, torch.Tensor):
         return eval_transform(images.to(device) if device is not None else images, prep)
     if all(t.shape == images[0].shape for t in images):
