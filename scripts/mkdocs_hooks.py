@@ -5,8 +5,14 @@ A page asks for generated text with a marker comment on its own line:
   subcommand's `--help`, exactly as the command prints it);
 - `<!-- generated: recipes -->`: the shipped recipes (from `cifarkit.recipes`) and the measured
   numbers from `benchmarks/results/*.json`;
+- `<!-- generated: measured -->`: every other benchmark's numbers (CPU precision per CPU kind,
+  `serve` under load, CIFAR-10-C robustness, the data audit, the hyperparameter search), read
+  from `benchmarks/results/*.json` like the recipes' (a benchmark without a results file is left
+  out);
 - `<!-- generated: api-index -->`: the top-level `cifarkit` API (from `cifarkit._LAZY`), each
   name linked to its reference entry.
+
+tests/test_docs.py checks that the generated numbers are the results files' numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -202,6 +209,147 @@ def long_tail_section(lt: dict) -> list[str]:
             "\n".join(rows) + "\n"]
 
 
+# ---- the other benchmarks ---------------------------------------------------------------------------
+def _has(name: str) -> bool:
+    return (ROOT / "benchmarks" / "results" / name).is_file()
+
+
+def cpu_precision_section(name: str) -> list[str]:
+    """`benchmarks/cpu_precision.py`'s table: images/s per model and mode, each variant as a ratio."""
+    cp = _load(name)
+    m = cp["machine"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in cp["rows"]:
+        groups.setdefault((r["model"], r["mode"]), []).append(r)
+    variants: list[str] = []
+    for rows in groups.values():
+        variants += [r["variant"] for r in rows if r["variant"] not in variants]
+    head = "| model (batch) | mode | " + " | ".join(variants) + " |"
+    out = [head, "|" + " --- |" * (2 + len(variants))]
+    for (model, mode), rows in groups.items():
+        by = {r["variant"]: r for r in rows}
+        cells = []
+        for v in variants:
+            r = by.get(v)
+            if r is None:
+                cells.append("-")
+            elif r["vs_baseline"] == 1.0 and v.startswith("baseline"):
+                cells.append(f"{r['img_s']:,.1f} img/s, {r['gflops']:.0f} GFLOP/s ({r['peak_share']:.0%} of peak)")
+            elif r["compiled"]:
+                cells.append(f"x{r['vs_baseline']:.2f} (first step {r['first_step_s']:.0f} s)")
+            else:
+                cells.append(f"{r['img_s']:,.1f} img/s, x{r['vs_baseline']:.2f}" if v.startswith("auto")
+                             else f"x{r['vs_baseline']:.2f}")
+        out.append(f"| {model} ({rows[0]['batch']}) | {mode} | " + " | ".join(cells) + " |")
+    return [f"## Precision and layout on one CPU kind: {cp['cpu_kind']}\n",
+            f"`python benchmarks/cpu_precision.py` on {_machine(m)}, {cp['threads']} threads: images/s of one "
+            "training step or inference batch after a warm-up step; each variant changes one thing and is "
+            "given as a ratio to the first column. GFLOP/s as a share of the fp32 peak estimated from "
+            f"the CPU ({cp['fp32_peak_gflops']:.0f} GFLOP/s: {cp['peak_note']}; a 2048^3 sgemm reached "
+            f"{cp['sgemm_gflops']:.0f}, so shares above 100% mean the clock ran above the estimate).\n",
+            "\n".join(out) + "\n"]
+
+
+def serve_load_section() -> list[str]:
+    """`benchmarks/serve_load.py`: requests/s and latency of `cifarkit serve`, batched vs one at a time."""
+    sl = _load("serve_load.json")
+    rows = ["| clients | mode | requests/s | p50 [ms] | p99 [ms] | errors |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in sl["rows"]:
+        rows.append(f"| {r['clients']} | {r['mode']} | {r['rps']:,.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                    f"{r['errors']} |")
+    return ["## `cifarkit serve` under load\n",
+            f"`cd benchmarks && python serve_load.py --requests {sl['rows'][0]['requests']}` on "
+            f"{_machine(sl['machine'])}: single 32x32 PNGs against an airnet checkpoint; each batched setting is "
+            "followed by one-at-a-time requests (1 client, no batching) as its baseline.\n", "\n".join(rows) + "\n"]
+
+
+def robustness_section() -> list[str]:
+    """`benchmarks/robustness.py`: the recipes side by side on CIFAR-10-C, and the full table's speed."""
+    rb = _load("robustness.json")
+    sp = rb["speed"]
+    rows = ["| row | overrides | train [s] | clean top-1 [%] | mCA [%] | mCE | relative mCE |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rb["rows"]:
+        sets = ", ".join(f"`{s}`" for s in r["sets"]) or "-"
+        rows.append(f"| {r['row']} (`{Path(r['config']).stem}`) | {sets} | {r['train_s']:.0f} | "
+                    f"{r['clean_top1']:.2f} | {r['mca']:.2f} | {r['mce_vs_fast']:.1f} | "
+                    f"{r['relative_mce_vs_fast']:.1f} |")
+    command = re.sub(r"--data \S+", "--data DIR", rb["command"])
+    out = ["## Robustness to corruptions (CIFAR-10-C)\n",
+           f"`python {command}` on {_machine(rb['machine'])}. The fast recipe's whole 15 x 5 table "
+           f"(750,000 corrupted images, generation included) took **{sp['table_s']:.0f} s** "
+           f"({sp['images_per_s']:,.0f} images/s) against {sp['train_fast_s']:.0f} s to train it in the same run: "
+           f"ratio **{sp['ratio']:.2f}** (the promise: at most 1). The recipes side by side, each on the same "
+           f"{rb['rows'][0]['n']:,} test images, mCE with the fast recipe as the reference (100 = as fast, lower "
+           "is better):\n", "\n".join(rows) + "\n"]
+    if _has("robustness_fast_table.json"):
+        ft = _load("robustness_fast_table.json")
+        per = ", ".join(f"{c.replace('_', ' ')} {v:.1f}" for c, v in ft["per_corruption"].items())
+        out.append(f"The fast recipe's full table ({ft['n']:,} test images, plain evaluation, {ft['precision']}): "
+                   f"clean top-1 {ft['clean_top1']:.2f}%, **mCA {ft['mca']:.2f}%**; per corruption: {per}.\n")
+    return out
+
+
+def audit_section() -> list[str]:
+    """`benchmarks/audit.py`: the audit of CIFAR-10 with planted label flips and near-copies."""
+    au = _load("audit.json")
+    sym, asym = au["stages"]["sym"], au["stages"].get("asym")
+    rows = ["| measure | value |", "| --- | --- |",
+            f"| whole audit, {sym['images']:,} images [s] | **{sym['seconds']:.0f}** vs {au['train_fast_seconds']:.0f} "
+            f"for `cifarkit train fast` in the same run: **{sym['ratio_to_train_fast']:.2f}x** |",
+            f"| peak memory [GB] | {sym['peak_rss_gb']:.1f} |",
+            f"| uniform label flips ({sym['flipped']:,}) found in the top {sym['flipped']:,}: precision = recall | "
+            f"**{sym['precision_at_k']:.2f}** |"]
+    if asym:
+        rows.append(f"| look-alike-class flips ({asym['flipped']:,}) found in the top {asym['flipped']:,} | "
+                    f"**{asym['precision_at_k']:.2f}** |")
+    alt = ", ".join(f"{k} {v:.0%}" for k, v in sym["dup_recall_by_alteration"].items())
+    rows += [f"| planted near-copies ({sym['planted_pairs']}) found above the threshold | "
+             f"**{sym['dup_recall_above_threshold']:.1%}** ({alt}) |",
+             f"| planted near-copies among the {sym['planted_pairs']} most alike pairs | "
+             f"{sym['dup_recall_at_500']:.0%} |"]
+    return ["## Data audit of CIFAR-10\n",
+            f"`python benchmarks/audit.py --data DIR` on {_machine(au['machine'])}: train + test with planted "
+            f"problems ({au['noise']:.0%} of the training labels flipped, {au['copies']} altered copies of training "
+            "images put into test).\n", "\n".join(rows) + "\n"]
+
+
+def tune_section() -> list[str]:
+    """`benchmarks/tune.py`: ASHA against no pruning, and the best values retrained at the shipped budget."""
+    tu = _load("tune.json")
+    s, b = tu["searches"], tu["search_budget"]
+    rows = ["| search | wall time [s] | best validation top-1 [%] | trials complete / pruned |",
+            "| --- | --- | --- | --- |"]
+    for name, r in s.items():
+        rows.append(f"| `--pruner {name}` | {r['wall_s']:.0f} | {r['best_val_top1']:.2f} | {r['complete']} / "
+                    f"{r['pruned']} |")
+    rt = tu["retrained"]
+
+    def accs(d: dict) -> str:
+        return f"{d['mean']:.2f}% ({', '.join(f'{x:.2f}' for x in d['top1'])})"
+
+    return ["## Hyperparameter search\n",
+            f"`python benchmarks/tune.py` on {_machine(tu['machine'])}: {tu['trials']} trials of the fast recipe over "
+            f"{', '.join(f'`{k}`' for k in tu['space'])}, each on {b['train_images']:,} training / "
+            f"{b['val_images']:,} validation images x {b['epochs']:g} epochs.\n", "\n".join(rows) + "\n",
+            f"ASHA took **{s['asha']['time_vs_none']:.2f}x** the time of no pruning. The best values retrained at "
+            f"the shipped budget (test top-1, TTA, {len(rt['tuned']['top1'])} seeds): tuned {accs(rt['tuned'])} "
+            f"against the shipped recipe's {accs(rt['shipped'])}.\n"]
+
+
+def measured_page() -> str:
+    """The benchmarks the recipes page does not show, each from its results file."""
+    out: list[str] = []
+    for name in ("cpu_precision.json", "cpu_precision_amx.json"):
+        if _has(name):
+            out += cpu_precision_section(name)
+    for name, make in (("serve_load.json", serve_load_section), ("robustness.json", robustness_section),
+                       ("audit.json", audit_section), ("tune.json", tune_section)):
+        if _has(name):
+            out += make()
+    return "\n".join(out)
+
+
 # ---- API index --------------------------------------------------------------------------------------
 def api_index() -> str:
     """A table of `cifarkit`'s top-level names, each linked to its reference entry and summarised."""
@@ -218,7 +366,7 @@ def api_index() -> str:
     return "\n".join(rows) + "\n"
 
 
-GENERATORS = {"cli": cli_reference, "recipes": recipes_page, "api-index": api_index}
+GENERATORS = {"cli": cli_reference, "recipes": recipes_page, "measured": measured_page, "api-index": api_index}
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:

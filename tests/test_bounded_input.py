@@ -29,7 +29,7 @@ HUGE = 7999
 GIB = 2**30
 # the process before it reads any image (torch + model) peaks at 0.71 GiB here; with nine 7999^2
 # PNGs 1.04-1.15 GiB alone and up to 1.70 GiB inside the full suite (malloc arenas; the cause of the
-# spread is not pinned down). The issue measured 12.1 GB for eight before. The README promises 2 GiB.
+# spread is not pinned down). The issue measured 12.1 GB for eight before. docs/safety.md promises 2 GiB.
 PREDICT_PEAK_LIMIT = 2.0 * GIB
 
 

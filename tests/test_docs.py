@@ -144,6 +144,89 @@ def test_recipe_page_numbers_come_from_the_benchmark_files():
     assert f"**{sum(recipe) / len(recipe):.2f} ± " in page
 
 
+def _results(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def test_measured_numbers_come_from_the_benchmark_files():
+    """The other benchmarks' numbers (recipes page, `<!-- generated: measured -->`) are their files'."""
+    page = _hooks().measured_page()
+    results = ROOT / "benchmarks" / "results"
+    for name in ("cpu_precision.json", "cpu_precision_amx.json"):
+        if (results / name).is_file():
+            cp = _results(name)
+            assert f"CPU kind: {cp['cpu_kind']}" in page
+            for r in cp["rows"]:
+                assert f"x{r['vs_baseline']:.2f}" in page or f"{r['img_s']:,.1f} img/s" in page, (name, r["variant"])
+            for r in cp["rows"]:
+                if r["variant"].startswith("baseline"):
+                    assert f"{r['img_s']:,.1f} img/s, {r['gflops']:.0f} GFLOP/s ({r['peak_share']:.0%}" in page
+    if (results / "serve_load.json").is_file():
+        for r in _results("serve_load.json")["rows"]:
+            assert f"| {r['clients']} | {r['mode']} | {r['rps']:,.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |" in page
+    if (results / "robustness.json").is_file():
+        rb = _results("robustness.json")
+        assert f"**{rb['speed']['table_s']:.0f} s**" in page and f"**{rb['speed']['ratio']:.2f}**" in page
+        for r in rb["rows"]:
+            assert f"| {r['clean_top1']:.2f} | {r['mca']:.2f} | {r['mce_vs_fast']:.1f} |" in page, r["row"]
+    if (results / "robustness_fast_table.json").is_file():
+        assert f"**mCA {_results('robustness_fast_table.json')['mca']:.2f}%**" in page
+    if (results / "audit.json").is_file():
+        au = _results("audit.json")
+        sym = au["stages"]["sym"]
+        assert f"**{sym['ratio_to_train_fast']:.2f}x**" in page and f"**{sym['precision_at_k']:.2f}**" in page
+        assert f"**{sym['dup_recall_above_threshold']:.1%}**" in page
+    if (results / "tune.json").is_file():
+        tu = _results("tune.json")
+        for name, r in tu["searches"].items():
+            assert f"| `--pruner {name}` | {r['wall_s']:.0f} | {r['best_val_top1']:.2f} |" in page
+        assert f"tuned {tu['retrained']['tuned']['mean']:.2f}%" in page
+    assert (ROOT / "docs" / "recipes.md").read_text().count("<!-- generated: measured -->") == 1
+
+
+def _docs_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").rglob("*.md"))
+
+
+def test_numbers_typed_in_the_docs_are_not_numbers_of_a_results_file():
+    """A page may not retype what the generated pages read from the files: such a copy drifts unseen.
+
+    The headline figures of each results file, formatted as the pages print them, must not occur in
+    the hand-written Markdown (the generated text is added at build time, not stored)."""
+    figures = []
+    ts = _results("train_speed.json")
+    figures += [f"{ts['top1_tta_mean']:.2f}% ± {ts['top1_tta_sd']:.2f}", f"{ts['mean_wall_s']:.0f} s (6.1 min)"]
+    lt = _results("long_tail.json")["results"]["recipe (cifar10_lt100.yaml)"]
+    figures.append(f"{sum(r['top1'] for r in lt) / len(lt):.2f}% ± ")
+    cp = _results("cpu_precision.json")
+    figures.append(f"{cp['rows'][0]['img_s']:.1f} img/s, {cp['rows'][0]['gflops']:.0f} GFLOP/s")
+    text = _docs_text() + (ROOT / "README.md").read_text(encoding="utf-8")
+    typed = [f for f in figures if f in text]
+    assert not typed, f"retyped from benchmarks/results/: {typed}; use a <!-- generated: ... --> marker"
+
+
+def test_readme_is_short_and_says_what_cifarkit_is_first():
+    """Issue #34: the README is a front door (<= 8 KB), what cifarkit is in its first line, the two
+    fresh-machine commands, links to the docs; measured numbers live in the generated docs pages."""
+    import re
+
+    raw = (ROOT / "README.md").read_bytes()
+    assert len(raw) <= 8192, f"README.md is {len(raw)} bytes; move detail into docs/"
+    text = raw.decode("utf-8")
+    first = text.splitlines()[0]
+    assert first.startswith("# cifarkit") and "CIFAR-10" in first and "classifier" in first
+    for command in ("bash scripts/demo.sh", "bash scripts/test.sh"):
+        assert f"\n{command} " in text, command
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "bash scripts/test.sh" in ci  # CI runs the README's test command
+    assert "## The workflow" in text and "## What it promises" in text
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):  # every docs link points at a page that exists
+        assert (ROOT / link).is_file(), link
+    for page in ("safety.md", "recipes.md", "getting-started.md", "workflow/training.md", "workflow/using.md"):
+        assert f"(docs/{page}" in text, page
+    assert not re.search(r"\d+(\.\d+)?% ± |\d+ min \d+ s|\d (img|images)/s", text), "a measured number in the README"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The optional extras: the README lists exactly pyproject's, and a missing one is one error line.
+"""The optional extras: the docs list exactly pyproject's, and a missing one is one error line.
 
 A missing package is simulated by putting None in sys.modules (import then raises
 ModuleNotFoundError), in-process, or by a `sitecustomize` that blocks it in a CLI subprocess.
@@ -20,15 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
-def readme_extras() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+def listed_extras() -> dict[str, str]:
+    """The extras `docs/getting-started.md` lists between its `<!-- extras -->` markers."""
+    text = (ROOT / "docs" / "getting-started.md").read_text()
     block = text[text.index("<!-- extras -->"):text.index("<!-- /extras -->")]
     return dict(re.findall(r"^- `\[([a-z]+)\]`: (.+)$", block, flags=re.M))
 
 
-def test_readme_lists_every_extra_of_pyproject_once_each():
+def test_docs_list_every_extra_of_pyproject_once_each():
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    listed = readme_extras()
+    listed = listed_extras()
     assert sorted(listed) == sorted(declared) == sorted(EXTRAS)
     assert all(len(v) > 20 for v in listed.values())  # a line that says what it adds
 

@@ -135,8 +135,9 @@ def test_fit_warns_once_for_emulated_bf16(cifar10_small: Path, tmp_path: Path, m
 @pytest.mark.slow
 @needs_bf16()
 def test_bf16_trained_checkpoint_evaluated_in_fp32_gives_the_same_top1(cifar10_small: Path, tmp_path: Path):
-    """Documented tolerance (README, "Precision"): the top-1 of one checkpoint in bf16 and in fp32
-    differs by at most 1 point; on these 100 toy test images that is at most 1 image."""
+    """Documented tolerance (docs/workflow/training.md, "Precision and CPU kinds"): the top-1 of one
+    checkpoint in bf16 and in fp32 differs by at most 1 point; on these 100 toy test images that is
+    at most 1 image."""
     fit(tiny_cfg(cifar10_small, "train.epochs=3", "train.amp=bf16"), work_dir=tmp_path / "r", quiet=True)
     ck = tmp_path / "r" / "last.pt"
     bf16 = evaluate_checkpoint(ck, precision="bf16")
