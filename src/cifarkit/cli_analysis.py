@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -110,8 +112,10 @@ def cmd_audit(a: argparse.Namespace) -> int:
     """`cifarkit data audit`: near-duplicates, leakage, label issues and outliers (`audit.audit`)."""
     from cifarkit.audit.audit import audit
 
-    s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device, a.overwrite,
-              write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
+    # --json: stdout carries the JSON alone; the folds' progress lines (and their runs') go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device,
+                  a.overwrite, write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
     if a.json:
         print(json.dumps(s))
         return 0
@@ -138,7 +142,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 def add_commands(sub, data_sub=None) -> None:
     """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option, seed_int
 
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
@@ -196,7 +200,7 @@ def add_commands(sub, data_sub=None) -> None:
                     help="read a downloaded CIFAR-10-C folder (<corruption>.npy + labels.npy) instead of generating")
     add_tta_option(rb, "none", "none, the protocol's plain evaluation")
     add_precision_option(rb)
-    rb.add_argument("--seed", type=int, default=0, help="of the corruptions' random draws (default 0)")
+    rb.add_argument("--seed", type=seed_int, default=0, help="of the corruptions' random draws (default 0)")
     rb.add_argument("--limit", type=int, default=None, metavar="N",
                     help="only N test images, spread evenly over the split (a quick look)")
     rb.add_argument("--overwrite", action="store_true", help="replace robustness files already in --out")
@@ -234,7 +238,7 @@ def add_commands(sub, data_sub=None) -> None:
         au.add_argument("--near-threshold", type=float, default=None, metavar="SIM",
                         help="pixel similarity (a correlation, 1 = the same picture) from which two images are "
                              "near-duplicates (default 0.95)")
-        au.add_argument("--seed", type=int, default=0, help="fold assignment and the folds' seeds (default 0)")
+        au.add_argument("--seed", type=seed_int, default=0, help="fold assignment and the folds' seeds (default 0)")
         au.add_argument("--write-manifest", default=None, metavar="CSV",
                         help="also write a cleaned manifest (what goes: --drop, --relabel; each change in "
                              "OUT/changes.csv)")

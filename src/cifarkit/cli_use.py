@@ -25,6 +25,30 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seed_int(text: str) -> int:
+    """argparse type for every --seed: a whole number 0..2^31-1 (what train.seed takes; numpy and
+    torch refuse negative seeds with a traceback)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{v} is not a seed; use a whole number from 0 to 2147483647")
+    return v
+
+
+def diverge_factor(text: str) -> float:
+    """argparse type for lr-find --diverge: a finite factor above 1 (the smoothed loss over its
+    minimum; at 1 or below every sweep stops at once, NaN never stops it)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and 1 < v <= 1e6):
+        raise argparse.ArgumentTypeError(f"{v} must be a number above 1 (the loss over its minimum, e.g. 4)")
+    return v
+
+
 def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
                    default_help: str = "the checkpoint's eval.tta") -> None:
     """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
