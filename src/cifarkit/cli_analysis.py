@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
+
+from cifarkit.cli_use import json_line
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
                    a.tta, a.precision, a.device, a.seed, a.overwrite, limit=a.limit)
     if a.json:
-        print(json.dumps(r))
+        print(json_line(r))
         return 0
     sevs = [str(s) for s in r["severities"]]
     print(f"{checkpoint_label(r)}  {r['split']} ({r['n']} images x {len(r['corruptions'])} corruptions x "
@@ -72,14 +73,12 @@ def cmd_robustness(a: argparse.Namespace) -> int:
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
-    import json
-
     from cifarkit.engine.calibration import calibrate
 
     r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite,
                   objective=a.objective)
     if a.json:
-        print(json.dumps(r))
+        print(json_line(r))
         return 0
     b, f = r["before"], r["after"]
     print(f"temperature {r['temperature']:.4f}, fitted ({r['objective']}) on {r['split']} ({r['n']} images, "
@@ -104,7 +103,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from cifarkit.data.stats import dataset_stats, format_stats
 
     s = dataset_stats(a.path, a.out, a.imbalance_ratio)
-    print(json.dumps(s) if a.json else format_stats(s))
+    print(json_line(s) if a.json else format_stats(s))
     return 1 if s["unreadable"] else 0
 
 
@@ -117,7 +116,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
         s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device,
                   a.overwrite, write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
     if a.json:
-        print(json.dumps(s))
+        print(json_line(s))
         return 0
     c = s["counts"]
     splits = ", ".join(f"{k or 'no split'} {v:,}" for k, v in s["splits"].items())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
+from cifarkit.cli_use import json_line
 from cifarkit.errors import CifarkitError
 
 
@@ -130,7 +130,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             w.writerows(csv_row([i, p, m["classes"][p]]) for i, p in enumerate(predicted))
     m.pop("classes")
     if a.json:
-        print(json.dumps(m))
+        print(json_line(m))
     else:
         print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
               f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
