@@ -76,6 +76,7 @@ from cifarkit.userfile import check_user_file, open_user_file
 KINDS = ("uniform", "log_uniform", "int", "choice")
 PRUNERS = ("asha", "median", "none")
 METRICS = {"top1": "maximize", "loss": "minimize"}
+MAX_CHOICES = 1000  # values of one choice in a space file (each is validated as a config before any trial)
 MAX_ERRORS_IN_A_ROW = 3  # a worker stops after this many trials fail with an error (not divergence) in a row
 STUDY_FILE = "study.json"  # OUT/study.json: which study and storage this output folder belongs to
 DEFAULT_STORAGE = "study.journal"  # the journal file inside OUT when no --storage is given
@@ -156,7 +157,11 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
             raise ConfigError(f"{where}{key}: choice needs a non-empty list of values")
         if any(isinstance(c, (dict, list)) for c in v):
             raise ConfigError(f"{where}{key}: choice values must be plain values (numbers, strings, true/false)")
-        if any(a == b for i, a in enumerate(v) for b in v[i + 1:]):  # Optuna finds a choice by ==: 1 is True
+        if len(v) > MAX_CHOICES:  # each is checked against the config below; a range says more in one line
+            raise ConfigError(f"{where}{key}: choice lists {len(v):,} values, more than {MAX_CHOICES:,}; use "
+                              "{int: [lo, hi]} or {uniform: [lo, hi]} for a range")
+        # Optuna finds a choice by ==, so 1 is True and 1.0: a set (hash agrees with ==) sees those as one
+        if len(set(v)) != len(v):
             raise ConfigError(f"{where}{key}: choice lists a value twice (or two that compare equal, like 1 and true)")
         if key.startswith("model.kwargs."):  # no schema converts them later: YAML 1.1 reads 1e-3 as a string
             v = [_number(c, key, where) if isinstance(c, str) and looks_numeric(c) else c for c in v]
