@@ -151,12 +151,18 @@ def test_float_overflow_in_a_config_is_one_line_naming_the_key_and_range(value: 
     assert "must be at most" in line and "valid:" in line
 
 
+def test_a_tiny_lr_whose_per_lr_weight_decay_overflows_is_one_line(tmp_path: Path):
+    # the fast recipe has optim.wd_per_lr: each group's decay is weight_decay / lr, 4e297 here
+    one_error_line(cli_run("train", "fast", "--set", "optim.lr=1e-300", "--set", f"data.root={tmp_path}"),
+                   "optim.lr", "wd_per_lr")
+
+
 def test_space_ranges_and_choices_are_checked_cheaply_and_strictly(tmp_path: Path):
     from cifarkit.config import load_config
     from cifarkit.errors import ConfigError
     from cifarkit.tune import load_space
 
-    base = load_config("fast")
+    base = load_config("fast", ["optim.wd_per_lr=false"])  # with it, the low end 1e-300 is refused first
     spaces = {
         "optim.lr: {log_uniform: [1.0e-300, 1.0e+300]}\n": "optim.lr: the value 1e+300 is not valid",
         "optim.lr: {choice: [" + ", ".join(f"{i + 1}.0e-5" for i in range(40_000)) + "]}\n": "more than 1,000",

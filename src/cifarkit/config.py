@@ -415,6 +415,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.class_weights: needs one weight per class ({cfg.model.num_classes}), got {len(w)}")
     if isinstance(w, list) and not sum(w) > 0:
         raise ConfigError("train.class_weights: the weights must not all be 0")
+    o = cfg.optim
+    for key, lr in (("optim.lr", o.lr), ("optim.head_lr", o.head_lr)):
+        # wd_per_lr gives each group weight_decay / its lr: a tiny lr makes that overflow float32
+        if o.wd_per_lr and lr > 0 and o.weight_decay / lr > MAX_FLOAT:
+            raise ConfigError(f"{key}: {lr:g} with optim.wd_per_lr makes the group's weight decay "
+                              f"{o.weight_decay / lr:.3g} (optim.weight_decay / lr, at most {MAX_FLOAT:g}); raise "
+                              f"{key}, or set it to 0 to freeze those parameters")
     if cfg.data.rrc_scale[0] > cfg.data.rrc_scale[1]:
         raise ConfigError(f"data.rrc_scale: {cfg.data.rrc_scale} is not a [min, max] range")
     _check_model_kwargs(cfg)
@@ -505,9 +512,12 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
 def _read_config_text(p: Path, what: str = "config file") -> str:
     """The text of a config (or space) file, through `userfile.read_user_text`: folders, FIFOs and
     devices refused without opening, at most MAX_CONFIG_BYTES read."""
-    from cifarkit.userfile import read_user_text
+    from cifarkit.userfile import read_user_bytes
 
-    return read_user_text(p, what, MAX_CONFIG_BYTES, ConfigError, encoding="utf-8")
+    try:
+        return read_user_bytes(p, what, MAX_CONFIG_BYTES, ConfigError).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not valid YAML (not UTF-8 text)") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
