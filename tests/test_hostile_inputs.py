@@ -279,3 +279,31 @@ def test_audit_json_prints_only_the_json_on_stdout(cifar10_dir: Path, tmp_path: 
     s = json.loads(r.stdout)  # the whole of stdout is one JSON document
     assert s["folds"] == 2 and "fold 1/2" in r.stderr
     assert all(math.isfinite(v) for v in s["seconds"].values())
+
+
+def test_a_journal_cut_off_while_the_search_runs_is_one_line(tmp_path: Path, monkeypatch):
+    """Another worker killed mid-write damages the journal under a running worker: its next read
+    is one ConfigError saying how to repair the file, not Optuna's JSONDecodeError traceback."""
+    pytest.importorskip("optuna")
+    import cifarkit.tune as tunemod
+    from cifarkit.config import load_config
+    from cifarkit.errors import ConfigError
+
+    journal = tmp_path / "search" / "study.journal"
+
+    def damaging_fit(cfg, work_dir, **kw):
+        Path(work_dir).mkdir(parents=True)
+        with open(journal, "ab") as f:  # a cut-off record, then a whole one after it, as an append would leave
+            f.write(b'{"op_code": 5, "worker_id": "x", "tri\n{"op_code": 0}\n')
+        return {"final": {"loss": 1.0, "top1": 10.0}}
+
+    monkeypatch.setattr(tunemod, "fit", damaging_fit)
+    base = load_config("fast", [f"data.root={tmp_path}"])
+    space = tunemod.load_space(write_space(tmp_path / "space.yaml"), base)
+    with pytest.raises(ConfigError, match="last line is cut off"):
+        tunemod.tune(base, space, 2, tmp_path / "search", pruner="none", quiet=True)
+
+
+def write_space(path: Path) -> Path:
+    path.write_text("optim.lr: {log_uniform: [1.0e-3, 0.5]}\n")
+    return path

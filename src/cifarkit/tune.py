@@ -474,8 +474,13 @@ def check_journal(path: str | Path) -> None:
         except ValueError:
             damaged = True
     if damaged:
-        raise ConfigError(f"--storage {path}: its last line is cut off (a worker killed while writing it?), so "
-                          f"the study cannot be read on; delete that line (`sed -i '$d' {path}`) and start again")
+        raise ConfigError(journal_damaged(path))
+
+
+def journal_damaged(path: str | Path) -> str:
+    """The one line for a journal whose last line is cut off, and what to do about it."""
+    return (f"--storage {path}: its last line is cut off (a worker killed while writing it?), so the study cannot "
+            f"be read on; delete that line (`sed -i '$d' {path}`) and start again")
 
 
 def open_study(storage: str, name: str, space: dict[str, Dist], metric: str, pruner: str,
@@ -580,30 +585,33 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
     if pruner != "none" and base.eval.interval > 1:
         say(f"note: the pruner sees a score every {base.eval.interval} epochs (eval.interval); --set eval.interval=1 "
             "lets it stop hopeless trials after their first epoch")
-    ran, streak = 0, []
-    while True:
-        for n in fail_stale_trials(st, heartbeat):
-            say(f"trial {n}: its worker died; marked failed, to be run again")
-        now = st.get_trials(deepcopy=False)
-        if sum(map(counts, now)) >= trials:
-            if not any(t.state == TrialState.RUNNING for t in now):
-                break
-            time.sleep(min(5.0, heartbeat))  # other workers' last trials: they may die and need running again
-            continue
-        trial = st.ask()
-        ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
-        if ahead >= trials:  # another worker took the last trial between our count and our ask
-            trial.set_user_attr("failure", "surplus: the study had its trials")
-            trial.set_user_attr("counts", False)
-            st.tell(trial, state=TrialState.FAIL)
-            continue
-        error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
-        ran += 1
-        streak = [*streak, trial] if error is not None else []
-        if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
-            raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
-                                f"--trials); the last: {error}") from None
-    res = summarize_study(st, out, name, metric)
+    try:
+        ran, streak = 0, []
+        while True:
+            for n in fail_stale_trials(st, heartbeat):
+                say(f"trial {n}: its worker died; marked failed, to be run again")
+            now = st.get_trials(deepcopy=False)
+            if sum(map(counts, now)) >= trials:
+                if not any(t.state == TrialState.RUNNING for t in now):
+                    break
+                time.sleep(min(5.0, heartbeat))  # other workers' last trials: they may die and need running again
+                continue
+            trial = st.ask()
+            ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
+            if ahead >= trials:  # another worker took the last trial between our count and our ask
+                trial.set_user_attr("failure", "surplus: the study had its trials")
+                trial.set_user_attr("counts", False)
+                st.tell(trial, state=TrialState.FAIL)
+                continue
+            error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
+            ran += 1
+            streak = [*streak, trial] if error is not None else []
+            if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
+                raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
+                                    f"--trials); the last: {error}") from None
+        res = summarize_study(st, out, name, metric)
+    except json.JSONDecodeError:  # the journal was damaged while this worker ran (another one killed mid-write)
+        raise ConfigError(journal_damaged(where)) from None
     res.ran_here, res.seconds = ran, time.perf_counter() - t0
     return res
 
