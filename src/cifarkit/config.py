@@ -76,7 +76,8 @@ class DataConfig:
     eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0)
     eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0)
     imbalance_ratio: float = _f(0.0, "long-tail train split: keep the first floor(n_max * R^(-i/(C-1))) images of "
-                                     "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0)
+                                     "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0,
+                                le=1e12)
     sampler: str = _f("uniform", "uniform | balanced | sqrt: per-epoch draw with replacement, image weight "
                                  "1/n_c or 1/sqrt(n_c) (uniform: a plain permutation)")
     mixup: float = _f(0.0, "MixUp Beta(alpha, alpha) alpha (0 = off)", ge=0)
