@@ -212,7 +212,7 @@ def test_bad_arguments_are_one_line(cifar10_small: Path, tmp_path: Path):
     assert r.returncode == 2 and "is not a cifarkit tune folder" in r.stderr
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
     r = cli_run("tune", "fast", "--space", str(tmp_path / "nope.yaml"), "--trials", "2")
-    assert r.returncode == 2 and "nope.yaml: no such config file" in r.stderr
+    assert r.returncode == 2 and "nope.yaml: no such search space file" in r.stderr
 
 
 def test_missing_optuna_is_one_line(cifar10_small: Path, tmp_path: Path, monkeypatch):
@@ -330,8 +330,8 @@ def test_space_accepts_what_yaml_reads_as_strings_and_refuses_equal_choices(tmp_
     from cifarkit.tune import load_space
 
     base = load_config("fast")
-    sp = load_space(write_space(tmp_path / "a.yaml", "optim.lr: {log_uniform: [1e-4, 1.0e4]}\n"), base)
-    assert (sp["optim.lr"].low, sp["optim.lr"].high) == (1e-4, 1e4)
+    sp = load_space(write_space(tmp_path / "a.yaml", "optim.lr: {log_uniform: [1e-4, 1e1]}\n"), base)
+    assert (sp["optim.lr"].low, sp["optim.lr"].high) == (1e-4, 10.0)
     for text in ("train.ema: {choice: [1, true]}\n", "optim.lr: {choice: [100, 100.0]}\n"):
         with pytest.raises(ConfigError, match="lists a value twice"):
             load_space(write_space(tmp_path / "b.yaml", text), base)
@@ -381,3 +381,51 @@ def test_what_no_value_changes_is_checked_once_before_any_trial(cifar10_small: P
     r = cli_run("tune", "fast", "--space", str(f), "--trials", "2", "--out", str(tmp_path / "c"), *sets(cifar10_small))
     assert r.returncode == 2 and "is not a cifarkit tune folder" in r.stderr
     assert (tmp_path / "c" / "trials.csv").read_text() == "mine"
+
+
+def _open_together(url: str, barrier, results) -> None:
+    """One of several processes that open the same new RDB study at the same instant."""
+    from cifarkit.tune import Dist, open_study
+
+    barrier.wait()
+    try:
+        open_study(url, "together", {"optim.lr": Dist("log_uniform", 1e-3, 0.5)}, "top1", "none", None)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(e).__name__}: {e}")
+
+
+def test_workers_opening_a_new_sqlite_storage_at_once_all_get_the_study(tmp_path: Path):
+    """Four processes released by one barrier each create the schema of a new sqlite storage: the
+    losers of that race (UNIQUE constraint failed: alembic_version..., table ... already exists)
+    retry and load the winner's study. Without the retry, one in two rounds here lost a worker."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for i in range(2):
+        url = f"sqlite:///{tmp_path / f'study{i}.db'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_together, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        got = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert got == ["ok"] * 4, got
+        assert len(optuna.get_all_study_names(url)) == 1
+
+
+def test_two_tune_workers_started_together_on_a_new_sqlite_storage(cifar10_small: Path, tmp_path: Path):
+    space = write_space(tmp_path / "space.yaml", SPACE)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    workers = [subprocess.Popen(tune_cmd("--space", str(space), "--trials", "4", "--storage", url, "--study", "rdb",
+                                         "--out", f"w{i}", "--pruner", "none",
+                                         *sets(cifar10_small, "train.epochs=1", "train.max_iters=1")),
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name="rdb", storage=url).get_trials()
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4

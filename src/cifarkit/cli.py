@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import sys
 
 from cifarkit import __version__
@@ -18,7 +17,9 @@ from cifarkit.extras import extra_of_error
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=None, default=str))
+    from cifarkit.cli_use import json_line
+
+    print(json_line(obj))
 
 
 # ---- data -------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import sys
+
+from cifarkit.cli_use import json_line
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -45,7 +48,7 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
                    a.tta, a.precision, a.device, a.seed, a.overwrite, limit=a.limit)
     if a.json:
-        print(json.dumps(r))
+        print(json_line(r))
         return 0
     sevs = [str(s) for s in r["severities"]]
     print(f"{checkpoint_label(r)}  {r['split']} ({r['n']} images x {len(r['corruptions'])} corruptions x "
@@ -70,14 +73,12 @@ def cmd_robustness(a: argparse.Namespace) -> int:
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
     """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
-    import json
-
     from cifarkit.engine.calibration import calibrate
 
     r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite,
                   objective=a.objective)
     if a.json:
-        print(json.dumps(r))
+        print(json_line(r))
         return 0
     b, f = r["before"], r["after"]
     print(f"temperature {r['temperature']:.4f}, fitted ({r['objective']}) on {r['split']} ({r['n']} images, "
@@ -102,7 +103,7 @@ def cmd_stats(a: argparse.Namespace) -> int:
     from cifarkit.data.stats import dataset_stats, format_stats
 
     s = dataset_stats(a.path, a.out, a.imbalance_ratio)
-    print(json.dumps(s) if a.json else format_stats(s))
+    print(json_line(s) if a.json else format_stats(s))
     return 1 if s["unreadable"] else 0
 
 
@@ -110,10 +111,12 @@ def cmd_audit(a: argparse.Namespace) -> int:
     """`cifarkit data audit`: near-duplicates, leakage, label issues and outliers (`audit.audit`)."""
     from cifarkit.audit.audit import audit
 
-    s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device, a.overwrite,
-              write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
+    # --json: stdout carries the JSON alone; the folds' progress lines (and their runs') go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device,
+                  a.overwrite, write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
     if a.json:
-        print(json.dumps(s))
+        print(json_line(s))
         return 0
     c = s["counts"]
     splits = ", ".join(f"{k or 'no split'} {v:,}" for k, v in s["splits"].items())
@@ -138,7 +141,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
 def add_commands(sub, data_sub=None) -> None:
     """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option, seed_int
 
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
@@ -196,7 +199,7 @@ def add_commands(sub, data_sub=None) -> None:
                     help="read a downloaded CIFAR-10-C folder (<corruption>.npy + labels.npy) instead of generating")
     add_tta_option(rb, "none", "none, the protocol's plain evaluation")
     add_precision_option(rb)
-    rb.add_argument("--seed", type=int, default=0, help="of the corruptions' random draws (default 0)")
+    rb.add_argument("--seed", type=seed_int, default=0, help="of the corruptions' random draws (default 0)")
     rb.add_argument("--limit", type=int, default=None, metavar="N",
                     help="only N test images, spread evenly over the split (a quick look)")
     rb.add_argument("--overwrite", action="store_true", help="replace robustness files already in --out")
@@ -234,7 +237,7 @@ def add_commands(sub, data_sub=None) -> None:
         au.add_argument("--near-threshold", type=float, default=None, metavar="SIM",
                         help="pixel similarity (a correlation, 1 = the same picture) from which two images are "
                              "near-duplicates (default 0.95)")
-        au.add_argument("--seed", type=int, default=0, help="fold assignment and the folds' seeds (default 0)")
+        au.add_argument("--seed", type=seed_int, default=0, help="fold assignment and the folds' seeds (default 0)")
         au.add_argument("--write-manifest", default=None, metavar="CSV",
                         help="also write a cleaned manifest (what goes: --drop, --relabel; each change in "
                              "OUT/changes.csv)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
+from cifarkit.cli_use import json_line
 from cifarkit.errors import CifarkitError
 
 
@@ -132,7 +132,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             w.writerows(csv_row([i, p, m["classes"][p]]) for i, p in enumerate(predicted))
     m.pop("classes")
     if a.json:
-        print(json.dumps(m))
+        print(json_line(m))
     else:
         print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
               f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
@@ -176,7 +176,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Add the models, train, tune, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option
+    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option, diverge_factor, seed_int
 
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
     m.add_argument("--input-size", type=int, default=None, help="input size for MACs [px]")
@@ -216,7 +216,7 @@ def add_commands(sub) -> None:
                    help="stop hopeless trials from their per-epoch evaluation (default asha)")
     u.add_argument("--metric", default="top1", choices=["top1", "loss"],
                    help="what a trial is scored by: its final evaluation's top1 (maximised) or loss (minimised)")
-    u.add_argument("--seed", type=int, default=None, help="seed of the TPE sampler (default: fresh per worker)")
+    u.add_argument("--seed", type=seed_int, default=None, help="seed of the TPE sampler (default: fresh per worker)")
     u.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
                    help="seconds between a running trial's liveness stamps; a trial silent for 3x this is "
                         "marked failed and run again")
@@ -231,7 +231,8 @@ def add_commands(sub) -> None:
     f.add_argument("--steps", type=int, default=200, help="sweep length [iterations]")
     f.add_argument("--start-lr", type=float, default=1e-6)
     f.add_argument("--end-lr", type=float, default=10.0)
-    f.add_argument("--diverge", type=float, default=4.0, help="stop when the smoothed loss exceeds this x its minimum")
+    f.add_argument("--diverge", type=diverge_factor, default=4.0,
+                   help="stop when the smoothed loss exceeds this x its minimum (above 1)")
     f.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
     f.set_defaults(fn=cmd_lr_find)
 

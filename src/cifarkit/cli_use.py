@@ -8,6 +8,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from cifarkit.errors import CifarkitError, DataError
 from cifarkit.safecsv import csv_row
@@ -22,6 +23,46 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} must be >= 1")
+    return v
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one line of strict JSON for --json output: NaN and infinities (which json.dumps
+    writes as the invalid `NaN` / `Infinity`) become null; anything else not JSON becomes its str."""
+    return json.dumps(_finite(obj), default=str, allow_nan=False)
+
+
+def seed_int(text: str) -> int:
+    """argparse type for every --seed: a whole number 0..2^31-1 (what train.seed takes; numpy and
+    torch refuse negative seeds with a traceback)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"{v} is not a seed; use a whole number from 0 to 2147483647")
+    return v
+
+
+def diverge_factor(text: str) -> float:
+    """argparse type for lr-find --diverge: a finite factor above 1 (the smoothed loss over its
+    minimum; at 1 or below every sweep stops at once, NaN never stops it)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(v) and 1 < v <= 1e6):
+        raise argparse.ArgumentTypeError(f"{v} must be a number above 1 (the loss over its minimum, e.g. 4)")
     return v
 
 
@@ -98,7 +139,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
             continue
         rows.append(pred)
         if a.json:
-            print(json.dumps(pred.as_dict()), flush=True)
+            print(json_line(pred.as_dict()), flush=True)
         else:
             tops = ", ".join(f"{t['label']} {t['score']:.2f}" for t in pred.topk[1:])
             print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")

@@ -32,6 +32,10 @@ IMAGENET_STD = [58.395, 57.12, 57.375]
 
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB; a bound keeps a 50 MB YAML from eating RAM for minutes
 MAX_INT = 2**31 - 1  # no count, size or seed of a run needs more; larger ones overflow torch's C ints
+# Every float key without a tighter bound of its own lies within +-MAX_FLOAT: 3.5e38 is finite in
+# Python but overflows float32 (torch's parameters, losses), and 1e300 makes every product inf.
+MAX_FLOAT = 1e6
+MAX_LR = 100.0  # learning rates: far above any that trains (airbench's 0.24-0.67, SGD's 0.1-1)
 
 
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -72,7 +76,8 @@ class DataConfig:
     eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0)
     eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0)
     imbalance_ratio: float = _f(0.0, "long-tail train split: keep the first floor(n_max * R^(-i/(C-1))) images of "
-                                     "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0)
+                                     "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0,
+                                le=1e12)
     sampler: str = _f("uniform", "uniform | balanced | sqrt: per-epoch draw with replacement, image weight "
                                  "1/n_c or 1/sqrt(n_c) (uniform: a plain permutation)")
     mixup: float = _f(0.0, "MixUp Beta(alpha, alpha) alpha (0 = off)", ge=0)
@@ -99,16 +104,17 @@ class OptimConfig:
 
     Read by `engine.optimizers` when the run builds its optimiser."""
     name: str = _f("sgd", "sgd | adamw | muon (Muon on conv filters, Nesterov SGD on the rest)")
-    lr: float = _f(0.1, "learning rate (0 freezes those parameters, and they get no weight decay)", ge=0)
+    lr: float = _f(0.1, "learning rate (0 freezes those parameters, and they get no weight decay)", ge=0, le=MAX_LR)
     momentum: float = _f(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
     nesterov: bool = _f(False, "Nesterov momentum (SGD)")
-    weight_decay: float = _f(5e-4, "weight decay", ge=0)
+    weight_decay: float = _f(5e-4, "weight decay", ge=0, le=100)
     no_wd_norm_bias: bool = _f(False, "no weight decay on norm layers and biases")
     norm_bias_lr_mult: float = _f(1.0, "lr multiplier for norm weights/biases and biases (wd divided by it)",
-                                   gt=0)
+                                   gt=0, le=1e4)
     grad_clip: float = _f(0.0, "clip gradient norm to this (0 = off)", ge=0)
-    head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)", ge=0)
-    muon_lr: float = _f(0.24, "muon: lr of the conv filters (0 freezes them)", ge=0)
+    head_lr: float = _f(0.0, "lr of 2-D weights (the linear head) when it should differ (0 = optim.lr)", ge=0,
+                          le=MAX_LR)
+    muon_lr: float = _f(0.24, "muon: lr of the conv filters (0 freezes them)", ge=0, le=MAX_LR)
     muon_momentum: float = _f(0.6, "muon: momentum of the conv filters", ge=0, lt=1)
     wd_per_lr: bool = _f(False, "weight_decay is per step: each group gets weight_decay / its lr (airbench)")
     whiten_bias_decay: bool = _f(False, "airnet: whitening-bias lr decays linearly to 0 over "
@@ -122,11 +128,11 @@ class ScheduleConfig:
     Applied per iteration by `engine.optimizers.lr_lambdas`."""
     name: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
     warmup_epochs: float = _f(0.0, "linear warm-up length [epochs]", ge=0)
-    warmup_start: float = _f(0.1, "lr factor at the start of warm-up", ge=0)
-    gamma: float = _f(0.1, "step/multistep decay factor", gt=0)
+    warmup_start: float = _f(0.1, "lr factor at the start of warm-up", ge=0, le=100)
+    gamma: float = _f(0.1, "step/multistep decay factor", gt=0, le=100)
     step: int = _f(30, "step: decay every this many epochs", ge=1)
     milestones: list[int] = _f([], "multistep: epochs at which to decay", ge=0)
-    final_factor: float = _f(0.0, "cosine/linear/onecycle: lr factor at the end", ge=0)
+    final_factor: float = _f(0.0, "cosine/linear/onecycle: lr factor at the end", ge=0, le=100)
     peak_fraction: float = _f(0.25, "onecycle/linear: where the peak lr is [fraction of training]",
                                ge=0, le=1)
 
@@ -350,11 +356,19 @@ def _check_values(obj: Any, prefix: str = "") -> None:
                 raise ConfigError(f"{key}: {v} is out of range (at most {MAX_INT})")
             if not isinstance(v, (int, float)) or isinstance(v, bool):
                 continue
+            bounds = dict(m)
+            if isinstance(v, float):  # no float without bounds (MAX_FLOAT)
+                if bounds.get("le") is None and bounds.get("lt") is None:
+                    bounds["le"] = MAX_FLOAT
+                if bounds.get("ge") is None and bounds.get("gt") is None:
+                    bounds["ge"] = -MAX_FLOAT
             for name, fails, words in (("ge", operator.lt, "at least"), ("gt", operator.le, "greater than"),
                                        ("le", operator.gt, "at most"), ("lt", operator.ge, "less than")):
-                bound = m.get(name)
+                bound = bounds.get(name)
                 if bound is not None and fails(v, bound):
-                    raise ConfigError(f"{key}: must be {words} {bound:g}, got {v!r}")
+                    valid = " and ".join(f"{op} {bounds[b]:g}" for b, op in (("ge", ">="), ("gt", ">"), ("le", "<="),
+                                                                            ("lt", "<")) if bounds.get(b) is not None)
+                    raise ConfigError(f"{key}: must be {words} {bound:g}, got {v!r} (valid: {valid})")
 
 
 def _check_model_kwargs(cfg: Config) -> None:
@@ -402,6 +416,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"train.class_weights: needs one weight per class ({cfg.model.num_classes}), got {len(w)}")
     if isinstance(w, list) and not sum(w) > 0:
         raise ConfigError("train.class_weights: the weights must not all be 0")
+    o = cfg.optim
+    for key, lr in (("optim.lr", o.lr), ("optim.head_lr", o.head_lr)):
+        # wd_per_lr gives each group weight_decay / its lr: a tiny lr makes that overflow float32
+        if o.wd_per_lr and lr > 0 and o.weight_decay / lr > MAX_FLOAT:
+            raise ConfigError(f"{key}: {lr:g} with optim.wd_per_lr makes the group's weight decay "
+                              f"{o.weight_decay / lr:.3g} (optim.weight_decay / lr, at most {MAX_FLOAT:g}); raise "
+                              f"{key}, or set it to 0 to freeze those parameters")
     if cfg.data.rrc_scale[0] > cfg.data.rrc_scale[1]:
         raise ConfigError(f"data.rrc_scale: {cfg.data.rrc_scale} is not a [min, max] range")
     _check_model_kwargs(cfg)
@@ -416,6 +437,22 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in a config; "
                                               "write the value out", self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        # plain YAML keeps the last of a key given twice, silently: refuse it, naming the key
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice (lines {seen[key]} and {line}); keep one",
+                        key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _yaml_load(text: str) -> Any:
@@ -473,22 +510,13 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
     return cfg
 
 
-def _read_config_text(p: Path) -> str:
-    """The config file's text, refusing folders, special files and anything over MAX_CONFIG_BYTES
-    (read with a bound, so a FIFO or /dev/zero cannot feed it forever)."""
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a folder, not a config file; give the .yaml file inside it")
+def _read_config_text(p: Path, what: str = "config file") -> str:
+    """The text of a config (or space) file, through `userfile.read_user_text`: folders, FIFOs and
+    devices refused without opening, at most MAX_CONFIG_BYTES read."""
+    from cifarkit.userfile import read_user_bytes
+
     try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such config file") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot be read ({e.strerror or e})") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES >> 20} MiB, which no config is; check the path")
-    try:
-        return data.decode("utf-8")
+        return read_user_bytes(p, what, MAX_CONFIG_BYTES, ConfigError).decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not valid YAML (not UTF-8 text)") from None
 

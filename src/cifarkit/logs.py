@@ -115,10 +115,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     record. One `warning:` line on stderr says how many lines were affected."""
     path = Path(path)
     out = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot be read as a text log ({e})") from None
+    from cifarkit.userfile import MiB, read_user_text
+
+    # a regular file only (a FIFO or a link to /dev/zero is one error), at most 1 GiB: a run that
+    # logs every iteration writes ~100 bytes each, a few hundred MB for the longest
+    text = read_user_text(path, "text log", 1024 * MiB, encoding="utf-8")
     skipped = fixed = 0
     for line in text.splitlines():
         line = line.strip()

@@ -31,6 +31,7 @@ from cifarkit.engine.evaluate import ranked
 from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 from cifarkit.saferead import Within
+from cifarkit.userfile import read_user_lines
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -67,6 +68,7 @@ class Prediction:
 
 
 ImageLike = "str | Path | np.ndarray | PIL.Image.Image"
+MAX_STDIN_PATHS = 10_000_000  # `predict -`: more paths than any dataset holds (each at most 4096 characters)
 CHUNK_PIXELS = 1 << 26  # predict_files: decoded pixels held before a forward pass (67 Mpx, ~200 MB of uint8)
 
 
@@ -239,7 +241,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
     problems: list[str] = []
     for item in inputs:
         if item == "-":
-            files += [Path(line.strip()) for line in sys.stdin if line.strip()]
+            # bounded: `predict -` fed from /dev/zero (no newline, ever) is one error, not a MemoryError
+            files += [Path(line) for line in read_user_lines(sys.stdin, "the paths on stdin (-)", MAX_STDIN_PATHS)]
             continue
         p = Path(item)
         if p.is_dir():

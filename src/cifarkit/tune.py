@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import random
 import socket
 import sys
 import threading
@@ -70,13 +71,17 @@ from cifarkit.models import list_models
 from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row, looks_numeric
 from cifarkit.safepath import safe_component, temp_beside, write_text_atomic
+from cifarkit.userfile import check_user_file, open_user_file
 
 KINDS = ("uniform", "log_uniform", "int", "choice")
 PRUNERS = ("asha", "median", "none")
 METRICS = {"top1": "maximize", "loss": "minimize"}
+MAX_CHOICES = 1000  # values of one choice in a space file (each is validated as a config before any trial)
 MAX_ERRORS_IN_A_ROW = 3  # a worker stops after this many trials fail with an error (not divergence) in a row
 STUDY_FILE = "study.json"  # OUT/study.json: which study and storage this output folder belongs to
 DEFAULT_STORAGE = "study.journal"  # the journal file inside OUT when no --storage is given
+OPEN_ATTEMPTS = 6  # opening an RDB storage that other workers are creating: ~13 s of retries at most
+JOURNAL_TAIL = 1 << 20  # check_journal reads this much of the end: one journal line is far shorter
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,11 @@ def parse_dist(key: str, spec: Any, where: str) -> Dist:
             raise ConfigError(f"{where}{key}: choice needs a non-empty list of values")
         if any(isinstance(c, (dict, list)) for c in v):
             raise ConfigError(f"{where}{key}: choice values must be plain values (numbers, strings, true/false)")
-        if any(a == b for i, a in enumerate(v) for b in v[i + 1:]):  # Optuna finds a choice by ==: 1 is True
+        if len(v) > MAX_CHOICES:  # each is checked against the config below; a range says more in one line
+            raise ConfigError(f"{where}{key}: choice lists {len(v):,} values, more than {MAX_CHOICES:,}; use "
+                              "{int: [lo, hi]} or {uniform: [lo, hi]} for a range")
+        # Optuna finds a choice by ==, so 1 is True and 1.0: a set (hash agrees with ==) sees those as one
+        if len(set(v)) != len(v):
             raise ConfigError(f"{where}{key}: choice lists a value twice (or two that compare equal, like 1 and true)")
         if key.startswith("model.kwargs."):  # no schema converts them later: YAML 1.1 reads 1e-3 as a string
             v = [_number(c, key, where) if isinstance(c, str) and looks_numeric(c) else c for c in v]
@@ -202,7 +211,7 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
     p = Path(path)
     where = f"{p}: "
     try:
-        d = _yaml_load(_read_config_text(p))
+        d = _yaml_load(_read_config_text(p, "search space file"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict) or not d:
@@ -417,6 +426,63 @@ def describe_space(space: dict[str, Dist], metric: str) -> dict[str, Any]:
                                         for k, d in sorted(space.items())}}
 
 
+def _lost_schema_race(e: BaseException) -> bool:
+    """Whether opening an RDB storage failed because another worker was creating the same schema
+    or study at that moment (sqlite: `UNIQUE constraint failed: alembic_version.version_num`,
+    `table ... already exists`, `database is locked`; other databases: an IntegrityError)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = str(seen)
+        if type(seen).__name__ == "IntegrityError" or any(
+                s in text for s in ("UNIQUE constraint failed", "already exists", "database is locked")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def check_journal(path: str | Path) -> None:
+    """A journal storage must be a regular file (or not exist yet: Optuna creates it) whose last
+    line is whole. A FIFO would block Optuna's open for ever, /dev/zero fill memory; and a line cut
+    off by a worker killed while writing it makes Optuna fail with a JSONDecodeError as soon as
+    anything is written after it.
+
+    Raises:
+        ConfigError: one line naming the file and what to do.
+    """
+    st = check_user_file(path, "tune journal file", ConfigError, missing_ok=True)
+    if st is None or st.st_size == 0:
+        return
+    optuna = require("optuna", "cifarkit tune")
+    lock = optuna.storages.journal.JournalFileSymlinkLock(str(path))  # Optuna's own: no half-written append
+    try:
+        locked = lock.acquire()
+    except OSError:  # a read-only folder: nobody can append meanwhile either
+        locked = False
+    try:
+        with open_user_file(path, "tune journal file", 1 << 62, ConfigError, encoding=None) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - JOURNAL_TAIL))
+            tail = f.read(JOURNAL_TAIL)
+    finally:
+        if locked:
+            lock.release()
+    damaged = not tail.endswith(b"\n")
+    lines = tail[:-1].split(b"\n")
+    if not damaged and (len(lines) > 1 or size <= JOURNAL_TAIL):  # else the tail starts inside its last line
+        try:
+            json.loads(lines[-1])
+        except ValueError:
+            damaged = True
+    if damaged:
+        raise ConfigError(journal_damaged(path))
+
+
+def journal_damaged(path: str | Path) -> str:
+    """The one line for a journal whose last line is cut off, and what to do about it."""
+    return (f"--storage {path}: its last line is cut off (a worker killed while writing it?), so the study cannot "
+            f"be read on; delete that line (`sed -i '$d' {path}`) and start again")
+
+
 def open_study(storage: str, name: str, space: dict[str, Dist], metric: str, pruner: str,
                seed: int | None) -> Any:
     """Create or load the study; refuse one that searches another space or metric.
@@ -426,17 +492,27 @@ def open_study(storage: str, name: str, space: dict[str, Dist], metric: str, pru
     """
     optuna = require("optuna", "cifarkit tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        if "://" in storage:
-            store = optuna.storages.RDBStorage(storage)
-        else:
-            Path(storage).parent.mkdir(parents=True, exist_ok=True)
-            store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
-        st = optuna.create_study(storage=store, study_name=name, direction=METRICS[metric],
-                                 pruner=make_pruner(pruner), load_if_exists=True)
-    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable database
-        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ConfigError(f"--storage {storage}: cannot open the study there ({type(e).__name__}: {line})") from None
+    if "://" not in storage:
+        check_journal(storage)
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            if "://" in storage:
+                store = optuna.storages.RDBStorage(storage)
+            else:
+                Path(storage).parent.mkdir(parents=True, exist_ok=True)
+                store = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+            st = optuna.create_study(storage=store, study_name=name, direction=METRICS[metric],
+                                     pruner=make_pruner(pruner), load_if_exists=True)
+            break
+        except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable database
+            if attempt + 1 < OPEN_ATTEMPTS and _lost_schema_race(e):
+                # workers started together on a new database each create its schema; the loser's
+                # insert fails, and a moment later the winner's schema is there to load
+                time.sleep(0.2 * 2 ** attempt * (1 + random.random()))
+                continue
+            line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"--storage {storage}: cannot open the study there ({type(e).__name__}: "
+                              f"{line})") from None
     want = describe_space(space, metric)
     have = st.user_attrs.get("cifarkit")
     if have is None:
@@ -509,30 +585,33 @@ def tune(base: Config, space: dict[str, Dist], trials: int, out: str | Path, sto
     if pruner != "none" and base.eval.interval > 1:
         say(f"note: the pruner sees a score every {base.eval.interval} epochs (eval.interval); --set eval.interval=1 "
             "lets it stop hopeless trials after their first epoch")
-    ran, streak = 0, []
-    while True:
-        for n in fail_stale_trials(st, heartbeat):
-            say(f"trial {n}: its worker died; marked failed, to be run again")
-        now = st.get_trials(deepcopy=False)
-        if sum(map(counts, now)) >= trials:
-            if not any(t.state == TrialState.RUNNING for t in now):
-                break
-            time.sleep(min(5.0, heartbeat))  # other workers' last trials: they may die and need running again
-            continue
-        trial = st.ask()
-        ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
-        if ahead >= trials:  # another worker took the last trial between our count and our ask
-            trial.set_user_attr("failure", "surplus: the study had its trials")
-            trial.set_user_attr("counts", False)
-            st.tell(trial, state=TrialState.FAIL)
-            continue
-        error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
-        ran += 1
-        streak = [*streak, trial] if error is not None else []
-        if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
-            raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
-                                f"--trials); the last: {error}") from None
-    res = summarize_study(st, out, name, metric)
+    try:
+        ran, streak = 0, []
+        while True:
+            for n in fail_stale_trials(st, heartbeat):
+                say(f"trial {n}: its worker died; marked failed, to be run again")
+            now = st.get_trials(deepcopy=False)
+            if sum(map(counts, now)) >= trials:
+                if not any(t.state == TrialState.RUNNING for t in now):
+                    break
+                time.sleep(min(5.0, heartbeat))  # other workers' last trials: they may die and need running again
+                continue
+            trial = st.ask()
+            ahead = sum(counts(t) for t in st.get_trials(deepcopy=False) if t.number < trial.number)
+            if ahead >= trials:  # another worker took the last trial between our count and our ask
+                trial.set_user_attr("failure", "surplus: the study had its trials")
+                trial.set_user_attr("counts", False)
+                st.tell(trial, state=TrialState.FAIL)
+                continue
+            error = run_trial(st, trial, base, space, out, metric, heartbeat, device, say)
+            ran += 1
+            streak = [*streak, trial] if error is not None else []
+            if len(streak) >= MAX_ERRORS_IN_A_ROW:  # not the values: the data, the disk, a missing package
+                raise CifarkitError(f"{MAX_ERRORS_IN_A_ROW} trials in a row failed with an error (not counted towards "
+                                    f"--trials); the last: {error}") from None
+        res = summarize_study(st, out, name, metric)
+    except json.JSONDecodeError:  # the journal was damaged while this worker ran (another one killed mid-write)
+        raise ConfigError(journal_damaged(where)) from None
     res.ran_here, res.seconds = ran, time.perf_counter() - t0
     return res
 

@@ -39,6 +39,7 @@ from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.safecsv import csv_row, csv_uncell
 from cifarkit.safepath import claim_outputs, output_dir, remove_outputs, write_text_atomic
+from cifarkit.userfile import MiB, open_user_file
 
 # The folds train for this fraction of the recipe's epochs (fast: 1.6 of 8), in batches of at most
 # FOLD_BATCH: 5 folds x 4/5 of the data x 1/5 of the epochs is 0.8 of one recipe run's training,
@@ -55,6 +56,8 @@ FOLD_BATCH = 1000
 # 0.95 finds 90% of the copies with ~650 other train/test pairs above it (CIFAR-10's own near
 # copies among them); 0.90 finds 94% with ~2,700; 0.97 78% with ~250. Precision first.
 NEAR_THRESHOLD = 0.95
+# `eval --exclude`: CIFAR-10's own duplicates.csv is a few hundred KB; 128 MiB is over a million pairs
+MAX_DUPLICATES_BYTES = 128 * MiB
 OUTLIER_Z = 3.5  # modified z-score (Iglewicz & Hoaglin) of the outlier score within its class
 DUPLICATE_COLUMNS = ["split_a", "path_a", "index_a", "split_b", "path_b", "index_b", "distance", "kind"]
 # and each image's pixel hash (`eval --exclude` checks it: a list from another dataset is refused)
@@ -418,13 +421,15 @@ def leaked_images(duplicates_csv: str | Path) -> dict[str, dict[tuple[str, int],
     """
     p = Path(duplicates_csv)
     what = f"{p}: not a duplicates.csv of `cifarkit data audit`"
-    try:
-        with open(p, newline="", encoding="utf-8-sig") as f:  # -sig: a file saved again by a spreadsheet
+    # a regular file of bounded size only (a FIFO or /dev/zero is refused before it is read)
+    # -sig: a file saved again by a spreadsheet
+    with open_user_file(p, "duplicates.csv", MAX_DUPLICATES_BYTES, encoding="utf-8-sig", newline="") as f:
+        try:
             reader = csv.DictReader(f)
             rows = list(reader)
             header = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{what} ({e})") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            raise DataError(f"{what} ({e})") from None
     if not set(DUPLICATE_COLUMNS) <= set(header):
         raise DataError(f"{what} (it needs the columns {', '.join(DUPLICATE_COLUMNS)})")
     out: dict[str, dict[tuple[str, int], str | None]] = {}

@@ -123,15 +123,17 @@ def scan_folder(root: str | Path, split: str | None = None, classes: list[str] |
 def _manifest_rows(csv_path: Path) -> list[dict[str, str]]:
     """The rows of a manifest; one in the export's own layout has its cells un-neutralised
     (`safecsv.csv_uncell`), so the names it was written with come back exactly."""
+    from cifarkit.userfile import MiB, open_user_file
+
+    # a regular file of at most 512 MiB (millions of rows) only: a FIFO or /dev/zero is one error
+    f = open_user_file(csv_path, "manifest", 512 * MiB, encoding="utf-8-sig", newline="")  # -sig: Excel's BOM
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+        with f:
             reader = csv.DictReader(f)
             rows = list(reader)
             if reader.fieldnames == MANIFEST_COLUMNS:
                 rows = [{k: csv_uncell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows]
             return rows
-    except FileNotFoundError:
-        raise DataError(f"{csv_path}: no such manifest") from None
     except (UnicodeDecodeError, csv.Error, OSError) as e:
         raise DataError(f"{csv_path}: not a readable CSV manifest ({e})") from None
 

@@ -102,13 +102,46 @@ def load_train_split(cfg: Config):
     """
     if not cfg.data.root:
         raise ConfigError("data.root is empty; set it in the config or with --set data.root=PATH")
-    ds = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
-    ds = long_tail(_subset_per_class(ds, cfg.data.subset_per_class), cfg.data.imbalance_ratio)
+    full = load_dataset(cfg.data.root, cfg.data.train_split, cfg.data.image_size or None)
+    ds = long_tail(_subset_per_class(full, cfg.data.subset_per_class), cfg.data.imbalance_ratio)
     if cfg.data.val_fraction > 0:
         perm = np.random.default_rng(cfg.data.val_seed).permutation(len(ds))
         n_val = max(1, int(round(len(ds) * cfg.data.val_fraction)))
-        return ds.subset(np.sort(perm[n_val:])), ds.subset(np.sort(perm[:n_val])), "val"
+        train = ds.subset(np.sort(perm[n_val:]))
+        check_every_class_trains(full.class_counts(), train.class_counts(), cfg)
+        return train, ds.subset(np.sort(perm[:n_val])), "val"
     return ds, None, cfg.data.test_split
+
+
+def check_every_class_trains(full: dict[str, int], train: dict[str, int], cfg: Config) -> None:
+    """Refuse a training set that the settings left without any image of a class the dataset has
+    (`data.val_fraction` held them all out, after `data.subset_per_class` / `data.imbalance_ratio`
+    thinned the class): such a run would train on nine classes and report ten, without a word.
+
+    Args:
+        full, train: images per class in the dataset's train split, and left for training after
+            the subset, long-tail and validation split.
+
+    Raises:
+        ConfigError: naming the classes, the settings and what to change.
+    """
+    emptied = [c for c, n in train.items() if n == 0 and full.get(c, 0) > 0]
+    if not emptied:
+        return
+    d = cfg.data
+    names = ", ".join(repr(c) for c in emptied[:10]) + (f" and {len(emptied) - 10} more" if len(emptied) > 10 else "")
+    settings = [f"data.val_fraction={d.val_fraction:g}"]
+    fixes = ["lower data.val_fraction"]
+    if d.subset_per_class:
+        settings.append(f"data.subset_per_class={d.subset_per_class}")
+        fixes.append("raise data.subset_per_class")
+    if d.imbalance_ratio:
+        settings.append(f"data.imbalance_ratio={d.imbalance_ratio:g}")
+        fixes.append("lower data.imbalance_ratio")
+    many = len(emptied) > 1
+    raise ConfigError(f"{', '.join(settings)} leave{'s' if len(settings) == 1 else ''} class{'es' if many else ''} "
+                      f"{names} with no training image (the validation split took every one left of "
+                      f"{'them' if many else 'it'}); {' or '.join(fixes)}")
 
 
 def load_eval_set(cfg: Config, classes: list[str], data: str | None = None,

@@ -27,12 +27,12 @@ import torch.nn.functional as F
 
 from cifarkit.engine.checkpoint import atomic_save, load_checkpoint
 from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.engine.inference import TEMPERATURE_RANGE, Inference, eval_data
 from cifarkit.errors import ConfigError
 from cifarkit.plotting import pyplot, save
 from cifarkit.safepath import check_apart, output_file
 
-T_RANGE = (0.05, 20.0)
+T_RANGE = TEMPERATURE_RANGE  # check_temperature accepts what this can fit, and no more
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -160,7 +160,12 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
     inf = Inference.from_checkpoint(ckpt, device, tta, precision, temperature=1.0)  # the uncalibrated logits
     cfg = inf.config
     check_apart(out, [data or cfg.data.root])  # a checkpoint and a figure must not land among the images
-    if split is None and not (data is None and cfg.data.val_fraction > 0):
+    if split is None and data is not None and cfg.data.val_fraction > 0:
+        # the run's validation split is carved out of *its* data.root; another dataset has none
+        raise ConfigError(f"--data {data}: the run's validation split (data.val_fraction "
+                          f"{cfg.data.val_fraction:g}) is carved out of its own data.root, so with --data name the "
+                          "held-out split to fit on with --split")
+    if split is None and cfg.data.val_fraction == 0:
         raise ConfigError(f"{ckpt}: its run has no validation split (data.val_fraction is 0); name a held-out split "
                           "with --split (and --data), or train with data.val_fraction=0.1")
     if split is not None and split == cfg.data.test_split and not allow_test:

@@ -49,9 +49,20 @@ def resolve_device(spec: str = "auto") -> torch.device:
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {spec!r}: CUDA is not available on this machine; use --device cpu")
     try:
-        return torch.device(spec)
+        dev = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"device {spec!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type != "cpu":
+        # torch.device("mps") is accepted on any machine; the first tensor put there fails much
+        # later with a traceback. An empty tensor asks the backend now, for every device kind.
+        try:
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError, ValueError) as e:  # not built in / no such device index
+            line = (str(e).strip().splitlines() or [""])[0]
+            why = f" ({line})" if 0 < len(line) <= 80 else ""  # torch's short reasons only, not its essays
+            raise ConfigError(f"device {spec!r}: not available on this machine or in this PyTorch build{why}; "
+                              "use --device cpu or auto") from None
+    return dev
 
 
 @functools.cache

@@ -173,18 +173,24 @@ def describe(settings: dict[str, Any]) -> str:
             + (f", temperature {temp:.3g}" if temp else ""))
 
 
-MAX_TEMPERATURE = 100.0
+# What `cifarkit calibrate` can fit (engine.calibration searches this range): a temperature outside
+# it was not written by cifarkit, and a tiny one (1e-300) turns every score into NaN.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def check_temperature(t: Any, path: str | Path) -> float:
-    """A checkpoint's (or the caller's) softmax temperature: a finite number in (0, 100].
+    """A checkpoint's (or the caller's) softmax temperature: a finite number in TEMPERATURE_RANGE.
 
     Raises:
-        CheckpointError: anything else (NaN, 0, negative, a string): the file is damaged or edited.
+        CheckpointError: anything else (NaN, 0, 1e-300, a string): the file is damaged or edited.
     """
-    if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t) and 0 < t <= MAX_TEMPERATURE):
-        raise CheckpointError(f"{path}: its temperature {t!r} is not a number in (0, {MAX_TEMPERATURE:g}]; the file "
-                              "is damaged or was edited (recalibrate with cifarkit calibrate)")
+    lo, hi = TEMPERATURE_RANGE
+    # the fitted T can sit on an end of the range up to rounding (exp(log(0.05)))
+    if isinstance(t, bool) or not (isinstance(t, int | float) and math.isfinite(t)
+                                   and lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)):
+        raise CheckpointError(f"{path}: its temperature {t!r} is not a number in [{lo:g}, {hi:g}] (what cifarkit "
+                              "calibrate fits); the file is damaged or was edited (recalibrate with cifarkit "
+                              "calibrate)")
     return float(t)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.config import Config
+from cifarkit.config import MAX_LR, Config
 from cifarkit.engine.device import resolve_device
 from cifarkit.engine.dist import DistInfo
 from cifarkit.engine.step import forward_backward, optimizer_step
@@ -108,8 +108,11 @@ def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: fl
     """Sweep the lr from start_lr to end_lr over `steps` steps on a fresh model; write
     `out_dir/lr_find.csv` (step, lr, loss, smoothed) and `out_dir/lr_find.png`. A non-empty
     `out_dir` is refused (before any training) unless `overwrite`."""
-    if not 0 < start_lr < end_lr:
-        raise CifarkitError(f"lr-find: start lr {start_lr:g} must be positive and below the end lr {end_lr:g}")
+    if not 0 < start_lr < end_lr <= MAX_LR:  # NaN fails every comparison; above MAX_LR overflows float32 updates
+        raise CifarkitError(f"lr-find: start lr {start_lr:g} must be positive and below the end lr {end_lr:g}, "
+                            f"which is at most {MAX_LR:g}")
+    if not (math.isfinite(diverge) and diverge > 1):
+        raise CifarkitError(f"lr-find: --diverge {diverge:g} must be a number above 1 (the loss over its minimum)")
     if steps < 2:
         raise CifarkitError("lr-find: needs at least 2 steps")
     out = output_dir(out_dir, overwrite, inputs=[cfg.data.root], writes=FILES)

@@ -33,6 +33,7 @@ from cifarkit.errors import ConfigError
 from cifarkit.extras import MissingExtra, require
 from cifarkit.logs import read_jsonl
 from cifarkit.safepath import write_text_atomic
+from cifarkit.userfile import check_user_file
 
 STATE_FILE = "mlflow.json"  # RUN/mlflow.json: {"tracking_uri", "experiment_id", "run_id"}
 # record type -> (record field, MLflow metric key)
@@ -61,6 +62,8 @@ def require_mlflow(uri: str) -> None:
         require("mlflow", "log.mlflow")
     except MissingExtra as e:
         raise MissingExtra(f"{e} (or set log.mlflow='')") from None
+    if uri.startswith("sqlite:///"):
+        check_sqlite_store(uri)
     folder = ("://" not in uri and not uri.startswith("databricks")) or uri.startswith("file:")
     if folder:
         try:
@@ -71,6 +74,39 @@ def require_mlflow(uri: str) -> None:
             raise ConfigError(f"log.mlflow {uri!r}: this MLflow keeps folder stores in maintenance mode and refuses "
                               "them; use a database store such as log.mlflow=sqlite:///mlflow.db, or set "
                               "MLFLOW_ALLOW_FILE_STORE=true")
+
+
+def check_sqlite_store(uri: str) -> None:
+    """An `sqlite:///PATH` store must be a database file that can be opened for writing (created
+    if missing). Otherwise MLflow retries its connection for about two minutes, dozens of log
+    lines, before the one warning: a store that can never work is refused before training.
+
+    Raises:
+        ConfigError: the path is a folder or another non-file, or cannot be created or written.
+    """
+    import sqlite3
+
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        return
+    try:
+        st = check_user_file(path, "SQLite database file", ConfigError, missing_ok=True)
+    except ConfigError as e:
+        raise ConfigError(f"log.mlflow {uri!r}: {e}") from None
+    try:
+        con = sqlite3.connect(path, timeout=5)
+        try:
+            con.execute("BEGIN IMMEDIATE")  # opens (or creates) the file for writing, as MLflow will
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise ConfigError(f"log.mlflow {uri!r}: cannot open {path} as a database for writing ({e}); use a "
+                          "store in a folder you can write, e.g. log.mlflow=sqlite:///mlflow.db") from None
+    if st is None:  # created by this check: MLflow makes its own in a moment, leave nothing behind meanwhile
+        with contextlib.suppress(OSError):
+            if os.path.getsize(path) == 0:
+                os.unlink(path)
 
 
 _WARNED: set[str] = set()  # (store, run directory) pairs already warned about: one line per run
