@@ -133,17 +133,30 @@ def test_a_report_swapped_for_a_symlink_never_serves_the_outside_file(model: Pat
     assert not [x for x in srv.output if "Traceback" in x], srv.output[-20:]
 
 
-def test_a_device_or_fifo_in_a_run_is_never_opened(model: Path, tmp_path: Path):
-    """log.jsonl as a FIFO leaves the run out of the list; report.html as a FIFO is a 404 at once."""
+def test_fifos_and_non_utf8_names_in_runs(model: Path, tmp_path: Path):
+    """log.jsonl as a FIFO leaves the run out of the list; report.html as a FIFO is a 404 at once
+    (never opened); a run folder whose name is not UTF-8 (a 500 before) is listed under an escaped
+    id that its curves and report are reached by."""
+    from urllib.parse import quote
+
     runs = tmp_path / "runs"
     (runs / "fifo_log").mkdir(parents=True)
     os.mkfifo(runs / "fifo_log" / "log.jsonl")
-    write_log(runs / "ok", [HEADER])
+    write_log(runs / "ok", [HEADER, {"type": "train", "epoch": 1, "iter": 1, "loss": 2.0}])
     os.mkfifo(runs / "ok" / "report.html")
+    odd = Path(os.fsdecode(bytes(runs) + b"/caf\xe9-run"))  # Latin-1 bytes, as an old tool would write
+    write_log(odd, [HEADER, {"type": "train", "epoch": 1, "iter": 1, "loss": 2.0}])
+    (odd / "report.html").write_text(INSIDE)
     with running_server(str(model), "--runs", str(runs)) as srv:
-        listed = {r["id"]: r for r in httpx.get(srv.url + "/api/runs", timeout=30).json()}
-        assert set(listed) == {"ok"} and listed["ok"]["report"] is False
+        r = httpx.get(srv.url + "/api/runs", timeout=30)
+        assert r.status_code == 200, r.text
+        listed = {x["id"]: x for x in r.json()}
+        assert set(listed) == {"ok", "caf%ED%B3%A9-run"} and listed["ok"]["report"] is False
         assert httpx.get(srv.url + "/runs/ok/report.html", timeout=30).status_code == 404
+        rid = quote("caf%ED%B3%A9-run")
+        assert httpx.get(f"{srv.url}/api/runs/{rid}/curves", timeout=30).json()["train"][0]["loss"] == 2.0
+        assert httpx.get(f"{srv.url}/runs/{rid}/report.html", timeout=30).text == INSIDE
+    assert not [x for x in srv.output if "Traceback" in x], srv.output[-20:]
 
 
 # ---- class 5 (serve): memory bounded across requests --------------------------------------

@@ -42,10 +42,11 @@ def serve_limit(field: str):
     def parse(text: str) -> float | int:
         from cifarkit.serve.limits import limit_problem
 
+        whole = field in ("max_files", "max_batch", "max_queue")
         try:
-            v: float | int = float(text) if field in ("max_upload_mb", "wait_ms", "max_decoded_mpx") else int(text)
+            v: float | int = int(text) if whole else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if whole else ''}number") from None
         problem = limit_problem(field, v)
         if problem:
             raise argparse.ArgumentTypeError(f"{text} {problem}")

@@ -35,6 +35,7 @@ from typing import Any
 
 from cifarkit.errors import CifarkitError, DataError
 from cifarkit.logs import RunRecords, parse_jsonl, records_from
+from cifarkit.safepath import safe_component
 
 MAX_DEPTH = 3  # runs folder / group / run: deep enough for work_dirs/<experiment>/<run>
 MAX_SCAN_DIRS = 10_000  # folders looked at per scan: a runs folder pointed at / still answers
@@ -102,10 +103,10 @@ def open_regular(name: str, dir_fd: int | None = None) -> int | None:
     return fd
 
 
-def open_beneath(root_fd: int, rel: str) -> int | None:
-    """`open_regular` of `rel` ("a/b/report.html") under the folder `root_fd`, walking every
-    component with O_NOFOLLOW: None unless each folder on the way and the file itself is real."""
-    *dirs, name = rel.split("/")
+def open_beneath(root_fd: int, parts: list[str]) -> int | None:
+    """`open_regular` of root/parts... (["a", "b", "report.html"]) under the folder `root_fd`, walking
+    every component with O_NOFOLLOW: None unless each folder on the way and the file itself is real."""
+    *dirs, name = parts
     if name in ("", ".", ".."):
         return None
     try:
@@ -167,8 +168,20 @@ def _subfolders(fd: int) -> list[str]:
 @dataclass
 class Run:
     """One run directory found under the runs folder; `id` is the only handle a client gets."""
-    id: str  # path relative to the runs folder, with "/" separators
-    path: Path  # for messages only: nothing is opened by this path
+    id: str  # path relative to the runs folder, with "/" separators (`display_name` of each folder)
+    path: Path  # the runs folder / id, for messages only: nothing is opened by this path
+    parts: tuple[str, ...] = ()  # the folders' real names, from the runs folder down
+
+
+def display_name(name: str) -> str:
+    """A folder name as it appears in a run id: itself, unless it is not UTF-8 (Linux names are
+    bytes; such a name cannot go into JSON or a URL), then `safe_component` of it (its odd bytes
+    as %XX)."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return safe_component(name)
 
 
 class RunsFolder:
@@ -192,22 +205,24 @@ class RunsFolder:
         """Every folder under the runs folder (at most MAX_DEPTH deep, not hidden, no symlink on the
         way) holding a regular `log.jsonl`, by id, in sorted breadth-first order."""
         found: dict[str, Run] = {}
-        level, seen = [""], 0
+        level: list[tuple[str, ...]] = [()]
+        seen = 0
         for depth in range(MAX_DEPTH + 1):
-            nxt: list[str] = []
-            for rel in level:
+            nxt: list[tuple[str, ...]] = []
+            for parts in level:
                 seen += 1
                 if seen > MAX_SCAN_DIRS:
                     return found
                 try:
-                    fd = _open_dir_beneath(self.fd, rel.split("/") if rel else [])
+                    fd = _open_dir_beneath(self.fd, list(parts))
                 except OSError:
                     continue  # gone, or swapped for a symlink since its parent was listed
                 try:
-                    if rel and _is_regular("log.jsonl", fd):
-                        found[rel] = Run(rel, self.path / rel)
+                    rid = "/".join(display_name(p) for p in parts)
+                    if parts and rid not in found and _is_regular("log.jsonl", fd):
+                        found[rid] = Run(rid, self.path / rid, parts)
                     if depth < MAX_DEPTH:
-                        nxt += [f"{rel}/{n}" if rel else n for n in _subfolders(fd)]
+                        nxt += [(*parts, n) for n in _subfolders(fd)]
                 finally:
                     os.close(fd)
             level = nxt
@@ -215,7 +230,7 @@ class RunsFolder:
 
     def open(self, run: Run, name: str) -> int | None:
         """A descriptor of the regular file `name` in `run` (`open_beneath`), or None."""
-        return open_beneath(self.fd, f"{run.id}/{name}")
+        return open_beneath(self.fd, [*run.parts, name])
 
     def has(self, run: Run, name: str) -> bool:
         fd = self.open(run, name)
@@ -339,7 +354,7 @@ def run_summary(folder: RunsFolder, run: Run) -> dict[str, Any]:
         info["error"] = f"{run.id}/log.jsonl: no longer a regular file"
         return info
     try:
-        found = log_summary(fd, run.path / "log.jsonl")
+        found = log_summary(fd, f"{run.id}/log.jsonl")
     finally:
         os.close(fd)
     info.update({k: v for k, v in found.items() if v is not None or k != "name"})
@@ -360,7 +375,7 @@ def run_curves(folder: RunsFolder, run: Run) -> dict[str, Any]:
         return [{**r, "top1": pct(r.get("top1")), "top5": pct(r.get("top5"))} for r in records]
 
     def make() -> dict[str, Any]:
-        rec, cut = read_log(fd, run.path / "log.jsonl", MAX_POINTS)
+        rec, cut = read_log(fd, f"{run.id}/log.jsonl", MAX_POINTS)
         return {"train": rounded(rec.train), "val": rounded(rec.val), "running": not rec.summary, "partial": cut}
 
     try:
