@@ -197,6 +197,7 @@ class RunsFolder:
                                 "directories") from None
 
     def close(self) -> None:
+        """Let go of the folder's descriptor (the server's shutdown)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -233,6 +234,7 @@ class RunsFolder:
         return open_beneath(self.fd, [*run.parts, name])
 
     def has(self, run: Run, name: str) -> bool:
+        """Whether `run` holds `name` as a regular file that `open` would serve."""
         fd = self.open(run, name)
         if fd is None:
             return False
