@@ -66,6 +66,37 @@ def diverge_factor(text: str) -> float:
     return v
 
 
+def port_number(text: str) -> int:
+    """argparse type for `serve --port`: 1..65535, or 0 for any free port."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{v} must be from 1 to 65535 (or 0 for any free port)")
+    return v
+
+
+def serve_limit(field: str):
+    """argparse type for the serve option that sets `serve.app.Limits` field `field`: the same
+    check as the library's (`limit_problem`), at parse time, before any model is loaded."""
+    def parse(text: str) -> float | int:
+        from cifarkit.serve.limits import limit_problem
+
+        whole = field in ("max_files", "max_batch", "max_queue")
+        try:
+            v: float | int = int(text) if whole else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if whole else ''}number") from None
+        problem = limit_problem(field, v)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{text} {problem}")
+        return v
+
+    parse.__name__ = field  # argparse names the type in some messages
+    return parse
+
+
 def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
                    default_help: str = "the checkpoint's eval.tta") -> None:
     """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
@@ -246,8 +277,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from cifarkit.serve.app import Limits, serve
 
     serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
-          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue), a.precision,
-          tuple(a.allow_host))
+          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
+          a.precision, tuple(a.allow_host))
     return 0
 
 
@@ -301,16 +332,23 @@ def add_commands(sub) -> None:
     v.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
     v.add_argument("--runs", default=None, help="folder of run directories to show (only files under it are served)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    v.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    v.add_argument("--port", type=port_number, default=8000, help="port, 1..65535 (0: any free one)")
     v.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a host name this server may be reached by, besides localhost and IP addresses; requests "
                         "naming any other Host are refused (DNS rebinding); repeat for several")
     add_tta_option(v)
     add_precision_option(v)
     v.add_argument("--device", default="auto")
-    v.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body [MiB]")
-    v.add_argument("--max-files", type=positive_int, default=64, help="most image files in one request")
-    v.add_argument("--max-batch", type=positive_int, default=64, help="most images in one batched forward pass")
-    v.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long to collect requests into a batch [ms]")
-    v.add_argument("--max-queue", type=positive_int, default=256, help="waiting requests beyond which 503 is sent")
+    v.add_argument("--max-upload-mb", type=serve_limit("max_upload_mb"), default=20.0,
+                   help="largest request body [MiB, > 0]")
+    v.add_argument("--max-files", type=serve_limit("max_files"), default=64, help="most image files in one request")
+    v.add_argument("--max-batch", type=serve_limit("max_batch"), default=64,
+                   help="most images in one batched forward pass")
+    v.add_argument("--batch-wait-ms", type=serve_limit("wait_ms"), default=5.0,
+                   help="how long to collect requests into a batch [ms, 0..10000]")
+    v.add_argument("--max-queue", type=serve_limit("max_queue"), default=256,
+                   help="waiting requests beyond which 503 is sent")
+    v.add_argument("--max-decoded-mpx", type=serve_limit("max_decoded_mpx"), default=64.0,
+                   help="decoded image pixels all requests together may hold at once, in units of 1024x1024 px "
+                        "(the most one upload decodes to); requests beyond it wait their turn")
     v.set_defaults(fn=cmd_serve)

@@ -114,12 +114,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     last line; the rest is still useful); numeric fields of the wrong type are dropped from their
     record. One `warning:` line on stderr says how many lines were affected."""
     path = Path(path)
-    out = []
     from cifarkit.userfile import MiB, read_user_text
 
     # a regular file only (a FIFO or a link to /dev/zero is one error), at most 1 GiB: a run that
     # logs every iteration writes ~100 bytes each, a few hundred MB for the longest
     text = read_user_text(path, "text log", 1024 * MiB, encoding="utf-8")
+    return parse_jsonl(text, path)
+
+
+def parse_jsonl(text: str, path: str | Path) -> list[dict[str, Any]]:
+    """`read_jsonl` on text already read (`path` names it in the warning): for readers that take
+    only part of a log, such as the server's bounded tail (`serve.runs`)."""
+    out = []
     skipped = fixed = 0
     for line in text.splitlines():
         line = line.strip()
@@ -201,7 +207,17 @@ def read_records(path: str | Path, name: str | None = None, iters_per_epoch: int
     if iters_per_epoch is not None and iters_per_epoch < 1:
         raise DataError(f"--iters-per-epoch {iters_per_epoch}: must be >= 1")
     p = resolve_log(path)
-    recs = _lines(p)
+    return records_from(_lines(p), p, name, iters_per_epoch)
+
+
+def records_from(recs: list[dict[str, Any]], p: Path, name: str | None = None,
+                 iters_per_epoch: int | None = None) -> RunRecords:
+    """`read_records` on JSON records already read from log file `p` (`parse_jsonl`).
+
+    Raises:
+        DataError: no records, an unknown format, or no train or val records."""
+    if not recs:
+        raise DataError(f"{p}: no JSON records found; expected log.jsonl, an MMCls *.log.json or scalars.json")
     fmt = detect_format(recs)
     stem = p.name.removesuffix(".log.json").removesuffix(".jsonl").removesuffix(".json")
     run_name = name or (p.parent.name if p.name in ("log.jsonl", "scalars.json") else stem)

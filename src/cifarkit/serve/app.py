@@ -6,6 +6,12 @@ and comes back as the records `cifarkit predict --json` prints; uploads are deco
 same `data.decode.load_rgb` as files on disk, so decompression bombs and broken files are
 refused the same way. Bad input is a 4xx JSON `{"detail": "<one sentence>"}`; nothing a client
 sends is ever used as a path.
+
+Memory is bounded across requests, not only per request: decoded pixels held by all requests
+together are capped (`budget.PixelBudget`, --max-decoded-mpx; a request decodes and runs its
+images in chunks that fit), a forward pass takes at most `batcher.FORWARD_PIXELS`, and run logs
+are read as a bounded tail (`runs.read_log`). Files under --runs are opened once, by descriptor,
+never through a symlink (`runs.RunsFolder`).
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 import signal
 import socket
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -31,12 +40,22 @@ from starlette.requests import ClientDisconnect
 from cifarkit.cam import METHODS, compute_cam, overlay
 from cifarkit.config import config_to_dict
 from cifarkit.data.decode import DECODE_MAX_SIDE, load_rgb
-from cifarkit.errors import CifarkitError
-from cifarkit.logs import read_jsonl
+from cifarkit.errors import CifarkitError, DataError
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
 from cifarkit.safepath import safe_component
 from cifarkit.serve.batcher import Batcher, Overloaded
-from cifarkit.serve.runs import eval_split, find_runs, pct, run_curves, run_summary, served_file
+from cifarkit.serve.budget import PixelBudget
+from cifarkit.serve.limits import Limits, check_limits, check_port
+from cifarkit.serve.runs import (
+    RunsFolder,
+    eval_split,
+    open_regular,
+    pct,
+    read_log_lines,
+    run_curves,
+    run_summary,
+    stream_fd,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 TTA = Literal["none", "flip", "flip_translate"]
@@ -44,14 +63,22 @@ UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
-@dataclass
-class Limits:
-    """Bounds on what one client may send, and on the batching; all configurable on the command line."""
-    max_upload_mb: float = 20.0  # whole request body [MiB]
-    max_files: int = 64  # image files in one request
-    max_batch: int = 64  # images in one batched forward pass
-    wait_ms: float = 5.0  # how long the batcher keeps collecting after the first request [ms]
-    max_queue: int = 256  # requests waiting for the model; more are refused with 503
+IMAGE_PIXELS = DECODE_MAX_SIDE ** 2  # the most pixels one decoded upload can have
+# Uploads are decoded on this one thread (big raw decodes then take turns on data.decode's own),
+# so freed pixels are reused from one malloc arena instead of one per pool thread.
+_DECODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifarkit-serve-decode")
+TRIM_PIXELS = 16 << 20  # after a chunk that held this many decoded pixels, freed memory goes back to the OS
+
+
+def _trim_malloc() -> None:
+    """Hand freed heap memory back to the OS (glibc `malloc_trim`; elsewhere nothing): without it a
+    server that once decoded a few hundred MB of pixels kept them (1.01 GiB resident after four big
+    requests, 0.76 GiB with it)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 class _TooLarge(HTTPException):
@@ -143,8 +170,17 @@ class _Named(io.BytesIO):
 def decode_upload(data: bytes, name: str) -> np.ndarray:
     """(H, W, 3) uint8, decoded exactly like a file `cifarkit predict` reads: reduced while decoding
     to at most DECODE_MAX_SIDE px a side, so a request holds at most max_files of those (and a
-    Grad-CAM overlay is at most that size)."""
-    return load_rgb(_Named(data, name), max_side=DECODE_MAX_SIDE)
+    Grad-CAM overlay is at most that size).
+
+    Raises:
+        DataError: the upload is not an image cifarkit decodes. Whatever a decoder plugin raises on
+            bytes a client sent is that too (a 400 naming the file), never a 500 with a traceback."""
+    try:
+        return load_rgb(_Named(data, name), max_side=DECODE_MAX_SIDE)
+    except CifarkitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - hostile bytes reach third-party decoders; the client gets a 400
+        raise DataError(f"{name}: not a readable image ({type(e).__name__})") from None
 
 
 def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
@@ -162,7 +198,13 @@ def model_info(clf: Classifier, path: Path) -> dict[str, Any]:
         return info
     info["model"] = clf.config.model.name
     log = path.parent / "log.jsonl"  # the checkpoint's own run: its evaluation at this epoch
-    records = read_jsonl(log) if log.is_file() else []
+    fd = open_regular(str(log))  # a symlink, FIFO or device is ignored like a missing log
+    records: list[dict[str, Any]] = []
+    if fd is not None:
+        try:
+            records = read_log_lines(fd, log)[0]  # bounded: its header and last records
+        finally:
+            os.close(fd)
     header = next((r for r in records if r.get("type") == "header"), {})
     at_epoch = [r for r in records if r.get("type") == "val" and r.get("epoch") == info["epoch"]
                 and isinstance(r.get("top1"), (int, float))]
@@ -183,8 +225,9 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).splitlines())
 
 
-async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
-    """(safe file name, bytes) of every file in a multipart body, within the limits."""
+async def _uploads(request: Request, limits: Limits) -> list[tuple[str, UploadFile]]:
+    """(safe file name, file) of every file in a multipart body, within the limits; the bytes are
+    read only when the file is decoded (`_decoded`), inside the pixel budget."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(415, "send the images as multipart/form-data file fields (curl -F files=@cat.png)")
     try:
@@ -199,16 +242,27 @@ async def _uploads(request: Request, limits: Limits) -> list[tuple[str, bytes]]:
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
         raise HTTPException(400, "the request holds no image file; send one or more as multipart field 'files'")
-    return [(safe_component(f.filename or "upload")[:200], await f.read()) for f in files]
+    return [(safe_component(f.filename or "upload")[:200], f) for f in files]
 
 
-async def _decoded(request: Request, limits: Limits) -> list[tuple[str, np.ndarray]]:
-    uploads = await _uploads(request, limits)
+async def _decoded(uploads: list[tuple[str, UploadFile]], chw: bool) -> list[tuple[str, Any]]:
+    """(name, image) of each upload, decoded on a worker thread: (3, H, W) uint8 tensors for the
+    model when `chw`, else (H, W, 3) uint8 arrays. DataError (a 400) names the first file that is
+    not an image."""
+    def decode_all() -> list[tuple[str, Any]]:
+        out = []
+        for name, f in uploads:
+            f.file.seek(0)
+            arr = decode_upload(f.file.read(), name)
+            out.append((name, to_uint8_chw(arr) if chw else arr))
+        return out
 
-    def decode_all() -> list[tuple[str, np.ndarray]]:
-        return [(name, decode_upload(data, name)) for name, data in uploads]
+    return await asyncio.get_running_loop().run_in_executor(_DECODER, decode_all)
 
-    return await asyncio.to_thread(decode_all)  # DataError names the file and is a 400
+
+def _pixels(images: list[tuple[str, Any]]) -> int:
+    """Decoded pixels of (name, image) pairs, tensors (3, H, W) or arrays (H, W, 3)."""
+    return sum(int(np.prod(im.shape[-2:] if isinstance(im, torch.Tensor) else im.shape[:2])) for _, im in images)
 
 
 def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str) -> tuple[bytes, dict[str, Any]]:
@@ -239,21 +293,23 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
     Raises:
         CifarkitError: the model file cannot be used.
     """
-    limits = limits or Limits()
+    limits = check_limits(limits or Limits())
+    runs_folder = RunsFolder(runs) if runs else None  # before the model: a wrong --runs fails at once
     clf = load(model, device, tta, precision=precision)
     info = model_info(clf, Path(model))
     info["limits"] = asdict(limits)
-    runs_root = Path(runs).resolve() if runs else None
-    if runs_root is not None and not runs_root.is_dir():
-        raise CifarkitError(f"--runs {runs}: no such folder")
-    info["runs"] = runs_root is not None
+    info["runs"] = runs_folder is not None
     batcher = Batcher(clf, limits.max_batch, limits.wait_ms, limits.max_queue)
+    budget = PixelBudget(limits.pixel_budget)
+    per_chunk = max(1, budget.total // IMAGE_PIXELS)  # images a request decodes before running them
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
         await batcher.stop()
+        if runs_folder is not None:
+            runs_folder.close()
 
     # no /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN, and the app loads
     # nothing from outside; the schema itself is at /openapi.json
@@ -306,10 +362,21 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
                       ) -> list[dict[str, Any]]:
         """Top-k for each uploaded image: the records of `cifarkit predict --json`, in upload order."""
         check_topk(topk)
-        images = await _decoded(request, limits)
-        tensors = [to_uint8_chw(arr) for _, arr in images]
-        logits = await (batcher.logits(tensors, tta) if batch else batcher.logits_alone(tensors, tta))
-        return [r.as_dict() for r in clf.records(logits, topk, [n for n, _ in images], tta)]
+        uploads = await _uploads(request, limits)
+        records = []
+        for start in range(0, len(uploads), per_chunk):  # within the pixel budget, a chunk at a time
+            part = uploads[start:start + per_chunk]
+            async with budget.hold(len(part) * IMAGE_PIXELS) as held:  # the worst case, until decoded
+                images = await _decoded(part, chw=True)
+                held.shrink(_pixels(images))
+                tensors = [t for _, t in images]
+                logits = await (batcher.logits(tensors, tta) if batch else batcher.logits_alone(tensors, tta))
+                big = held.pixels >= TRIM_PIXELS
+                del images, tensors
+            if big:
+                await asyncio.get_running_loop().run_in_executor(_DECODER, _trim_malloc)
+            records += clf.records(logits, topk, [n for n, _ in part], tta)
+        return [r.as_dict() for r in records]
 
     @app.post("/api/cam", openapi_extra=UPLOAD_DOC, response_class=Response,
               responses={200: {"content": {"image/png": {}}}})
@@ -320,38 +387,47 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
         if clf.model is None:
             raise HTTPException(400, f"{info['file']}: Grad-CAM needs the PyTorch checkpoint; an .onnx file has "
                                      "no gradients")
-        images = await _decoded(request, limits)
-        if len(images) != 1:
-            raise HTTPException(400, f"send exactly one image to /api/cam, not {len(images)}")
-        png, shown = await batcher.run_exclusive(cam_png, clf, images[0][1], target, method)
+        uploads = await _uploads(request, limits)
+        if len(uploads) != 1:
+            raise HTTPException(400, f"send exactly one image to /api/cam, not {len(uploads)}")
+        async with budget.hold(IMAGE_PIXELS) as held:
+            images = await _decoded(uploads, chw=False)
+            held.shrink(_pixels(images))
+            png, shown = await batcher.run_exclusive(cam_png, clf, images[0][1], target, method)
         return Response(png, media_type="image/png", headers={"X-Cam": json.dumps(shown)})  # json: ASCII-safe
 
     @app.get("/api/runs")
     async def runs_list() -> list[dict[str, Any]]:
         """Run directories under --runs: id (folder), name (config), model, best top-1 and its split, date,
         running, has a report."""
-        found = find_runs(_runs_root())
-        return await asyncio.to_thread(lambda: [run_summary(r) for r in found.values()])
+        folder = _runs_folder()
+
+        def summaries() -> list[dict[str, Any]]:
+            return [run_summary(folder, r) for r in folder.scan().values()]
+
+        return await asyncio.to_thread(summaries)
 
     @app.get("/api/runs/{run_id:path}/curves")
     async def curves(run_id: str) -> dict[str, Any]:
-        """A run's train and val records, for its curves (poll it while the run trains)."""
-        return await asyncio.to_thread(run_curves, _run(run_id))
+        """A run's train and val records, for its curves (poll it while the run trains); `partial`: the
+        log is longer than what is read of it, so the curves show its last part."""
+        return await asyncio.to_thread(lambda: run_curves(_runs_folder(), _run(run_id)))
 
     @app.get("/runs/{run_id:path}/report.html", include_in_schema=False)
-    async def report(run_id: str) -> FileResponse:
-        path = served_file(_run(run_id), _runs_root(), "report.html")
-        if path is None:  # missing, or a symlink / a path resolving outside the runs folder
+    async def report(run_id: str) -> StreamingResponse:
+        # opened once, by descriptor, no symlink on the way; streamed from that descriptor
+        fd = await asyncio.to_thread(lambda: _runs_folder().open(_run(run_id), "report.html"))
+        if fd is None:  # missing, or a symlink / FIFO / anything but a regular file
             raise HTTPException(404, f"run {run_id[:200]!r} has no report.html; make one with `cifarkit report`")
-        return FileResponse(path, media_type="text/html", headers={"Cache-Control": "no-store"})
+        return StreamingResponse(stream_fd(fd), media_type="text/html", headers={"Cache-Control": "no-store"})
 
-    def _runs_root() -> Path:
-        if runs_root is None:
+    def _runs_folder() -> RunsFolder:
+        if runs_folder is None:
             raise HTTPException(404, "no runs folder: start the server with --runs DIR")
-        return runs_root
+        return runs_folder
 
     def _run(run_id: str):
-        run = find_runs(_runs_root()).get(run_id)  # the scan's own table: a client id is never a path
+        run = _runs_folder().scan().get(run_id)  # the scan's own table: a client id is never a path
         if run is None:
             raise HTTPException(404, f"no run {run_id[:200]!r} under the runs folder")
         return run
@@ -367,6 +443,7 @@ def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.
         import uvicorn
     except ImportError:
         raise CifarkitError("cifarkit serve needs FastAPI and uvicorn: pip install 'cifarkit[serve]'") from None
+    check_port(port)
     app = create_app(model, runs, device, tta, limits, precision, allow_hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
