@@ -15,7 +15,7 @@ PKG = Path(cifarkit.__file__).parent
 # module prefix -> layer; the longest matching prefix wins
 LAYERS = {
     "cifarkit": 0, "cifarkit.errors": 0, "cifarkit.extras": 0, "cifarkit.safepath": 0, "cifarkit.safecsv": 0,
-    "cifarkit.safeload": 0, "cifarkit.recipes": 0,
+    "cifarkit.safeload": 0, "cifarkit.recipes": 0, "cifarkit.userfile": 0, "cifarkit.saferead": 0,
     "cifarkit.logs": 1, "cifarkit.plotting": 1, "cifarkit.data": 1, "cifarkit.models": 1, "cifarkit.config": 1,
     "cifarkit.engine": 2,
     "cifarkit.analysis": 3, "cifarkit.audit": 3, "cifarkit.predict": 3, "cifarkit.cam": 3, "cifarkit.export": 3,
