@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from conftest import NARROW, cli_run, make_checkpoint
+from test_bounded_input import PEAK_WRAPPER
 
 GIB = 2**30
 
@@ -122,12 +123,6 @@ def test_user_files_are_size_bounded(tmp_path: Path):
 # peak of `predict MODEL -` fed from /dev/zero: torch + the model ~0.7 GiB here; before the fix the
 # endless "line" grew to 4.9 GB (the issue) and ended in a MemoryError traceback
 STDIN_PEAK_LIMIT = 1.5 * GIB
-PEAK_WRAPPER = ("import resource, sys\n"
-                "from cifarkit.cli import main\n"
-                "try:\n    code = main(sys.argv[1:])\n"
-                "finally:\n"
-                "    print(f'PEAK_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
-                "sys.exit(code)\n")
 
 
 def test_predict_paths_from_dev_zero_on_stdin_is_one_line_in_bounded_memory(model: Path):
