@@ -170,8 +170,8 @@ def fold_study(data: Path, work: Path) -> dict:
     training time and held-out top-1, side by side: what the folds' default budget follows from."""
     from cifarkit.audit.audit import assign_folds, fold_config, load_splits
     from cifarkit.data.loader import to_chw_tensor
-    from cifarkit.engine.inference import Inference
     from cifarkit.engine.train import fit
+    from cifarkit.infer.inference import Inference
 
     a = load_splits(data)
     ds = a.images

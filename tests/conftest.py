@@ -108,7 +108,7 @@ def make_cifar10(root: Path, per_batch: int = 20, test: int = 40, py2: bool = Tr
 
 def needs_bf16():
     """skipif mark for tests of bf16 itself: they run only where the CPU has it in hardware."""
-    from cifarkit.engine.device import cpu_kind, hardware_bf16
+    from cifarkit.infer.device import cpu_kind, hardware_bf16
 
     return pytest.mark.skipif(not hardware_bf16(), reason=f"bf16 test: this CPU ({cpu_kind()}) has no hardware "
                               "bf16 (AMX or AVX512-BF16), where it would be emulated ~12x slower than fp32")

@@ -111,8 +111,8 @@ _prep_keys = st.sampled_from(["mean", "std", "input_size", "eval_resize", "eval_
 @given(st.dictionaries(_prep_keys, _values | st.lists(st.floats(), min_size=3, max_size=3)), _values)
 def test_checkpoint_validators_fuzzed(prep: dict, classes):
     """Any value: a valid result or a CheckpointError, never another exception or a bad result."""
-    from cifarkit.engine.restore import MAX_INPUT_SIZE, check_classes, check_preprocess
     from cifarkit.errors import CheckpointError
+    from cifarkit.infer.restore import MAX_INPUT_SIZE, check_classes, check_preprocess
 
     try:
         p = check_preprocess(prep, "f.pt")

@@ -23,7 +23,7 @@ _LAZY = {
     "list_models": "cifarkit.models",
     "load_config": "cifarkit.config",
     "fit": "cifarkit.engine.train",
-    "evaluate_checkpoint": "cifarkit.engine.inference",
+    "evaluate_checkpoint": "cifarkit.infer.inference",
     "load": "cifarkit.predict",
     "show_result": "cifarkit.predict",
 }

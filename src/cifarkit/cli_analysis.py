@@ -21,7 +21,7 @@ def cmd_plot(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     """`cifarkit analyze`: confusion matrix, per-class metrics and calibration of a checkpoint."""
     from cifarkit.analysis.analyze import analyze
-    from cifarkit.engine.inference import checkpoint_label, describe
+    from cifarkit.infer.inference import checkpoint_label, describe
 
     m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
                 logit_adjust=a.logit_adjust, precision=a.precision)
@@ -42,7 +42,7 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cifarkit.analysis.robustness import TITLES, robustness
-    from cifarkit.engine.inference import checkpoint_label, describe
+    from cifarkit.infer.inference import checkpoint_label, describe
 
     out = a.out or str(Path(a.checkpoint).parent / "robustness")
     r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
@@ -72,11 +72,13 @@ def cmd_robustness(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
-    from cifarkit.engine.calibration import calibrate
+    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`infer.calibration`) and its
+    reliability figure (`analysis.calibration_plot`)."""
+    from cifarkit.analysis.calibration_plot import calibrate_with_figure
 
-    r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite,
-                  objective=a.objective)
+    r = calibrate_with_figure(a.checkpoint, a.out, data=a.data, split=a.split, allow_test=a.allow_test,
+                              device=a.device, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
+                              objective=a.objective)
     if a.json:
         print(json_line(r))
         return 0

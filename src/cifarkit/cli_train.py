@@ -70,7 +70,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
     fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
-        after_run=plot_writers(cfg.log.plots), before_run=start_writers(cfg.log.plots))
+        after_run=plot_writers(cfg.log.plots, calibrate=cfg.train.calibrate), before_run=start_writers(cfg.log.plots))
     return 0
 
 
@@ -91,11 +91,14 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
     """`cifarkit lr-find`: run the LR range test on CONFIG, print the suggested lr and how to train with it."""
+    from cifarkit.analysis.lr_find_plot import plot_lr_find
     from cifarkit.config import load_config
     from cifarkit.engine.lr_find import lr_find
 
     cfg = load_config(a.config, a.set)
-    r = lr_find(cfg, a.out, a.start_lr, a.end_lr, a.steps, a.diverge, a.device, overwrite=a.overwrite)
+    r = lr_find(cfg, a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, diverge=a.diverge, device=a.device,
+                overwrite=a.overwrite)
+    plot_lr_find(r)
     print(f"swept {r.key} over {len(r.lrs)} steps ({r.lrs[0]:.2g} .. {r.lrs[-1]:.2g}); wrote {r.csv} and {r.png}")
     print(f"suggested {r.key}: valley {r.valley:.3g}, steepest descent {r.steepest:.3g}")
     print(f"use: cifarkit train {a.config} {' '.join('--set ' + s for s in a.set)} {r.set_line}".replace("  ", " "))
@@ -110,7 +113,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     Raises:
         CifarkitError: the --predictions file already exists.
     """
-    from cifarkit.engine.inference import checkpoint_label, describe, evaluate_checkpoint
+    from cifarkit.infer.inference import checkpoint_label, describe, evaluate_checkpoint
     from cifarkit.safecsv import csv_row
 
     if a.predictions:  # a new file in a writable place, checked before the evaluation

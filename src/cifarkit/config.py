@@ -164,7 +164,7 @@ class TrainConfig:
     ema_decay: float = _f(0.999, "EMA decay per iteration", ge=0, le=1)
     lookahead: bool = _f(False, "airbench lookahead: every 5 steps pull weights to a scheduled EMA")
     amp: str = _f("auto", "auto | bf16 | fp16 | none (auto: bf16 on CUDA or on a CPU with AMX / AVX512-BF16, "
-                            "else fp32; engine/device.py)")
+                            "else fp32; infer/device.py)")
     channels_last: bool = _f(True, "channels_last memory format")
     compile: str = _f("off", "torch.compile the model: off | on | cuda (only when training on a GPU; "
                              "true/false read as on/off)")

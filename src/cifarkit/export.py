@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError
 from cifarkit.extras import require
+from cifarkit.infer.inference import Inference, eval_data
 from cifarkit.safepath import check_apart, output_file, real_path
 
 

@@ -4,7 +4,7 @@
     result = model.predict("cat.jpg")          # Prediction(label='cat', score=0.93, topk=[...])
     fig = cifarkit.show_result("cat.jpg", result)
 
-Logits come from `engine.inference.Inference`, the one path that `cifarkit eval` uses too: the
+Logits come from `infer.inference.Inference`, the one path that `cifarkit eval` uses too: the
 checkpoint's evaluation transform, its TTA (`eval.tta`, overridable) and the precision this
 machine is fast at (bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16), so predicting
 an exported test folder gives, image for image, the predictions `cifarkit eval` scores. Files
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from cifarkit.data.decode import DECODE_MAX_SIDE, is_image_name, load_rgb, reduce_while_decoding, to_rgb
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import Inference, check_precision
 from cifarkit.saferead import Within
 from cifarkit.userfile import read_user_lines
 

@@ -1,4 +1,4 @@
-"""The precision rule (engine/device.py): bf16 on a CPU only where it is in hardware, fp32 elsewhere;
+"""The precision rule (infer/device.py): bf16 on a CPU only where it is in hardware, fp32 elsewhere;
 inference picks its own precision on the machine it runs on; an emulated precision asked for
 explicitly runs after one warning line; the precision used is recorded everywhere."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine import device
-from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.device import amp_dtype, kind_of, slow_precision_warning
-from cifarkit.engine.inference import Inference, evaluate_checkpoint
 from cifarkit.engine.train import fit
+from cifarkit.infer import device
+from cifarkit.infer.checkpoint import load_checkpoint
+from cifarkit.infer.device import amp_dtype, kind_of, slow_precision_warning
+from cifarkit.infer.inference import Inference, evaluate_checkpoint
 from conftest import NARROW, needs_bf16
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"

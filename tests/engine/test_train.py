@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.inference import evaluate_checkpoint
 from cifarkit.engine.optimizers import lr_factor
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import ConfigError
+from cifarkit.infer.checkpoint import load_checkpoint
+from cifarkit.infer.inference import evaluate_checkpoint
 from conftest import NARROW
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarkit.analysis.calibration_plot import draw_reliability
 from cifarkit.analysis.metrics import (
     balanced_accuracy,
     calibration,
@@ -25,9 +26,8 @@ from cifarkit.analysis.metrics import (
     softmax,
 )
 from cifarkit.analysis.plotting import pyplot, save
-from cifarkit.engine.calibration import draw_reliability
-from cifarkit.engine.evaluate import metrics_from_logits, ranked
-from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.infer.evaluate import metrics_from_logits, ranked
+from cifarkit.infer.inference import Inference, eval_data
 from cifarkit.safecsv import csv_dict, csv_row
 from cifarkit.safepath import claim_outputs, output_dir, write_text_atomic
 
@@ -38,7 +38,7 @@ FILES = ("predictions.npz", "metrics.json", "confusion_matrix.csv", "confusion_m
 def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
                     tta: str | None = None, logit_adjust: float | None = None, precision: str | None = None
                     ) -> dict[str, Any]:
-    """One pass through the one inference path (`engine.inference`, as `cifarkit eval` and
+    """One pass through the one inference path (`infer.inference`, as `cifarkit eval` and
     `predict`): logits (N, C), labels, predicted ids, the uint8 images (for galleries), class names."""
     inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
     images, labels, name = eval_data(inf, data, split)

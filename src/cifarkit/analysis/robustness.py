@@ -10,7 +10,7 @@ evaluation (TTA only on request), top-1 per cell; the summary numbers are
   reference, lower is better).
 
 Corrupted images are made a chunk at a time (`CHUNK` images) with a seed per (corruption,
-severity, chunk), fed through the one inference path (`engine.inference.Inference`, as `eval`:
+severity, chunk), fed through the one inference path (`infer.inference.Inference`, as `eval`:
 same transform, precision and tie-break) and dropped, so memory stays at two chunks (one being
 made, one evaluated) whatever the table's size. With `cifar10c` the images come from a
 downloaded CIFAR-10-C folder instead.
@@ -44,11 +44,11 @@ from cifarkit.data.corruptions import (
     corrupt,
     read_cifar10c,
 )
-from cifarkit.engine.device import cpu_kind
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, checkpoint_label, eval_data
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
+from cifarkit.infer.device import cpu_kind
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import Inference, checkpoint_label, eval_data
 from cifarkit.safepath import check_apart, check_replaceable, claim_outputs, writable_place, write_text_atomic
 
 CHUNK = 1000  # images corrupted at a time: fixed, so the seeds (and images) never depend on batch sizes

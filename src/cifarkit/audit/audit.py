@@ -33,10 +33,10 @@ from cifarkit.data.imageset import ImageSet
 from cifarkit.data.loader import to_chw_tensor
 from cifarkit.data.sources import describe_kind, load_dataset
 from cifarkit.data.stats import pixel_hashes
-from cifarkit.engine.device import cpu_kind, cpu_model
-from cifarkit.engine.inference import Inference
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
+from cifarkit.infer.device import cpu_kind, cpu_model
+from cifarkit.infer.inference import Inference
 from cifarkit.safecsv import csv_row, csv_uncell
 from cifarkit.safepath import claim_outputs, output_dir, remove_outputs, write_text_atomic
 from cifarkit.userfile import MiB, open_user_file

@@ -7,7 +7,7 @@ precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a 
 
 Defaults: TTA from the checkpoint's `eval.tta` (an ONNX file's metadata); precision from the
 machine that runs the inference, not the one that trained (`--precision auto`, the rule of
-`engine.device.amp_dtype`: bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16, fp32
+`infer.device.amp_dtype`: bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16, fp32
 elsewhere; fp32 logits out either way; an ONNX file runs in fp32); post-hoc logit adjustment from
 `eval.logit_adjust` (an ONNX file has it in its graph). TTA can be overridden per call, precision
 and (for a checkpoint) the adjustment when the model is loaded; every result says which were used.
@@ -29,12 +29,12 @@ from cifarkit.config import Config
 from cifarkit.data.loader import Preprocess, to_chw_tensor
 from cifarkit.data.splits import load_eval_set, load_eval_split
 from cifarkit.data.stats import pixel_hashes
-from cifarkit.engine.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
-from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
-from cifarkit.engine.losses import posthoc_bias
-from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError, DataError
 from cifarkit.extras import require
+from cifarkit.infer.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
+from cifarkit.infer.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
+from cifarkit.infer.prior import posthoc_bias
+from cifarkit.infer.restore import check_classes, check_preprocess, load_for_inference
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
@@ -87,7 +87,7 @@ class Inference:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
                         precision: str | None = None, logit_adjust: float | None = None,
                         temperature: float | None = None) -> Inference:
-        """`precision`: auto (None) = what this machine is fast at (`engine.device.amp_dtype`), whatever
+        """`precision`: auto (None) = what this machine is fast at (`infer.device.amp_dtype`), whatever
         the run trained in; or fp32 | bf16 | fp16 (none = fp32).
         `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0).
         `temperature`: None = the checkpoint's (1 unless `cifarkit calibrate` wrote it), or the one
@@ -173,7 +173,7 @@ def describe(settings: dict[str, Any]) -> str:
             + (f", temperature {temp:.3g}" if temp else ""))
 
 
-# What `cifarkit calibrate` can fit (engine.calibration searches this range): a temperature outside
+# What `cifarkit calibrate` can fit (infer.calibration searches this range): a temperature outside
 # it was not written by cifarkit, and a tiny one (1e-300) turns every score into NaN.
 TEMPERATURE_RANGE = (0.05, 20.0)
 
