@@ -153,7 +153,7 @@ def make_checkpoint(model_name: str, path: Path, input_size: int = 32, num_class
     from cifarkit.models import create_model
 
     torch.manual_seed(0)
-    cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}", "train.amp=none"])
+    cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}", "train.amp=fp32"])
     model = create_model(model_name, num_classes)
     torch.save({"model": model.state_dict(), "config": config_to_dict(cfg), "classes": CLASSES[:num_classes],
                 "preprocess": {"mean": [125.0] * 3, "std": [60.0] * 3, "input_size": input_size,

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from cifarkit.cli_use import json_line
+from cifarkit.cli_use import add_device_option, json_line
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -163,7 +163,7 @@ def add_commands(sub, data_sub=None) -> None:
     add_tta_option(z)
     add_logit_adjust_option(z)
     add_precision_option(z)
-    z.add_argument("--device", default="auto")
+    add_device_option(z)
     z.set_defaults(fn=cmd_analyze)
 
     c = sub.add_parser("calibrate", help="fit a softmax temperature on a held-out split (temperature scaling) "
@@ -180,7 +180,7 @@ def add_commands(sub, data_sub=None) -> None:
                    help="what T minimises on the held-out split: nll (Guo et al., default) or ece (15 bins)")
     add_tta_option(c)
     add_precision_option(c)
-    c.add_argument("--device", default="auto")
+    add_device_option(c)
     c.set_defaults(fn=cmd_calibrate)
 
     rb = sub.add_parser("robustness", help="top-1 under the CIFAR-10-C corruptions (15 x 5 severities), "
@@ -206,7 +206,7 @@ def add_commands(sub, data_sub=None) -> None:
                     help="only N test images, spread evenly over the split (a quick look)")
     rb.add_argument("--overwrite", action="store_true", help="replace robustness files already in --out")
     rb.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    rb.add_argument("--device", default="auto")
+    add_device_option(rb)
     rb.set_defaults(fn=cmd_robustness)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
@@ -248,7 +248,7 @@ def add_commands(sub, data_sub=None) -> None:
                              "duplicates)")
         au.add_argument("--relabel", action="store_true",
                         help="with --write-manifest: give the label issues their suggested label")
-        au.add_argument("--device", default=None, help="default: the recipe's")
+        add_device_option(au, "the recipe's")
         au.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (and replace the manifest)")
         au.add_argument("--json", action="store_true", help="print audit.json's content")

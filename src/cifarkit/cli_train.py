@@ -7,7 +7,7 @@ import csv
 import sys
 from pathlib import Path
 
-from cifarkit.cli_use import json_line
+from cifarkit.cli_use import add_device_option, json_line
 from cifarkit.errors import CifarkitError
 
 
@@ -197,7 +197,7 @@ def add_commands(sub) -> None:
                    help="continue from CKPT, or the newest valid checkpoint of the run directory")
     t.add_argument("--force", action="store_true", help="start afresh in a run directory that holds an earlier "
                    "run, moving its files into RUN_DIR/.replaced-<UTC time>/ (nothing is deleted)")
-    t.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(t, "train.device")
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)
 
@@ -223,7 +223,7 @@ def add_commands(sub) -> None:
     u.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
                    help="seconds between a running trial's liveness stamps; a trial silent for 3x this is "
                         "marked failed and run again")
-    u.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(u, "train.device")
     u.set_defaults(fn=cmd_tune)
 
     f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
@@ -236,7 +236,7 @@ def add_commands(sub) -> None:
     f.add_argument("--end-lr", type=float, default=10.0)
     f.add_argument("--diverge", type=diverge_factor, default=4.0,
                    help="stop when the smoothed loss exceeds this x its minimum (above 1)")
-    f.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(f, "train.device")
     f.set_defaults(fn=cmd_lr_find)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)")
@@ -251,7 +251,7 @@ def add_commands(sub) -> None:
     e.add_argument("--exclude", default=None, metavar="DUPLICATES_CSV",
                    help="also report the metrics without the split's images that this duplicates.csv (`cifarkit data "
                         "audit`) pairs with another split: accuracy without train/test leakage")
-    e.add_argument("--device", default="auto")
+    add_device_option(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 

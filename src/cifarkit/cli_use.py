@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.options import DEVICE_DEFAULT, DEVICES, PRECISIONS, TTA_ALONE, TTA_LEVELS
 from cifarkit.safecsv import csv_row
 from cifarkit.safepath import check_replaceable, claim_outputs, inside, output_dir, safe_component, temp_beside
 
@@ -97,12 +98,20 @@ def serve_limit(field: str):
     return parse
 
 
+def add_device_option(p: argparse.ArgumentParser, config_key: str | None = None) -> None:
+    """Add `--device` to `p`: default auto (`options.DEVICE_DEFAULT`), or with `config_key` None =
+    that config value (`train.device`, "the recipe's")."""
+    if config_key is None:
+        p.add_argument("--device", default=DEVICE_DEFAULT)
+    else:
+        p.add_argument("--device", default=None, help=f"{DEVICES} (default: {config_key})")
+
+
 def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
                    default_help: str = "the checkpoint's eval.tta") -> None:
     """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
-    p.add_argument("--tta", nargs="?", const="flip_translate", default=default,
-                   choices=["none", "flip", "flip_translate"],
-                   help=f"test-time augmentation (default: {default_help}; --tta alone = flip_translate)")
+    p.add_argument("--tta", nargs="?", const=TTA_ALONE, default=default, choices=TTA_LEVELS,
+                   help=f"test-time augmentation (default: {default_help}; --tta alone = {TTA_ALONE})")
 
 
 def finite_tau(text: str) -> float:
@@ -125,7 +134,7 @@ def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
 
 def add_precision_option(p: argparse.ArgumentParser) -> None:
     """Add `--precision auto|fp32|bf16|fp16` (default auto: what this machine is fast at) to `p`."""
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="inference precision (default auto: bf16 on CUDA or a CPU with AMX / AVX512-BF16, else "
                         "fp32, whatever the run trained in)")
 
@@ -296,7 +305,7 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     p.set_defaults(fn=cmd_predict)
 
     from cifarkit.cam import METHODS
@@ -315,7 +324,7 @@ def add_commands(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     add_tta_option(c)
     add_precision_option(c)
-    c.add_argument("--device", default="auto")
+    add_device_option(c)
     c.set_defaults(fn=cmd_cam)
 
     e = sub.add_parser("export", help="export to ONNX or TorchScript, with a parity check")
@@ -338,7 +347,7 @@ def add_commands(sub) -> None:
                         "naming any other Host are refused (DNS rebinding); repeat for several")
     add_tta_option(v)
     add_precision_option(v)
-    v.add_argument("--device", default="auto")
+    add_device_option(v)
     v.add_argument("--max-upload-mb", type=serve_limit("max_upload_mb"), default=20.0,
                    help="largest request body [MiB, > 0]")
     v.add_argument("--max-files", type=serve_limit("max_files"), default=64, help="most image files in one request")

@@ -59,7 +59,7 @@ def test_auto_is_bf16_only_on_hardware_bf16(monkeypatch, kind, auto):
         assert "\n" not in warning and "auto" in warning  # one line that says how to switch
     else:
         assert warning is None
-    assert slow_precision_warning(None, CPU, "train.amp=none") is None
+    assert slow_precision_warning(None, CPU, "train.amp=fp32") is None
 
 
 def test_env_overrides_detection_both_ways(monkeypatch):
@@ -93,7 +93,7 @@ def test_precision_is_recorded_in_header_val_and_checkpoint(cifar10_small: Path,
 def test_inference_precision_is_this_machines_not_the_runs(cifar10_small: Path, tmp_path: Path, monkeypatch):
     """A run that trained in bf16 (say on an AMX machine) is evaluated in fp32 on an AVX2 one: the
     checkpoint's train.amp is not what inference uses; --precision overrides."""
-    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=none"), work_dir=tmp_path / "r", quiet=True)
+    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=fp32"), work_dir=tmp_path / "r", quiet=True)
     ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     ck["config"]["train"]["amp"] = "bf16"  # as if trained on a bf16 machine (inference must not follow it)
     torch.save(ck, tmp_path / "r" / "bf16run.pt")
@@ -108,7 +108,7 @@ def test_inference_precision_is_this_machines_not_the_runs(cifar10_small: Path, 
 def test_explicit_bf16_on_a_cpu_without_it_runs_with_one_warning(cifar10_small: Path, tmp_path: Path, monkeypatch):
     real_bf16 = device.hardware_bf16()  # what the child process will find: read before the patch below
     monkeypatch.setattr(device, "cpu_kind", lambda: "AVX2")
-    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=none"), work_dir=tmp_path / "r", quiet=True)
+    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=fp32"), work_dir=tmp_path / "r", quiet=True)
     r = subprocess.run([sys.executable, "-m", "cifarkit", "eval", str(tmp_path / "r" / "last.pt"), "--json",
                         "--precision", "bf16"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cifarkit.data.loader import Preprocess, eval_transform
+from cifarkit.options import TTA_LEVELS
 
-TTA_MODES = ("none", "flip", "flip_translate")
+TTA_MODES = TTA_LEVELS  # infer's name for options.TTA_LEVELS
 # Pad every forward pass to at least this many images. Why: a batch of one takes another kernel
 # path; measured here (AMD EPYC, fp32) airnet's logits for an image alone differed by 4e-8 and
 # ResNet-18's by 1.7e-6 from the same image in a batch, while batches of 7, 64, 250 and 500 gave

@@ -35,8 +35,9 @@ from cifarkit.infer.device import amp_dtype, precision_name, resolve_device, war
 from cifarkit.infer.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
 from cifarkit.infer.prior import posthoc_bias
 from cifarkit.infer.restore import check_classes, check_preprocess, load_for_inference
+from cifarkit.options import PRECISIONS
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = PRECISIONS
 
 
 def check_precision(precision: str | None) -> str:

@@ -41,6 +41,7 @@ from cifarkit.cam import METHODS, compute_cam, overlay
 from cifarkit.config import config_to_dict
 from cifarkit.data.decode import DECODE_MAX_SIDE, load_rgb
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.options import TTA_LEVELS
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
 from cifarkit.safepath import safe_component
 from cifarkit.serve.batcher import Batcher, Overloaded
@@ -58,7 +59,7 @@ from cifarkit.serve.runs import (
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
-TTA = Literal["none", "flip", "flip_translate"]
+TTA = Literal[TTA_LEVELS]  # type: ignore[valid-type]  # options.TTA_LEVELS, for the OpenAPI schema
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
