@@ -43,7 +43,7 @@ def test_edited_checkpoint_is_named_on_load(name: str, good: Path, image: Path, 
 
     bad = edited_checkpoint(good, name, tmp_path)
     with pytest.raises(CifarkitError, match=CHECKPOINT_EDITS[name][1]):
-        load(bad, "cpu")
+        load(bad, device="cpu")
 
 
 @pytest.mark.parametrize("name", ["absurd_input_size", "classes_of_ints", "bogus_kwarg"])

@@ -23,7 +23,7 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     from cifarkit.analysis.analyze import analyze
     from cifarkit.infer.inference import checkpoint_label, describe
 
-    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
+    m = analyze(a.checkpoint, a.out, data=a.data, split=a.split, device=a.device, tta=a.tta, overwrite=a.overwrite,
                 logit_adjust=a.logit_adjust, precision=a.precision)
     print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
@@ -45,8 +45,9 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     from cifarkit.infer.inference import checkpoint_label, describe
 
     out = a.out or str(Path(a.checkpoint).parent / "robustness")
-    r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
-                   a.tta, a.precision, a.device, a.seed, a.overwrite, limit=a.limit)
+    r = robustness(a.checkpoint, out, data=a.data, split=a.split, corruptions=a.corruptions, severities=a.severities,
+                   extra=a.extra, baseline=a.baseline, cifar10c=a.cifar10c, tta=a.tta, precision=a.precision,
+                   device=a.device, seed=a.seed, overwrite=a.overwrite, limit=a.limit)
     if a.json:
         print(json_line(r))
         return 0
@@ -115,8 +116,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
     # --json: stdout carries the JSON alone; the folds' progress lines (and their runs') go to stderr
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-        s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device,
-                  a.overwrite, write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
+        s = audit(a.path, a.out, splits=a.splits, folds=a.folds, recipe=a.recipe, overrides=a.set,
+                  near_threshold=a.near_threshold, seed=a.seed, device=a.device, overwrite=a.overwrite,
+                  write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
     if a.json:
         print(json_line(s))
         return 0

@@ -126,7 +126,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         leaked = leaked_images(a.exclude)  # a bad file fails before the model is loaded
         exclude = lambda split: leaked.get(split, {})  # noqa: E731  the split is known once the checkpoint is read
-    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision, exclude)
+    m = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, tta=a.tta, device=a.device,
+                            logit_adjust=a.logit_adjust, precision=a.precision, exclude=exclude)
     predicted = m.pop("predictions")
     if a.predictions:
         with open(a.predictions, "x", newline="", encoding="utf-8") as f:

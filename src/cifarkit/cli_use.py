@@ -161,7 +161,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     # the output folder first (before the model loads): not among the inputs, only our own files replaced
     out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs), writes=["predictions.csv"]) if a.out else None
-    clf = load(a.model, a.device, a.tta, a.logit_adjust, a.precision)
+    clf = load(a.model, device=a.device, tta=a.tta, logit_adjust=a.logit_adjust, precision=a.precision)
     if a.batch_size:
         clf.batch_size = a.batch_size
     written: list[str] = []
@@ -212,7 +212,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
     from cifarkit.cam import default_layer, spatial_layers
     from cifarkit.predict import expand_inputs, load
 
-    clf = load(a.checkpoint, a.device, a.tta, precision=a.precision)
+    clf = load(a.checkpoint, device=a.device, tta=a.tta, precision=a.precision)
     if clf.model is None:
         raise CifarkitError(f"{a.checkpoint}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
                             "exported from; an exported .onnx file has no gradients to read")
@@ -267,8 +267,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     """`cifarkit export`: ONNX or TorchScript with a parity check."""
     from cifarkit.export import export_model
 
-    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite,
-                     logit_adjust=a.logit_adjust)
+    r = export_model(a.checkpoint, a.format, a.out, dynamic_batch=a.dynamic_batch, data=a.data,
+                     overwrite=a.overwrite, logit_adjust=a.logit_adjust)
     print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
           f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
     if r.format == "torchscript":
@@ -285,9 +285,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     require("uvicorn", "cifarkit serve")
     from cifarkit.serve.app import Limits, serve
 
-    serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
-          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
-          a.precision, tuple(a.allow_host))
+    serve(a.model, a.runs, host=a.host, port=a.port, device=a.device, tta=a.tta,
+          limits=Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
+          precision=a.precision, allow_hosts=tuple(a.allow_host))
     return 0
 
 

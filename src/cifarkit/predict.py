@@ -30,6 +30,7 @@ from cifarkit.data.decode import DECODE_MAX_SIDE, is_image_name, load_rgb, reduc
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 from cifarkit.infer.evaluate import ranked
 from cifarkit.infer.inference import Inference, check_precision
+from cifarkit.options import DEVICE_DEFAULT
 from cifarkit.saferead import Within
 from cifarkit.userfile import read_user_lines
 
@@ -199,7 +200,7 @@ def check_topk(topk: int) -> int:
     return topk
 
 
-def load(path: str | Path, device: str = "auto", tta: str | None = None,
+def load(path: str | Path, *, device: str = DEVICE_DEFAULT, tta: str | None = None,
          logit_adjust: float | None = None, precision: str | None = None) -> Classifier:
     """Open a checkpoint (.pt) or an exported model (.onnx), ready to predict.
 
@@ -229,7 +230,7 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
             raise ConfigError(f"{path}: has logit adjustment {clf.logit_adjust:g} in its graph; drop --logit-adjust, "
                               "or export the checkpoint again with `cifarkit export --logit-adjust TAU`")
         return clf
-    return Classifier.from_checkpoint(path, device, tta, precision, logit_adjust=logit_adjust)
+    return Classifier.from_checkpoint(path, device=device, tta=tta, precision=precision, logit_adjust=logit_adjust)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

@@ -265,7 +265,7 @@ def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Pat
     from cifarkit.infer.inference import Inference, eval_data
 
     ckpt = str(lt_run / "last.pt")
-    raw = Inference.from_checkpoint(ckpt, "cpu", logit_adjust=0)
+    raw = Inference.from_checkpoint(ckpt, device="cpu", logit_adjust=0)
     images, labels, _ = eval_data(raw, None, None)
     counts = raw.meta["class_counts"]
     assert counts == long_tail_counts([50] * 10, 10)
@@ -302,7 +302,7 @@ def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Pat
     via_onnx = json.loads(r.stdout)
     from cifarkit.predict import load
 
-    want = load(ckpt, "cpu").predict(img)
+    want = load(ckpt, device="cpu").predict(img)
     assert via_onnx["logit_adjust"] == 1.0 and want.logit_adjust == 1.0 and via_onnx["label"] == want.label
     r = run("predict", ckpt, img)
     assert r.returncode == 0 and "logit-adjust 1" in r.stderr, r.stderr

@@ -97,12 +97,12 @@ def test_inference_precision_is_this_machines_not_the_runs(cifar10_small: Path, 
     ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     ck["config"]["train"]["amp"] = "bf16"  # as if trained on a bf16 machine (inference must not follow it)
     torch.save(ck, tmp_path / "r" / "bf16run.pt")
-    assert Inference.from_checkpoint(tmp_path / "r" / "bf16run.pt", "cpu").precision == "fp32"
+    assert Inference.from_checkpoint(tmp_path / "r" / "bf16run.pt", device="cpu").precision == "fp32"
     monkeypatch.setattr(device, "cpu_kind", lambda: "AMX")
     monkeypatch.setattr(device, "onednn_bf16", lambda: True)
     monkeypatch.delenv(device.BF16_ENV)
-    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", "cpu").precision == "bf16"  # auto, here
-    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", "cpu", precision="fp32").precision == "fp32"
+    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", device="cpu").precision == "bf16"  # auto, here
+    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", device="cpu", precision="fp32").precision == "fp32"
 
 
 def test_explicit_bf16_on_a_cpu_without_it_runs_with_one_warning(cifar10_small: Path, tmp_path: Path, monkeypatch):

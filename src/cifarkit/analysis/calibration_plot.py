@@ -10,7 +10,7 @@ from typing import Any
 
 from cifarkit.infer.calibration import calibrated_path, calibration_scores, fit_calibration
 from cifarkit.infer.checkpoint import load_checkpoint
-from cifarkit.infer.inference import Inference, eval_data
+from cifarkit.infer.inference import InferOptions, eval_data
 from cifarkit.plotting import pyplot, save
 from cifarkit.safepath import output_file
 
@@ -38,7 +38,7 @@ def write_run_calibration_figure(run_dir: Path) -> Path:
     validation split, at the checkpoint's TTA and precision, as `calibrate` measured it)."""
     ckpt = Path(run_dir) / "calibrated.pt"
     t = float(load_checkpoint(ckpt)["temperature"])
-    inf = Inference.from_checkpoint(ckpt, "auto", None, None, temperature=1.0)  # the uncalibrated logits
+    inf = InferOptions(temperature=1.0).load(ckpt)  # the uncalibrated logits, as `calibrate` fitted on
     images, labels, _ = eval_data(inf, None, None)
     logits = inf.logits(images)
     fig_path = output_file(ckpt.with_name(f"{ckpt.stem}_reliability.png"), True)  # a regular file or nothing

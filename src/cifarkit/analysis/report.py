@@ -111,7 +111,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
     note = ""
     try:
-        clf = Classifier.from_checkpoint(ckpt, "cpu", precision=precision)
+        clf = Classifier.from_checkpoint(ckpt, device="cpu", precision=precision)
     except CifarkitError as e:
         clf, note = None, f'<p class="note">No Grad-CAM overlays: {html.escape(str(e))}</p>'
     figs = []

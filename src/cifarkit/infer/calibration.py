@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from cifarkit.errors import ConfigError
 from cifarkit.infer.checkpoint import atomic_save, load_checkpoint
 from cifarkit.infer.evaluate import ranked
-from cifarkit.infer.inference import TEMPERATURE_RANGE, Inference, eval_data
+from cifarkit.infer.inference import TEMPERATURE_RANGE, InferOptions, eval_data
 from cifarkit.safepath import check_apart, output_file
 
 T_RANGE = TEMPERATURE_RANGE  # check_temperature accepts what this can fit, and no more
@@ -173,7 +173,8 @@ def fit_calibration(ckpt: str | Path, out: str | Path | None = None, *, data: st
                           "the input)")
     for p in (out, *also_writes):  # a figure's name derives from --out: checked the same way, before any work
         output_file(p, overwrite)
-    inf = Inference.from_checkpoint(ckpt, device, tta, precision, temperature=1.0)  # the uncalibrated logits
+    inf = InferOptions(data=data, split=split, tta=tta, precision=precision, device=device,
+                       temperature=1.0).load(ckpt)  # the uncalibrated logits
     cfg = inf.config
     check_apart(out, [data or cfg.data.root])  # a checkpoint and a figure must not land among the images
     if split is None and data is not None and cfg.data.val_fraction > 0:
