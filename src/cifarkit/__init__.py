@@ -29,7 +29,8 @@ _LAZY = {
 }
 
 
-_SUBMODULES = {"logs", "data", "models", "engine", "analysis", "predict", "cam", "export", "config", "tune"}
+_SUBMODULES = {"logs", "data", "models", "infer", "engine", "analysis", "predict", "cam", "export", "config", "tune",
+               "options"}
 
 
 def __getattr__(name: str) -> Any:
