@@ -135,6 +135,7 @@ def test_cli_calibrate_and_a_damaged_temperature(trained_run: Path, tmp_path: Pa
 
 @pytest.mark.slow
 def test_train_calibrate_writes_calibrated_pt_from_the_validation_split(cifar10_small: Path, tmp_path: Path):
+    from cifarkit.analysis.after_run import plot_writers
     from cifarkit.config import load_config
     from cifarkit.engine.train import fit
     from conftest import NARROW
@@ -142,7 +143,8 @@ def test_train_calibrate_writes_calibrated_pt_from_the_validation_split(cifar10_
     cfg = load_config("fast", [f"data.root={cifar10_small}", "train.batch_size=100", "train.epochs=1",
                                "data.val_fraction=0.2", "train.calibrate=true", "log.plots=false", "eval.tta=none",
                                NARROW])
-    fit(cfg, work_dir=tmp_path / "run", quiet=True)
+    fit(cfg, work_dir=tmp_path / "run", quiet=True, after_run=plot_writers(cfg.log.plots, calibrate=True))
+    assert (tmp_path / "run" / "calibrated_reliability.png").stat().st_size > 1000  # drawn by analysis, not engine
     ck = torch.load(tmp_path / "run" / "calibrated.pt", weights_only=True)
     assert ck["calibration"]["split"] == "val" and ck["calibration"]["n"] == 100
     assert np.isfinite(ck["temperature"]) and "temperature" not in torch.load(tmp_path / "run" / "best.pt",
