@@ -24,7 +24,7 @@ def machine() -> dict:
     try:
         import torch
 
-        from cifarkit.engine.device import amp_dtype, cpu_kind, hardware_bf16, precision_name
+        from cifarkit.infer.device import amp_dtype, cpu_kind, hardware_bf16, precision_name
 
         info["torch"] = str(torch.__version__)
         info["torch_threads"] = torch.get_num_threads()
@@ -52,7 +52,7 @@ def fp32_peak() -> tuple[float, str]:
     512-bit; Intel with AVX-512 two 512-bit units on server parts, with AVX2 two 256-bit ones);
     the clock is /proc/cpuinfo's "cpu MHz" (a VM often shows the base clock: turbo makes the real
     peak higher and the share of it lower). An estimate, labelled as one."""
-    from cifarkit.engine.device import cpu_flags
+    from cifarkit.infer.device import cpu_flags
 
     flags = cpu_flags()
     vendor, family = _cpuinfo("vendor_id"), int(_cpuinfo("cpu family") or 0)

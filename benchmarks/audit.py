@@ -170,8 +170,8 @@ def fold_study(data: Path, work: Path) -> dict:
     training time and held-out top-1, side by side: what the folds' default budget follows from."""
     from cifarkit.audit.audit import assign_folds, fold_config, load_splits
     from cifarkit.data.loader import to_chw_tensor
-    from cifarkit.engine.inference import Inference
     from cifarkit.engine.train import fit
+    from cifarkit.infer.inference import Inference
 
     a = load_splits(data)
     ds = a.images
@@ -185,7 +185,7 @@ def fold_study(data: Path, work: Path) -> dict:
         t = time.perf_counter()
         run = fit(cfg, work / f"fold_study_{k}", quiet=True, force=True, sets=sets)
         seconds = time.perf_counter() - t
-        inf = Inference.from_checkpoint(Path(run["run_dir"]) / "last.pt", "cpu")
+        inf = Inference.from_checkpoint(Path(run["run_dir"]) / "last.pt", device="cpu")
         top1 = 100.0 * float((inf.logits(images, tta="flip").argmax(1).numpy() == sets[1].labels).mean())
         rows[name] = {"epochs": cfg.train.epochs, "batch": cfg.train.batch_size, "train_seconds": seconds,
                       "top1": top1}

@@ -34,7 +34,7 @@ def child(model: str, mode: str, prec: str, cl: bool, compiled: bool, threads: i
     import torch
     import torch.nn.functional as F
 
-    from cifarkit.engine.device import amp_dtype
+    from cifarkit.infer.device import amp_dtype
     from cifarkit.models import create_model
 
     torch.set_num_threads(threads)
@@ -114,7 +114,7 @@ def main() -> None:
 
     import torch
 
-    from cifarkit.engine.device import cpu_kind, hardware_bf16
+    from cifarkit.infer.device import cpu_kind, hardware_bf16
 
     info = machine()
     threads = torch.get_num_threads()

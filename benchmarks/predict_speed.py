@@ -55,12 +55,12 @@ def main() -> None:
                                                             "data.subset_per_class=100", "log.plots=false",
                                                             "train.batch_size=500", "train.micro_batch=0"])
     fit(cfg, work_dir=work / "run", quiet=True)
-    ours = Classifier.from_checkpoint(work / "run" / "last.pt", "cpu")
+    ours = Classifier.from_checkpoint(work / "run" / "last.pt", device="cpu")
 
     t = time.perf_counter()
     preds = [p.label_id for _, p, _ in ours.predict_files(files)]
     t_ours = time.perf_counter() - t
-    base = Classifier.from_checkpoint(work / "run" / "last.pt", "cpu")
+    base = Classifier.from_checkpoint(work / "run" / "last.pt", device="cpu")
     t = time.perf_counter()
     plain = plain_loop(base, files)
     t_plain = time.perf_counter() - t

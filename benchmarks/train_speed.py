@@ -54,7 +54,7 @@ def _plain_step(steps: int, warmup: int, batch: int, whiten_bias: bool) -> float
     from cifarkit.models.airnet import AirNet
 
     torch.manual_seed(0)
-    from cifarkit.engine.device import amp_dtype
+    from cifarkit.infer.device import amp_dtype
 
     dtype = amp_dtype("auto", torch.device("cpu")) or torch.float32
     net = AirNet(10).to(memory_format=torch.channels_last)
@@ -141,7 +141,7 @@ def main() -> None:
     if data is None:
         raise SystemExit("no data: pass --data CIFAR_DIR (../shared/datasets is absent)")
     work = Path(tempfile.mkdtemp(prefix="cifarkit-speed-"))
-    from cifarkit.engine.device import amp_dtype, cpu_kind, cpu_model, precision_name
+    from cifarkit.infer.device import amp_dtype, cpu_kind, cpu_model, precision_name
 
     prec = precision_name(amp_dtype("auto", torch.device("cpu")))
     peak, peak_note = fp32_peak()

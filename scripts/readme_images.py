@@ -110,7 +110,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     a = ap.parse_args()
     from cifarkit.demo import run_demo
-    from cifarkit.engine.device import cpu_kind, cpu_model
+    from cifarkit.infer.device import cpu_kind, cpu_model
 
     tmp = Path(tempfile.mkdtemp(prefix="cifarkit-images-"))
     demo = a.demo or tmp / "demo"

@@ -108,7 +108,7 @@ def make_cifar10(root: Path, per_batch: int = 20, test: int = 40, py2: bool = Tr
 
 def needs_bf16():
     """skipif mark for tests of bf16 itself: they run only where the CPU has it in hardware."""
-    from cifarkit.engine.device import cpu_kind, hardware_bf16
+    from cifarkit.infer.device import cpu_kind, hardware_bf16
 
     return pytest.mark.skipif(not hardware_bf16(), reason=f"bf16 test: this CPU ({cpu_kind()}) has no hardware "
                               "bf16 (AMX or AVX512-BF16), where it would be emulated ~12x slower than fp32")
@@ -153,7 +153,7 @@ def make_checkpoint(model_name: str, path: Path, input_size: int = 32, num_class
     from cifarkit.models import create_model
 
     torch.manual_seed(0)
-    cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}", "train.amp=none"])
+    cfg = load_config(None, [f"model.name={model_name}", f"model.num_classes={num_classes}", "train.amp=fp32"])
     model = create_model(model_name, num_classes)
     torch.save({"model": model.state_dict(), "config": config_to_dict(cfg), "classes": CLASSES[:num_classes],
                 "preprocess": {"mean": [125.0] * 3, "std": [60.0] * 3, "input_size": input_size,

@@ -23,7 +23,7 @@ def test_heatmap_for_every_registered_model(name: str, tmp_path: Path):
 
     size = 224 if get_entry(name).input_size == 224 else 32
     ck = make_checkpoint(name, tmp_path / "m.pt", input_size=size)
-    clf = Classifier.from_checkpoint(ck, "cpu")
+    clf = Classifier.from_checkpoint(ck, device="cpu")
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
     img[10:30, 10:30] = 255  # some structure to attend to
@@ -57,6 +57,6 @@ def test_bad_layer(trained_run: Path):
     from cifarkit.cam import compute_cam
     from cifarkit.predict import Classifier
 
-    clf = Classifier.from_checkpoint(trained_run / "last.pt", "cpu")
+    clf = Classifier.from_checkpoint(trained_run / "last.pt", device="cpu")
     with pytest.raises(ConfigError, match="no such module"):
         compute_cam(clf, np.zeros((32, 32, 3), np.uint8), layer="nope")

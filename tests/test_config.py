@@ -123,3 +123,16 @@ def test_a_bad_value_in_the_file_names_the_file(tmp_path: Path):
     bad.write_text("optim:\n  lr: abc\n")
     with pytest.raises(ConfigError, match=r"mine\.yaml: optim\.lr"):
         load_config(bad, ["train.epochs=2"])
+
+
+def test_train_amp_none_still_works_with_one_deprecation_line(capsys: pytest.CaptureFixture[str]):
+    from cifarkit.options import PRECISIONS
+
+    assert load_config(None, ["train.amp=fp32"]).train.amp == "fp32" and capsys.readouterr().err == ""
+    assert load_config(None, ["train.amp=none"]).train.amp == "none"  # the old spelling of fp32 keeps working
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.amp: none is deprecated" in err and "train.amp: fp32" in err
+    for p in PRECISIONS:
+        assert load_config(None, [f"train.amp={p}"]).train.amp == p
+    with pytest.raises(ConfigError, match="train.amp: 'fp64' is not one of auto, fp32, bf16, fp16, none"):
+        load_config(None, ["train.amp=fp64"])

@@ -43,7 +43,7 @@ def test_edited_checkpoint_is_named_on_load(name: str, good: Path, image: Path, 
 
     bad = edited_checkpoint(good, name, tmp_path)
     with pytest.raises(CifarkitError, match=CHECKPOINT_EDITS[name][1]):
-        load(bad, "cpu")
+        load(bad, device="cpu")
 
 
 @pytest.mark.parametrize("name", ["absurd_input_size", "classes_of_ints", "bogus_kwarg"])
@@ -111,8 +111,8 @@ _prep_keys = st.sampled_from(["mean", "std", "input_size", "eval_resize", "eval_
 @given(st.dictionaries(_prep_keys, _values | st.lists(st.floats(), min_size=3, max_size=3)), _values)
 def test_checkpoint_validators_fuzzed(prep: dict, classes):
     """Any value: a valid result or a CheckpointError, never another exception or a bad result."""
-    from cifarkit.engine.restore import MAX_INPUT_SIZE, check_classes, check_preprocess
     from cifarkit.errors import CheckpointError
+    from cifarkit.infer.restore import MAX_INPUT_SIZE, check_classes, check_preprocess
 
     try:
         p = check_preprocess(prep, "f.pt")

@@ -1,5 +1,5 @@
-"""Imports flow one way: base <- data, models, config <- engine <- analysis / audit / predict / cam /
-export / serve <- demo <- cli. The test walks every module's imports with `ast` (module level and
+"""Imports flow one way: base, options <- data, models, config <- infer <- engine <- analysis / audit /
+predict / cam / export / serve <- demo <- cli. The test walks every module's imports with `ast` (module level and
 inside functions, where an upward import used to hide) and fails on an edge to a higher layer.
 """
 
@@ -15,14 +15,16 @@ PKG = Path(cifarkit.__file__).parent
 # module prefix -> layer; the longest matching prefix wins
 LAYERS = {
     "cifarkit": 0, "cifarkit.errors": 0, "cifarkit.extras": 0, "cifarkit.safepath": 0, "cifarkit.safecsv": 0,
-    "cifarkit.safeload": 0, "cifarkit.recipes": 0, "cifarkit.userfile": 0, "cifarkit.saferead": 0,
+    "cifarkit.safeload": 0, "cifarkit.recipes": 0, "cifarkit.saferead": 0, "cifarkit.userfile": 0,
+    "cifarkit.options": 0,
     "cifarkit.logs": 1, "cifarkit.plotting": 1, "cifarkit.data": 1, "cifarkit.models": 1, "cifarkit.config": 1,
-    "cifarkit.engine": 2,
-    "cifarkit.analysis": 3, "cifarkit.audit": 3, "cifarkit.predict": 3, "cifarkit.cam": 3, "cifarkit.export": 3,
-    "cifarkit.serve": 3, "cifarkit.tune": 3,
-    "cifarkit.demo": 4,
-    "cifarkit.cli": 5, "cifarkit.cli_analysis": 5, "cifarkit.cli_train": 5, "cifarkit.cli_use": 5,
-    "cifarkit.__main__": 5,
+    "cifarkit.infer": 2,
+    "cifarkit.engine": 3,
+    "cifarkit.analysis": 4, "cifarkit.audit": 4, "cifarkit.predict": 4, "cifarkit.cam": 4, "cifarkit.export": 4,
+    "cifarkit.serve": 4, "cifarkit.tune": 4,
+    "cifarkit.demo": 5,
+    "cifarkit.cli": 6, "cifarkit.cli_analysis": 6, "cifarkit.cli_train": 6, "cifarkit.cli_use": 6,
+    "cifarkit.__main__": 6,
 }
 
 
@@ -73,10 +75,11 @@ def test_imports_never_point_up_a_layer():
     assert not upward, "upward imports:\n" + "\n".join(upward)
 
 
-def test_engine_imports_its_own_package_at_module_top():
-    """The engine's dependency graph is visible at the top of each file (no function-level
-    cifarkit imports left to hide a cycle)."""
-    nested = [where for src, _, where, inside in all_edges() if inside and src.startswith("cifarkit.engine")]
+def test_engine_and_infer_import_cifarkit_at_module_top():
+    """The engine's and infer's dependency graphs are visible at the top of each file (no
+    function-level cifarkit imports left to hide a cycle)."""
+    nested = [where for src, _, where, inside in all_edges()
+              if inside and src.startswith(("cifarkit.engine", "cifarkit.infer"))]
     assert not nested, nested
 
 

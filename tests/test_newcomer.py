@@ -131,7 +131,7 @@ def test_eta_counts_from_this_processes_pace():
 
 def test_evaluation_shows_a_progress_bar_when_asked(capsys):
     from cifarkit.data.loader import Preprocess
-    from cifarkit.engine.evaluate import predict_logits
+    from cifarkit.infer.evaluate import predict_logits
 
     prep = Preprocess(mean=[0.0] * 3, std=[1.0] * 3, input_size=8)
     images = torch.zeros(30, 3, 8, 8, dtype=torch.uint8)

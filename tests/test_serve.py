@@ -323,5 +323,5 @@ def test_the_top1_names_its_checkpoint_and_split(served, tmp_path: Path):
     ck["best_top1"], ck["epoch"] = F32_TOP1, 3
     ck["config"]["data"]["val_fraction"] = 0.2
     torch.save(ck, tmp_path / "last.pt")
-    info = model_info(load(tmp_path / "last.pt", "cpu"), tmp_path / "last.pt")
+    info = model_info(load(tmp_path / "last.pt", device="cpu"), tmp_path / "last.pt")
     assert (info["top1_checkpoint"], info["test_split"], info["test_top1"]) == ("best.pt", "val", 61.2)

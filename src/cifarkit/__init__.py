@@ -23,13 +23,14 @@ _LAZY = {
     "list_models": "cifarkit.models",
     "load_config": "cifarkit.config",
     "fit": "cifarkit.engine.train",
-    "evaluate_checkpoint": "cifarkit.engine.inference",
+    "evaluate_checkpoint": "cifarkit.infer.inference",
     "load": "cifarkit.predict",
     "show_result": "cifarkit.predict",
 }
 
 
-_SUBMODULES = {"logs", "data", "models", "engine", "analysis", "predict", "cam", "export", "config", "tune"}
+_SUBMODULES = {"logs", "data", "models", "infer", "engine", "analysis", "predict", "cam", "export", "config", "tune",
+               "options"}
 
 
 def __getattr__(name: str) -> Any:

@@ -138,7 +138,7 @@ def compute_cam(classifier: Any, image: Any, target: str | int | None = None, me
     pgc = require("pytorch_grad_cam", "Grad-CAM")
     ClassifierOutputTarget = require("pytorch_grad_cam.utils.model_targets", "Grad-CAM").ClassifierOutputTarget
     from cifarkit.data.loader import eval_transform
-    from cifarkit.engine.evaluate import ranked
+    from cifarkit.infer.evaluate import ranked
     from cifarkit.predict import to_uint8_chw
 
     if method not in METHODS:

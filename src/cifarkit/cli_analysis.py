@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import sys
 
-from cifarkit.cli_use import json_line
+from cifarkit.cli_use import add_device_option, json_line
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
@@ -21,9 +21,9 @@ def cmd_plot(a: argparse.Namespace) -> int:
 def cmd_analyze(a: argparse.Namespace) -> int:
     """`cifarkit analyze`: confusion matrix, per-class metrics and calibration of a checkpoint."""
     from cifarkit.analysis.analyze import analyze
-    from cifarkit.engine.inference import checkpoint_label, describe
+    from cifarkit.infer.inference import checkpoint_label, describe
 
-    m = analyze(a.checkpoint, a.out, a.data, a.split, a.device, tta=a.tta, overwrite=a.overwrite,
+    m = analyze(a.checkpoint, a.out, data=a.data, split=a.split, device=a.device, tta=a.tta, overwrite=a.overwrite,
                 logit_adjust=a.logit_adjust, precision=a.precision)
     print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
@@ -42,11 +42,12 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cifarkit.analysis.robustness import TITLES, robustness
-    from cifarkit.engine.inference import checkpoint_label, describe
+    from cifarkit.infer.inference import checkpoint_label, describe
 
     out = a.out or str(Path(a.checkpoint).parent / "robustness")
-    r = robustness(a.checkpoint, out, a.data, a.split, a.corruptions, a.severities, a.extra, a.baseline, a.cifar10c,
-                   a.tta, a.precision, a.device, a.seed, a.overwrite, limit=a.limit)
+    r = robustness(a.checkpoint, out, data=a.data, split=a.split, corruptions=a.corruptions, severities=a.severities,
+                   extra=a.extra, baseline=a.baseline, cifar10c=a.cifar10c, tta=a.tta, precision=a.precision,
+                   device=a.device, seed=a.seed, overwrite=a.overwrite, limit=a.limit)
     if a.json:
         print(json_line(r))
         return 0
@@ -72,11 +73,13 @@ def cmd_robustness(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`engine.calibration`)."""
-    from cifarkit.engine.calibration import calibrate
+    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`infer.calibration`) and its
+    reliability figure (`analysis.calibration_plot`)."""
+    from cifarkit.analysis.calibration_plot import calibrate_with_figure
 
-    r = calibrate(a.checkpoint, a.out, a.data, a.split, a.allow_test, a.device, a.tta, a.precision, a.overwrite,
-                  objective=a.objective)
+    r = calibrate_with_figure(a.checkpoint, a.out, data=a.data, split=a.split, allow_test=a.allow_test,
+                              device=a.device, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
+                              objective=a.objective)
     if a.json:
         print(json_line(r))
         return 0
@@ -113,8 +116,9 @@ def cmd_audit(a: argparse.Namespace) -> int:
 
     # --json: stdout carries the JSON alone; the folds' progress lines (and their runs') go to stderr
     with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-        s = audit(a.path, a.out, a.splits, a.folds, a.recipe, a.set, a.near_threshold, a.seed, a.device,
-                  a.overwrite, write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
+        s = audit(a.path, a.out, splits=a.splits, folds=a.folds, recipe=a.recipe, overrides=a.set,
+                  near_threshold=a.near_threshold, seed=a.seed, device=a.device, overwrite=a.overwrite,
+                  write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
     if a.json:
         print(json_line(s))
         return 0
@@ -161,7 +165,7 @@ def add_commands(sub, data_sub=None) -> None:
     add_tta_option(z)
     add_logit_adjust_option(z)
     add_precision_option(z)
-    z.add_argument("--device", default="auto")
+    add_device_option(z)
     z.set_defaults(fn=cmd_analyze)
 
     c = sub.add_parser("calibrate", help="fit a softmax temperature on a held-out split (temperature scaling) "
@@ -178,7 +182,7 @@ def add_commands(sub, data_sub=None) -> None:
                    help="what T minimises on the held-out split: nll (Guo et al., default) or ece (15 bins)")
     add_tta_option(c)
     add_precision_option(c)
-    c.add_argument("--device", default="auto")
+    add_device_option(c)
     c.set_defaults(fn=cmd_calibrate)
 
     rb = sub.add_parser("robustness", help="top-1 under the CIFAR-10-C corruptions (15 x 5 severities), "
@@ -204,7 +208,7 @@ def add_commands(sub, data_sub=None) -> None:
                     help="only N test images, spread evenly over the split (a quick look)")
     rb.add_argument("--overwrite", action="store_true", help="replace robustness files already in --out")
     rb.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    rb.add_argument("--device", default="auto")
+    add_device_option(rb)
     rb.set_defaults(fn=cmd_robustness)
 
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
@@ -246,7 +250,7 @@ def add_commands(sub, data_sub=None) -> None:
                              "duplicates)")
         au.add_argument("--relabel", action="store_true",
                         help="with --write-manifest: give the label issues their suggested label")
-        au.add_argument("--device", default=None, help="default: the recipe's")
+        add_device_option(au, "the recipe's")
         au.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out (and replace the manifest)")
         au.add_argument("--json", action="store_true", help="print audit.json's content")

@@ -7,7 +7,7 @@ import csv
 import sys
 from pathlib import Path
 
-from cifarkit.cli_use import json_line
+from cifarkit.cli_use import add_device_option, json_line
 from cifarkit.errors import CifarkitError
 
 
@@ -70,7 +70,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
     fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
-        after_run=plot_writers(cfg.log.plots), before_run=start_writers(cfg.log.plots))
+        after_run=plot_writers(cfg.log.plots, calibrate=cfg.train.calibrate), before_run=start_writers(cfg.log.plots))
     return 0
 
 
@@ -91,11 +91,14 @@ def cmd_tune(a: argparse.Namespace) -> int:
 
 def cmd_lr_find(a: argparse.Namespace) -> int:
     """`cifarkit lr-find`: run the LR range test on CONFIG, print the suggested lr and how to train with it."""
+    from cifarkit.analysis.lr_find_plot import plot_lr_find
     from cifarkit.config import load_config
     from cifarkit.engine.lr_find import lr_find
 
     cfg = load_config(a.config, a.set)
-    r = lr_find(cfg, a.out, a.start_lr, a.end_lr, a.steps, a.diverge, a.device, overwrite=a.overwrite)
+    r = lr_find(cfg, a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, diverge=a.diverge, device=a.device,
+                overwrite=a.overwrite)
+    plot_lr_find(r)
     print(f"swept {r.key} over {len(r.lrs)} steps ({r.lrs[0]:.2g} .. {r.lrs[-1]:.2g}); wrote {r.csv} and {r.png}")
     print(f"suggested {r.key}: valley {r.valley:.3g}, steepest descent {r.steepest:.3g}")
     print(f"use: cifarkit train {a.config} {' '.join('--set ' + s for s in a.set)} {r.set_line}".replace("  ", " "))
@@ -110,7 +113,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     Raises:
         CifarkitError: the --predictions file already exists.
     """
-    from cifarkit.engine.inference import checkpoint_label, describe, evaluate_checkpoint
+    from cifarkit.infer.inference import checkpoint_label, describe, evaluate_checkpoint
     from cifarkit.safecsv import csv_row
 
     if a.predictions:  # a new file in a writable place, checked before the evaluation
@@ -123,7 +126,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         leaked = leaked_images(a.exclude)  # a bad file fails before the model is loaded
         exclude = lambda split: leaked.get(split, {})  # noqa: E731  the split is known once the checkpoint is read
-    m = evaluate_checkpoint(a.checkpoint, a.data, a.split, a.tta, a.device, a.logit_adjust, a.precision, exclude)
+    m = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, tta=a.tta, device=a.device,
+                            logit_adjust=a.logit_adjust, precision=a.precision, exclude=exclude)
     predicted = m.pop("predictions")
     if a.predictions:
         with open(a.predictions, "x", newline="", encoding="utf-8") as f:
@@ -194,7 +198,7 @@ def add_commands(sub) -> None:
                    help="continue from CKPT, or the newest valid checkpoint of the run directory")
     t.add_argument("--force", action="store_true", help="start afresh in a run directory that holds an earlier "
                    "run, moving its files into RUN_DIR/.replaced-<UTC time>/ (nothing is deleted)")
-    t.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(t, "train.device")
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)
 
@@ -220,7 +224,7 @@ def add_commands(sub) -> None:
     u.add_argument("--heartbeat", type=float, default=30.0, metavar="S",
                    help="seconds between a running trial's liveness stamps; a trial silent for 3x this is "
                         "marked failed and run again")
-    u.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(u, "train.device")
     u.set_defaults(fn=cmd_tune)
 
     f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
@@ -233,7 +237,7 @@ def add_commands(sub) -> None:
     f.add_argument("--end-lr", type=float, default=10.0)
     f.add_argument("--diverge", type=diverge_factor, default=4.0,
                    help="stop when the smoothed loss exceeds this x its minimum (above 1)")
-    f.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: train.device)")
+    add_device_option(f, "train.device")
     f.set_defaults(fn=cmd_lr_find)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)")
@@ -248,7 +252,7 @@ def add_commands(sub) -> None:
     e.add_argument("--exclude", default=None, metavar="DUPLICATES_CSV",
                    help="also report the metrics without the split's images that this duplicates.csv (`cifarkit data "
                         "audit`) pairs with another split: accuracy without train/test leakage")
-    e.add_argument("--device", default="auto")
+    add_device_option(e)
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=cmd_eval)
 

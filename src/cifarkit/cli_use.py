@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.options import DEVICE_DEFAULT, DEVICES, PRECISIONS, TTA_ALONE, TTA_LEVELS
 from cifarkit.safecsv import csv_row
 from cifarkit.safepath import check_replaceable, claim_outputs, inside, output_dir, safe_component, temp_beside
 
@@ -97,12 +98,20 @@ def serve_limit(field: str):
     return parse
 
 
+def add_device_option(p: argparse.ArgumentParser, config_key: str | None = None) -> None:
+    """Add `--device` to `p`: default auto (`options.DEVICE_DEFAULT`), or with `config_key` None =
+    that config value (`train.device`, "the recipe's")."""
+    if config_key is None:
+        p.add_argument("--device", default=DEVICE_DEFAULT)
+    else:
+        p.add_argument("--device", default=None, help=f"{DEVICES} (default: {config_key})")
+
+
 def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
                    default_help: str = "the checkpoint's eval.tta") -> None:
     """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
-    p.add_argument("--tta", nargs="?", const="flip_translate", default=default,
-                   choices=["none", "flip", "flip_translate"],
-                   help=f"test-time augmentation (default: {default_help}; --tta alone = flip_translate)")
+    p.add_argument("--tta", nargs="?", const=TTA_ALONE, default=default, choices=TTA_LEVELS,
+                   help=f"test-time augmentation (default: {default_help}; --tta alone = {TTA_ALONE})")
 
 
 def finite_tau(text: str) -> float:
@@ -125,7 +134,7 @@ def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
 
 def add_precision_option(p: argparse.ArgumentParser) -> None:
     """Add `--precision auto|fp32|bf16|fp16` (default auto: what this machine is fast at) to `p`."""
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="inference precision (default auto: bf16 on CUDA or a CPU with AMX / AVX512-BF16, else "
                         "fp32, whatever the run trained in)")
 
@@ -147,12 +156,12 @@ def _own_file(out: Path, name: str, written: list[str]) -> Path:
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
     from cifarkit.analysis.plotting import save
-    from cifarkit.engine.inference import describe
+    from cifarkit.infer.inference import describe
     from cifarkit.predict import expand_inputs, load, show_result
 
     # the output folder first (before the model loads): not among the inputs, only our own files replaced
     out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs), writes=["predictions.csv"]) if a.out else None
-    clf = load(a.model, a.device, a.tta, a.logit_adjust, a.precision)
+    clf = load(a.model, device=a.device, tta=a.tta, logit_adjust=a.logit_adjust, precision=a.precision)
     if a.batch_size:
         clf.batch_size = a.batch_size
     written: list[str] = []
@@ -203,7 +212,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
     from cifarkit.cam import default_layer, spatial_layers
     from cifarkit.predict import expand_inputs, load
 
-    clf = load(a.checkpoint, a.device, a.tta, precision=a.precision)
+    clf = load(a.checkpoint, device=a.device, tta=a.tta, precision=a.precision)
     if clf.model is None:
         raise CifarkitError(f"{a.checkpoint}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
                             "exported from; an exported .onnx file has no gradients to read")
@@ -258,8 +267,8 @@ def cmd_export(a: argparse.Namespace) -> int:
     """`cifarkit export`: ONNX or TorchScript with a parity check."""
     from cifarkit.export import export_model
 
-    r = export_model(a.checkpoint, a.format, a.out, a.dynamic_batch, data=a.data, overwrite=a.overwrite,
-                     logit_adjust=a.logit_adjust)
+    r = export_model(a.checkpoint, a.format, a.out, dynamic_batch=a.dynamic_batch, data=a.data,
+                     overwrite=a.overwrite, logit_adjust=a.logit_adjust)
     print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
           f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
     if r.format == "torchscript":
@@ -276,9 +285,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     require("uvicorn", "cifarkit serve")
     from cifarkit.serve.app import Limits, serve
 
-    serve(a.model, a.runs, a.host, a.port, a.device, a.tta,
-          Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
-          a.precision, tuple(a.allow_host))
+    serve(a.model, a.runs, host=a.host, port=a.port, device=a.device, tta=a.tta,
+          limits=Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
+          precision=a.precision, allow_hosts=tuple(a.allow_host))
     return 0
 
 
@@ -296,7 +305,7 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--draw-limit", type=int, default=200, help="draw at most this many results with --out")
     p.add_argument("--json", action="store_true", help="one JSON object per image")
-    p.add_argument("--device", default="auto")
+    add_device_option(p)
     p.set_defaults(fn=cmd_predict)
 
     from cifarkit.cam import METHODS
@@ -315,7 +324,7 @@ def add_commands(sub) -> None:
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     add_tta_option(c)
     add_precision_option(c)
-    c.add_argument("--device", default="auto")
+    add_device_option(c)
     c.set_defaults(fn=cmd_cam)
 
     e = sub.add_parser("export", help="export to ONNX or TorchScript, with a parity check")
@@ -338,7 +347,7 @@ def add_commands(sub) -> None:
                         "naming any other Host are refused (DNS rebinding); repeat for several")
     add_tta_option(v)
     add_precision_option(v)
-    v.add_argument("--device", default="auto")
+    add_device_option(v)
     v.add_argument("--max-upload-mb", type=serve_limit("max_upload_mb"), default=20.0,
                    help="largest request body [MiB, > 0]")
     v.add_argument("--max-files", type=serve_limit("max_files"), default=64, help="most image files in one request")

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import operator
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import yaml
 
 from cifarkit.errors import ConfigError
 from cifarkit.models import accepted_kwargs
+from cifarkit.options import AMP_DEPRECATED, PRECISIONS, TTA_LEVELS, amp_deprecation
 
 CIFAR_MEAN = [125.307, 122.961, 113.8575]  # CIFAR-10 train set, 0..255 scale
 CIFAR_STD = [62.9932, 62.0887, 66.7048]
@@ -163,8 +165,8 @@ class TrainConfig:
     ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it")
     ema_decay: float = _f(0.999, "EMA decay per iteration", ge=0, le=1)
     lookahead: bool = _f(False, "airbench lookahead: every 5 steps pull weights to a scheduled EMA")
-    amp: str = _f("auto", "auto | bf16 | fp16 | none (auto: bf16 on CUDA or on a CPU with AMX / AVX512-BF16, "
-                            "else fp32; engine/device.py)")
+    amp: str = _f("auto", "auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA or on a CPU with AMX / AVX512-BF16, "
+                            "else fp32; infer/device.py; none, the old fp32, still works)")
     channels_last: bool = _f(True, "channels_last memory format")
     compile: str = _f("off", "torch.compile the model: off | on | cuda (only when training on a GPU; "
                              "true/false read as on/off)")
@@ -197,7 +199,7 @@ class EvalConfig:
     """`eval.*`: how often a run evaluates, at what batch size and with which test-time augmentation."""
     interval: int = _f(1, "evaluate every N epochs (and always at the end)", ge=1)
     batch_size: int = _f(512, "evaluation batch size", ge=1)
-    tta: str = _f("none", "none | flip | flip_translate")
+    tta: str = _f("none", " | ".join(TTA_LEVELS))
     logit_adjust: float = _f(0.0, "post-hoc logit adjustment: predict with logits - tau * log(training class prior) "
                                   "(Menon et al. 2021; 0 = off); every evaluation and prediction of the run uses it",
                              ge=0)
@@ -389,14 +391,14 @@ def _validate(cfg: Config) -> None:
     choices = {
         "optim.name": (cfg.optim.name, ["sgd", "adamw", "muon"]),
         "schedule.name": (cfg.schedule.name, ["constant", "step", "multistep", "cosine", "linear", "onecycle"]),
-        "train.amp": (cfg.train.amp, ["auto", "bf16", "fp16", "none"]),
+        "train.amp": (cfg.train.amp, [*PRECISIONS, *AMP_DEPRECATED]),
         "train.loss_reduction": (cfg.train.loss_reduction, ["mean", "sum"]),
         "train.nan_policy": (cfg.train.nan_policy, ["stop", "skip_batch"]),
         "train.early_stop.metric": (cfg.train.early_stop.metric, ["top1", "loss"]),
         "train.compile": (cfg.train.compile, ["off", "on", "cuda"]),
         "train.compile_mode": (cfg.train.compile_mode, ["default", "reduce-overhead", "max-autotune",
                                                         "max-autotune-no-cudagraphs"]),
-        "eval.tta": (cfg.eval.tta, ["none", "flip", "flip_translate"]),
+        "eval.tta": (cfg.eval.tta, list(TTA_LEVELS)),
         "data.flip": (cfg.data.flip, ["random", "alternate", "none"]),
         "data.pad_mode": (cfg.data.pad_mode, ["reflect", "zero"]),
         "data.sampler": (cfg.data.sampler, ["uniform", "balanced", "sqrt"]),
@@ -539,7 +541,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (data, model, ...)")
         d.setdefault("name", p.stem)
-    return config_from_dict(d, overrides, where)
+    cfg = config_from_dict(d, overrides, where)
+    deprecated = amp_deprecation(cfg.train.amp)  # a checkpoint's stored config stays quiet (config_from_dict)
+    if deprecated:
+        print(deprecated, file=sys.stderr)
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:

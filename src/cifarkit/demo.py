@@ -38,10 +38,10 @@ from cifarkit.data.imageset import ImageSet
 from cifarkit.data.inspect import format_inspect, inspect_path
 from cifarkit.data.show import show_grid
 from cifarkit.data.sources import load_dataset
-from cifarkit.engine.inference import evaluate_checkpoint
 from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError
 from cifarkit.export import export_model
+from cifarkit.infer.inference import evaluate_checkpoint
 from cifarkit.predict import load, show_result
 from cifarkit.recipes import shipped_configs
 
@@ -145,7 +145,8 @@ def run_demo(out: str | Path = "demo_out", epochs: float = DEMO_EPOCHS, quick: b
     _step(f"5. train the airbench94 recipe (airnet) for {epochs} epochs on {len(train)} images")
     cfg = demo_config(root, epochs, quick)
     # a rerun redoes the demo (the old run moves aside); curves.png and report.html as `cifarkit train` writes them
-    summary = fit(cfg, work_dir=out / "run", force=True, after_run=plot_writers(cfg.log.plots),
+    summary = fit(cfg, work_dir=out / "run", force=True,
+                  after_run=plot_writers(cfg.log.plots, calibrate=cfg.train.calibrate),
                   before_run=start_writers(cfg.log.plots))
     results["train"] = summary
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifarkit.engine.inference import Inference, eval_data
 from cifarkit.errors import CifarkitError
 from cifarkit.extras import require
+from cifarkit.infer.inference import Inference, eval_data
 from cifarkit.safepath import check_apart, output_file, real_path
 
 
@@ -98,7 +98,7 @@ def _parity_images(inf: Inference, data: str | None, n: int) -> tuple[torch.Tens
                 f"random-pixel images (the run's data is not readable here: {e}; pass --data)")
 
 
-def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, dynamic_batch: bool = False,
+def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = None, *, dynamic_batch: bool = False,
                  check_images: torch.Tensor | None = None, tol: float = 1e-3, data: str | None = None,
                  overwrite: bool = False, logit_adjust: float | None = None) -> ExportReport:
     """Write a checkpoint as ONNX (opset 17) or TorchScript and check it against the checkpoint.
@@ -141,7 +141,7 @@ def export_model(ckpt: str | Path, fmt: str = "onnx", out: str | Path | None = N
         raise CifarkitError(f"--out {out}: that is the input checkpoint; give the export a name of its own")
     output_file(out, overwrite)  # nothing there or a regular file (never a device, FIFO or link), before any work
     check_apart(out, [data])
-    ref = Inference.from_checkpoint(ckpt, "cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
+    ref = Inference.from_checkpoint(ckpt, device="cpu", tta="none", precision="fp32", logit_adjust=logit_adjust)
     model = ref.model.float().eval().to(memory_format=torch.contiguous_format)
     if ref.logit_bias is not None or ref.temperature != 1.0:
         model = _PostHoc(model, ref.logit_bias, ref.temperature).eval()

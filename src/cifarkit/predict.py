@@ -4,7 +4,7 @@
     result = model.predict("cat.jpg")          # Prediction(label='cat', score=0.93, topk=[...])
     fig = cifarkit.show_result("cat.jpg", result)
 
-Logits come from `engine.inference.Inference`, the one path that `cifarkit eval` uses too: the
+Logits come from `infer.inference.Inference`, the one path that `cifarkit eval` uses too: the
 checkpoint's evaluation transform, its TTA (`eval.tta`, overridable) and the precision this
 machine is fast at (bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16), so predicting
 an exported test folder gives, image for image, the predictions `cifarkit eval` scores. Files
@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from cifarkit.data.decode import DECODE_MAX_SIDE, is_image_name, load_rgb, reduce_while_decoding, to_rgb
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, check_precision
 from cifarkit.errors import CifarkitError, ConfigError, DataError
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import Inference, check_precision
+from cifarkit.options import DEVICE_DEFAULT
 from cifarkit.saferead import Within
 from cifarkit.userfile import read_user_lines
 
@@ -199,7 +200,7 @@ def check_topk(topk: int) -> int:
     return topk
 
 
-def load(path: str | Path, device: str = "auto", tta: str | None = None,
+def load(path: str | Path, *, device: str = DEVICE_DEFAULT, tta: str | None = None,
          logit_adjust: float | None = None, precision: str | None = None) -> Classifier:
     """Open a checkpoint (.pt) or an exported model (.onnx), ready to predict.
 
@@ -229,7 +230,7 @@ def load(path: str | Path, device: str = "auto", tta: str | None = None,
             raise ConfigError(f"{path}: has logit adjustment {clf.logit_adjust:g} in its graph; drop --logit-adjust, "
                               "or export the checkpoint again with `cifarkit export --logit-adjust TAU`")
         return clf
-    return Classifier.from_checkpoint(path, device, tta, precision, logit_adjust=logit_adjust)
+    return Classifier.from_checkpoint(path, device=device, tta=tta, precision=precision, logit_adjust=logit_adjust)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:

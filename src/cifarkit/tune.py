@@ -60,13 +60,13 @@ from cifarkit.config import (
     config_from_dict,
     config_to_dict,
 )
-from cifarkit.engine.device import resolve_device
 from cifarkit.engine.loggers import summary_writer_class
 from cifarkit.engine.step import TrainingDiverged
 from cifarkit.engine.tracking import require_mlflow
 from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
+from cifarkit.infer.device import resolve_device
 from cifarkit.models import list_models
 from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row, looks_numeric
@@ -663,8 +663,8 @@ def run_trial(st: Any, trial: Any, base: Config, space: dict[str, Dist], out: Pa
         cfg.name = f"{safe_component(st.study_name)}-trial{trial.number:04d}"
         _absolute(cfg)
         trial.set_user_attr("config", config_to_dict(cfg))
-        summary = fit(cfg, work_dir=run_dir, quiet=True, device=device, after_run=plot_writers(cfg.log.plots),
-                      on_eval=report)
+        summary = fit(cfg, work_dir=run_dir, quiet=True, device=device,
+                      after_run=plot_writers(cfg.log.plots, calibrate=cfg.train.calibrate), on_eval=report)
         value = (summary.get("final") or {}).get(metric)
         if summary.get("stopped"):
             state, note = TrialState.PRUNED, summary["stopped"]

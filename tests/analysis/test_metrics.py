@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cifarkit.analysis.metrics import calibration, confusion_matrix, most_confused, per_class_table
-from cifarkit.engine.evaluate import metrics_from_logits, ranked
+from cifarkit.infer.evaluate import metrics_from_logits, ranked
 
 
 def test_confusion_and_per_class():

@@ -13,9 +13,9 @@ from tests.data.test_corruptions import write_cifar10c
 
 from cifarkit.analysis.robustness import corruption_errors, robustness
 from cifarkit.data.corruptions import chunk_rng, corrupt
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, eval_data, evaluate_checkpoint
 from cifarkit.errors import CifarkitError, ConfigError
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import Inference, eval_data, evaluate_checkpoint
 from conftest import make_checkpoint, make_cifar10
 from test_cli_data import run
 

@@ -6,7 +6,7 @@ Muon, the whitening-bias schedule, autocast and channels_last; airbench94 adds S
 Run on the CPU with deterministic kernels on a tiny dataset (500 images, batch 100, so 20 steps
 cross 4 epoch boundaries and the whitening bias freezing after epoch 3).
 Bitwise equality holds only for the same kernels, so values are kept per precision and CPU kind
-(`engine.device.cpu_kind`: AMX, AVX512-BF16, AVX512, AVX2): fp32 runs everywhere (the tests' rule),
+(`infer.device.cpu_kind`: AMX, AVX512-BF16, AVX512, AVX2): fp32 runs everywhere (the tests' rule),
 bf16 where the CPU has it in hardware; a kind with no recorded values is skipped with the command
 that records them. Regenerate only on purpose:
 CIFARKIT_REGEN_GOLDEN=1 pytest tests/engine/test_golden_losses.py
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from cifarkit.config import load_config
-from cifarkit.engine.device import cpu_kind
 from cifarkit.engine.train import fit
+from cifarkit.infer.device import cpu_kind
 from cifarkit.logs import read_jsonl
 from conftest import needs_bf16
 

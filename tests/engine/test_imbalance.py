@@ -17,11 +17,12 @@ from cifarkit.analysis.metrics import balanced_accuracy, shot_accuracy
 from cifarkit.config import load_config
 from cifarkit.data.loader import Augment, Mix, Preprocess, TensorLoader, mix_batch
 from cifarkit.data.splits import build_data, load_train_split, long_tail_counts
-from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.losses import class_weights, log_prior, weighted_cross_entropy
+from cifarkit.engine.losses import class_weights, weighted_cross_entropy
 from cifarkit.engine.step import chunk_loss
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError
+from cifarkit.infer.checkpoint import load_checkpoint
+from cifarkit.infer.prior import log_prior
 from conftest import cli_run
 from test_cli_data import run
 
@@ -261,10 +262,10 @@ def lt_run(cifar10_small: Path, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Path, tmp_path: Path):
-    from cifarkit.engine.inference import Inference, eval_data
+    from cifarkit.infer.inference import Inference, eval_data
 
     ckpt = str(lt_run / "last.pt")
-    raw = Inference.from_checkpoint(ckpt, "cpu", logit_adjust=0)
+    raw = Inference.from_checkpoint(ckpt, device="cpu", logit_adjust=0)
     images, labels, _ = eval_data(raw, None, None)
     counts = raw.meta["class_counts"]
     assert counts == long_tail_counts([50] * 10, 10)
@@ -301,7 +302,7 @@ def test_posthoc_logit_adjustment_in_eval_analyze_predict_and_export(lt_run: Pat
     via_onnx = json.loads(r.stdout)
     from cifarkit.predict import load
 
-    want = load(ckpt, "cpu").predict(img)
+    want = load(ckpt, device="cpu").predict(img)
     assert via_onnx["logit_adjust"] == 1.0 and want.logit_adjust == 1.0 and via_onnx["label"] == want.label
     r = run("predict", ckpt, img)
     assert r.returncode == 0 and "logit-adjust 1" in r.stderr, r.stderr

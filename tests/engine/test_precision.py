@@ -1,4 +1,4 @@
-"""The precision rule (engine/device.py): bf16 on a CPU only where it is in hardware, fp32 elsewhere;
+"""The precision rule (infer/device.py): bf16 on a CPU only where it is in hardware, fp32 elsewhere;
 inference picks its own precision on the machine it runs on; an emulated precision asked for
 explicitly runs after one warning line; the precision used is recorded everywhere."""
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine import device
-from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.device import amp_dtype, kind_of, slow_precision_warning
-from cifarkit.engine.inference import Inference, evaluate_checkpoint
 from cifarkit.engine.train import fit
+from cifarkit.infer import device
+from cifarkit.infer.checkpoint import load_checkpoint
+from cifarkit.infer.device import amp_dtype, kind_of, slow_precision_warning
+from cifarkit.infer.inference import Inference, evaluate_checkpoint
 from conftest import NARROW, needs_bf16
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
@@ -59,7 +59,7 @@ def test_auto_is_bf16_only_on_hardware_bf16(monkeypatch, kind, auto):
         assert "\n" not in warning and "auto" in warning  # one line that says how to switch
     else:
         assert warning is None
-    assert slow_precision_warning(None, CPU, "train.amp=none") is None
+    assert slow_precision_warning(None, CPU, "train.amp=fp32") is None
 
 
 def test_env_overrides_detection_both_ways(monkeypatch):
@@ -93,22 +93,22 @@ def test_precision_is_recorded_in_header_val_and_checkpoint(cifar10_small: Path,
 def test_inference_precision_is_this_machines_not_the_runs(cifar10_small: Path, tmp_path: Path, monkeypatch):
     """A run that trained in bf16 (say on an AMX machine) is evaluated in fp32 on an AVX2 one: the
     checkpoint's train.amp is not what inference uses; --precision overrides."""
-    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=none"), work_dir=tmp_path / "r", quiet=True)
+    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=fp32"), work_dir=tmp_path / "r", quiet=True)
     ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     ck["config"]["train"]["amp"] = "bf16"  # as if trained on a bf16 machine (inference must not follow it)
     torch.save(ck, tmp_path / "r" / "bf16run.pt")
-    assert Inference.from_checkpoint(tmp_path / "r" / "bf16run.pt", "cpu").precision == "fp32"
+    assert Inference.from_checkpoint(tmp_path / "r" / "bf16run.pt", device="cpu").precision == "fp32"
     monkeypatch.setattr(device, "cpu_kind", lambda: "AMX")
     monkeypatch.setattr(device, "onednn_bf16", lambda: True)
     monkeypatch.delenv(device.BF16_ENV)
-    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", "cpu").precision == "bf16"  # auto, here
-    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", "cpu", precision="fp32").precision == "fp32"
+    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", device="cpu").precision == "bf16"  # auto, here
+    assert Inference.from_checkpoint(tmp_path / "r" / "last.pt", device="cpu", precision="fp32").precision == "fp32"
 
 
 def test_explicit_bf16_on_a_cpu_without_it_runs_with_one_warning(cifar10_small: Path, tmp_path: Path, monkeypatch):
     real_bf16 = device.hardware_bf16()  # what the child process will find: read before the patch below
     monkeypatch.setattr(device, "cpu_kind", lambda: "AVX2")
-    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=none"), work_dir=tmp_path / "r", quiet=True)
+    fit(tiny_cfg(cifar10_small, "train.max_iters=1", "train.amp=fp32"), work_dir=tmp_path / "r", quiet=True)
     r = subprocess.run([sys.executable, "-m", "cifarkit", "eval", str(tmp_path / "r" / "last.pt"), "--json",
                         "--precision", "bf16"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

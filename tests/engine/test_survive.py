@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine import checkpoint as ckmod
-from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import CheckpointError, CifarkitError
+from cifarkit.infer import checkpoint as ckmod
+from cifarkit.infer.checkpoint import load_checkpoint
 from conftest import NARROW
 from test_cli_data import run
 

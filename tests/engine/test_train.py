@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.inference import evaluate_checkpoint
 from cifarkit.engine.optimizers import lr_factor
 from cifarkit.engine.train import TrainingDiverged, fit
 from cifarkit.errors import ConfigError
+from cifarkit.infer.checkpoint import load_checkpoint
+from cifarkit.infer.inference import evaluate_checkpoint
 from conftest import NARROW
 
 FAST = Path(__file__).resolve().parents[2] / "configs" / "cifar10_fast.yaml"
@@ -107,7 +107,7 @@ def test_wrong_class_count_and_missing_root(cifar10_small: Path, tmp_path: Path)
 
 
 def test_nan_loss_stops_with_epoch_and_iteration(cifar10_small: Path, tmp_path: Path):
-    cfg = small_cfg(cifar10_small, "train.amp=none")
+    cfg = small_cfg(cifar10_small, "train.amp=fp32")
     cfg.optim.lr = 1e30  # past the config's range (at most 100, which this net survives): the engine's own NaN stop
     with pytest.raises(TrainingDiverged, match=r"epoch \d+, iteration \d+"):
         fit(cfg, work_dir=tmp_path / "n", quiet=True)

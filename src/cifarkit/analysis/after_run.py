@@ -1,5 +1,5 @@
-"""What `cifarkit train` draws around a run: train_batch.png at the start, curves.png and
-report.html once it has finished.
+"""What `cifarkit train` draws around a run: train_batch.png at the start, curves.png,
+report.html (and, with train.calibrate, calibrated_reliability.png) once it has finished.
 
 The engine does not draw: `fit(before_run=..., after_run=...)` calls these with the run
 directory, and the CLI (and the demo) pass them when `log.plots` is on, so
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarkit.analysis.calibration_plot import write_run_calibration_figure
 from cifarkit.analysis.curves import plot_runs
 from cifarkit.analysis.report import write_report
 from cifarkit.errors import CifarkitError
@@ -82,8 +83,18 @@ def _warn_on_failure(what: str, make: Callable[[], Path], quiet: bool) -> None:
         print(f"warning: {what} not written: {e}", file=sys.stderr)
 
 
-def plot_writers(plots: bool, quiet: bool = False) -> list[Callable[[Path], None]]:
-    """The after_run list for `log.plots`: curves then report (which embeds the curves)."""
+def write_calibration_figure(run_dir: Path) -> None:
+    """`train.calibrate`'s `run_dir/calibrated_reliability.png`, when the run wrote `calibrated.pt`
+    (it has a validation split); no `wrote` line (the run's `calibrated ...` line names the
+    checkpoint), a failure only warns."""
+    if (run_dir / "calibrated.pt").is_file():
+        _warn_on_failure("calibrated_reliability.png", lambda: write_run_calibration_figure(run_dir), True)
+
+
+def plot_writers(plots: bool, quiet: bool = False, calibrate: bool = False) -> list[Callable[[Path], None]]:
+    """The after_run list: with `calibrate` (`train.calibrate`) the calibration figure, whatever
+    `plots`; with `plots` (`log.plots`) curves then report (which embeds the curves)."""
+    first = [write_calibration_figure] if calibrate else []
     if not plots:
-        return []
-    return [lambda run: write_curves(run, quiet), lambda run: write_run_report(run, quiet)]
+        return first
+    return [*first, lambda run: write_curves(run, quiet), lambda run: write_run_report(run, quiet)]

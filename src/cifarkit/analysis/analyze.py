@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifarkit.analysis.calibration_plot import draw_reliability
 from cifarkit.analysis.metrics import (
     balanced_accuracy,
     calibration,
@@ -25,9 +26,8 @@ from cifarkit.analysis.metrics import (
     softmax,
 )
 from cifarkit.analysis.plotting import pyplot, save
-from cifarkit.engine.calibration import draw_reliability
-from cifarkit.engine.evaluate import metrics_from_logits, ranked
-from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.infer.evaluate import metrics_from_logits, ranked
+from cifarkit.infer.inference import InferOptions, eval_data
 from cifarkit.safecsv import csv_dict, csv_row
 from cifarkit.safepath import claim_outputs, output_dir, write_text_atomic
 
@@ -35,12 +35,13 @@ FILES = ("predictions.npz", "metrics.json", "confusion_matrix.csv", "confusion_m
          "misclassified.png", "reliability.png")  # what analyze writes in its --out
 
 
-def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None = None, device: str = "auto",
+def predictions_for(ckpt: str | Path, *, data: str | None = None, split: str | None = None, device: str = "auto",
                     tta: str | None = None, logit_adjust: float | None = None, precision: str | None = None
                     ) -> dict[str, Any]:
-    """One pass through the one inference path (`engine.inference`, as `cifarkit eval` and
+    """One pass through the one inference path (`infer.inference`, as `cifarkit eval` and
     `predict`): logits (N, C), labels, predicted ids, the uint8 images (for galleries), class names."""
-    inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
+    inf = InferOptions(data=data, split=split, tta=tta, precision=precision, device=device,
+                       logit_adjust=logit_adjust).load(ckpt)
     images, labels, name = eval_data(inf, data, split)
     logits = inf.logits(images)
     return {"logits": logits.numpy(), "labels": labels.numpy(), "predicted": ranked(logits, 1)[:, 0].numpy(),
@@ -49,7 +50,7 @@ def predictions_for(ckpt: str | Path, data: str | None = None, split: str | None
             **inf.settings()}
 
 
-def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
+def analyze(ckpt: str | Path, out: str | Path, *, data: str | None = None, split: str | None = None,
             device: str = "auto", n_errors: int = 24, tta: str | None = None, overwrite: bool = True,
             logit_adjust: float | None = None, precision: str | None = None) -> dict[str, Any]:
     """Confusion matrix, per-class metrics, calibration and the worst errors of a checkpoint.
@@ -86,7 +87,8 @@ def analyze(ckpt: str | Path, out: str | Path, data: str | None = None, split: s
     """
     out = output_dir(out, overwrite, inputs=[data], writes=FILES)  # replaces only an earlier analyze's files
     claim_outputs(out, FILES, "analyze")
-    p = predictions_for(ckpt, data, split, device, tta, logit_adjust, precision)
+    p = predictions_for(ckpt, data=data, split=split, device=device, tta=tta, logit_adjust=logit_adjust,
+                        precision=precision)
     logits, labels, classes, preds = p["logits"], p["labels"], p["classes"], p["predicted"]
     m = metrics_from_logits(torch.from_numpy(logits), torch.from_numpy(labels))
     np.savez_compressed(out / "predictions.npz", logits=logits, labels=labels, index=np.arange(len(labels)),

@@ -2,7 +2,7 @@
 
 All functions take plain arrays (logits or probabilities (N, C), labels (N,)), so the same
 numbers come out whether the predictions were just computed or read back from predictions.npz.
-`softmax` and `calibration` (ECE) live in `engine.calibration`, which a run uses to calibrate
+`softmax` and `calibration` (ECE) live in `infer.calibration`, which a run uses to calibrate
 itself, and are re-exported here.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cifarkit.engine.calibration import calibration, softmax
+from cifarkit.infer.calibration import calibration, softmax
 
 __all__ = ["balanced_accuracy", "calibration", "confusion_matrix", "most_confused", "per_class_table",
            "shot_accuracy", "softmax"]

@@ -91,9 +91,9 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
     from cifarkit.analysis.metrics import softmax
     from cifarkit.data.splits import load_eval_split
-    from cifarkit.engine.checkpoint import load_checkpoint
-    from cifarkit.engine.evaluate import ranked
-    from cifarkit.engine.restore import config_of
+    from cifarkit.infer.checkpoint import load_checkpoint
+    from cifarkit.infer.evaluate import ranked
+    from cifarkit.infer.restore import config_of
 
     idx = metrics.get("misclassified_index", [])[:n]
     if not idx:
@@ -111,7 +111,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
     note = ""
     try:
-        clf = Classifier.from_checkpoint(ckpt, "cpu", precision=precision)
+        clf = Classifier.from_checkpoint(ckpt, device="cpu", precision=precision)
     except CifarkitError as e:
         clf, note = None, f'<p class="note">No Grad-CAM overlays: {html.escape(str(e))}</p>'
     figs = []

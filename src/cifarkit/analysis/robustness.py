@@ -10,7 +10,7 @@ evaluation (TTA only on request), top-1 per cell; the summary numbers are
   reference, lower is better).
 
 Corrupted images are made a chunk at a time (`CHUNK` images) with a seed per (corruption,
-severity, chunk), fed through the one inference path (`engine.inference.Inference`, as `eval`:
+severity, chunk), fed through the one inference path (`infer.inference.Inference`, as `eval`:
 same transform, precision and tie-break) and dropped, so memory stays at two chunks (one being
 made, one evaluated) whatever the table's size. With `cifar10c` the images come from a
 downloaded CIFAR-10-C folder instead.
@@ -44,11 +44,11 @@ from cifarkit.data.corruptions import (
     corrupt,
     read_cifar10c,
 )
-from cifarkit.engine.device import cpu_kind
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import Inference, checkpoint_label, eval_data
 from cifarkit.errors import CifarkitError, ConfigError
 from cifarkit.extras import require
+from cifarkit.infer.device import cpu_kind
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import Inference, InferOptions, checkpoint_label, eval_data
 from cifarkit.safepath import check_apart, check_replaceable, claim_outputs, writable_place, write_text_atomic
 
 CHUNK = 1000  # images corrupted at a time: fixed, so the seeds (and images) never depend on batch sizes
@@ -117,7 +117,7 @@ def _headline(names: list[str]) -> list[str]:
     return protocol or names
 
 
-def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split: str | None = None,
+def robustness(ckpt: str | Path, out: str | Path, *, data: str | None = None, split: str | None = None,
                corruptions: list[str] | None = None, severities: list[int] | None = None, extra: bool = False,
                baseline: str | Path | None = None, cifar10c: str | Path | None = None, tta: str | None = "none",
                precision: str | None = None, device: str = "auto", seed: int = 0, overwrite: bool = False,
@@ -168,10 +168,11 @@ def robustness(ckpt: str | Path, out: str | Path, data: str | None = None, split
     if seed < 0:
         raise ConfigError(f"--seed {seed}: give a number >= 0")
     t0 = time.perf_counter()
-    inf = Inference.from_checkpoint(ckpt, device, tta, precision)
+    opts = InferOptions(data=data, split=split, tta=tta, precision=precision, device=device)
+    inf = opts.load(ckpt)
     if data is None:
         check_apart(out, [inf.config.data.root])  # the run's data, known now
-    base = Inference.from_checkpoint(baseline, device, tta, precision) if baseline else None
+    base = opts.load(baseline) if baseline else None
     if base is not None and base.classes != inf.classes:
         raise ConfigError(f"--baseline {baseline}: its classes differ from {ckpt}'s; a reference model must "
                           "predict the same classes")

@@ -33,10 +33,10 @@ from cifarkit.data.imageset import ImageSet
 from cifarkit.data.loader import to_chw_tensor
 from cifarkit.data.sources import describe_kind, load_dataset
 from cifarkit.data.stats import pixel_hashes
-from cifarkit.engine.device import cpu_kind, cpu_model
-from cifarkit.engine.inference import Inference
 from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
+from cifarkit.infer.device import cpu_kind, cpu_model
+from cifarkit.infer.inference import Inference
 from cifarkit.safecsv import csv_row, csv_uncell
 from cifarkit.safepath import claim_outputs, output_dir, remove_outputs, write_text_atomic
 from cifarkit.userfile import MiB, open_user_file
@@ -268,7 +268,7 @@ def audit_set(a: Audited, out: str | Path, data: str, folds: int = 5, recipe: st
         run = fit(cfg, Path(out) / "folds" / str(k), device=device, quiet=quiet, force=True,
                   sets=(ds.subset(train), ds.subset(held)))
         t_train += time.perf_counter() - t1
-        inf = Inference.from_checkpoint(Path(run["run_dir"]) / "last.pt", device or cfg.train.device)
+        inf = Inference.from_checkpoint(Path(run["run_dir"]) / "last.pt", device=device or cfg.train.device)
         if k == 0:  # one model embeds everything: near-duplicates need one space for all images
             plain, emb = logits_and_embeddings(inf, images)
             logits = (plain[held] + inf.logits(images[held].flip(-1), tta="none")) / 2  # = tta "flip"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cifarkit.engine.inference import Inference
+from cifarkit.infer.inference import Inference
 
 BLOCK = 1024  # query rows per block of the similarity search
 THUMB = 16  # side of the grey thumbnails the pixel check compares

@@ -1,1 +1,2 @@
-"""Training engine: `fit` (train.py), `evaluate` (evaluate.py), checkpoints and the run log."""
+"""Training engine: `fit` (train.py), the step, optimizers, losses, schedules, loggers and the run
+log. Checkpoint -> logits (evaluate, inference, checkpoints, devices) lives in `cifarkit.infer`."""

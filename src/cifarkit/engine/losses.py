@@ -26,12 +26,6 @@ def class_weights(kind: str | list[float], counts: list[int], beta: float = 0.99
     return (w * len(w) / w.sum()).float()
 
 
-def log_prior(counts: list[int]) -> torch.Tensor:
-    """log of the training class frequencies (an empty class counts as one image, to stay finite)."""
-    n = torch.tensor([max(c, 1) for c in counts], dtype=torch.float64)
-    return (n / n.sum()).log().float()
-
-
 def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None = None,
                            adjust: torch.Tensor | None = None, label_smoothing: float = 0.0
                            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,13 +66,3 @@ def batch_weight(y: torch.Tensor, weights: torch.Tensor | None) -> float | torch
 def adjustment(tau: float, prior: torch.Tensor) -> torch.Tensor | None:
     """tau * log prior (Menon et al. 2021), or None when tau is 0."""
     return tau * prior if tau else None
-
-
-def posthoc_bias(tau: float, counts: list[int] | None) -> torch.Tensor | None:
-    """What post-hoc logit adjustment (Menon et al. 2021) adds to a model's logits: -tau * log prior
-    (C,), or None when tau is 0. Raises ValueError when tau > 0 but the class counts are unknown."""
-    if not tau:
-        return None
-    if not counts:
-        raise ValueError("post-hoc logit adjustment needs the training class counts")
-    return -tau * log_prior(list(counts))

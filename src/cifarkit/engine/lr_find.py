@@ -7,7 +7,8 @@ when the smoothed loss exceeds `diverge` x its minimum, or turns NaN. Suggestion
 smoothed loss (EMA with bias correction, fastai's beta 0.98):
 - steepest: the lr where the loss falls fastest per log-lr step;
 - valley: fastai's default, a point two thirds down the longest falling stretch of the curve.
-Nothing is written to a run directory: only `lr_find.csv` and `lr_find.png` in the folder given.
+Nothing is written to a run directory: only `lr_find.csv` (here) and `lr_find.png`
+(`analysis.lr_find_plot.plot_lr_find`, which `cifarkit lr-find` calls) in the folder given.
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from cifarkit.config import MAX_LR, Config
-from cifarkit.engine.device import resolve_device
 from cifarkit.engine.dist import DistInfo
 from cifarkit.engine.step import forward_backward, optimizer_step
 from cifarkit.engine.train import build, configure_torch
 from cifarkit.errors import CifarkitError
+from cifarkit.infer.device import resolve_device
 from cifarkit.models import train_hooks
-from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row
 from cifarkit.safepath import claim_outputs, output_dir
 
@@ -43,7 +43,7 @@ class LrFindResult:
         steepest: the lr where the smoothed loss falls fastest.
         valley: fastai's valley suggestion, the one `set_line` proposes.
         csv: the written `lr_find.csv`.
-        png: the written `lr_find.png`.
+        png: where `analysis.lr_find_plot.plot_lr_find` draws `lr_find.png`.
     """
     key: str  # the config key the sweep sets: optim.lr or optim.muon_lr
     lrs: list[float]
@@ -106,8 +106,9 @@ def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: fl
             diverge: float = 4.0, device: str | None = None, quiet: bool = False,
             overwrite: bool = False) -> LrFindResult:
     """Sweep the lr from start_lr to end_lr over `steps` steps on a fresh model; write
-    `out_dir/lr_find.csv` (step, lr, loss, smoothed) and `out_dir/lr_find.png`. A non-empty
-    `out_dir` is refused (before any training) unless `overwrite`."""
+    `out_dir/lr_find.csv` (step, lr, loss, smoothed); `analysis.lr_find_plot.plot_lr_find` draws
+    `out_dir/lr_find.png` from the result. A non-empty `out_dir` is refused (before any training)
+    unless `overwrite`."""
     if not 0 < start_lr < end_lr <= MAX_LR:  # NaN fails every comparison; above MAX_LR overflows float32 updates
         raise CifarkitError(f"lr-find: start lr {start_lr:g} must be positive and below the end lr {end_lr:g}, "
                             f"which is at most {MAX_LR:g}")
@@ -158,7 +159,6 @@ def lr_find(cfg: Config, out_dir: str | Path, start_lr: float = 1e-6, end_lr: fl
     res = LrFindResult(key, lrs, losses, smoothed, steepest(good_lrs, good), valley(good_lrs, good),
                        out / "lr_find.csv", out / "lr_find.png")
     write_csv(res)
-    plot(res)
     return res
 
 
@@ -168,21 +168,3 @@ def write_csv(res: LrFindResult) -> None:
         w = csv.writer(f)
         w.writerow(["step", "lr", "loss", "smoothed"])
         w.writerows(csv_row([i, lr, v, s]) for i, (lr, v, s) in enumerate(zip(res.lrs, res.losses, res.smoothed)))
-
-
-def plot(res: LrFindResult) -> None:
-    """Draw the raw and smoothed loss against the lr, suggestions marked, into `res.png`."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(res.lrs, res.losses, color="0.75", lw=0.8, label="loss")
-    ax.plot(res.lrs, res.smoothed, color="C0", label="smoothed")
-    for lr, name, c in ((res.steepest, "steepest", "C1"), (res.valley, "valley", "C2")):
-        ax.axvline(lr, color=c, ls="--", lw=1, label=f"{name} {lr:.2g}")
-    ax.set_xscale("log")
-    finite = [v for v in res.smoothed if math.isfinite(v)]
-    ax.set_ylim(min(finite) * 0.95, min(max(finite), 4 * min(finite)) * 1.05)
-    ax.set_xlabel(res.key)
-    ax.set_ylabel("training loss per image")
-    ax.set_title("LR range test")
-    ax.legend()
-    save(fig, res.png)

@@ -23,10 +23,10 @@ from tqdm import tqdm
 
 from cifarkit.config import Config
 from cifarkit.engine.dist import DistInfo, all_reduce_sum
-from cifarkit.engine.evaluate import autocast_ctx
 from cifarkit.engine.losses import batch_weight, weighted_cross_entropy
 from cifarkit.engine.runlog import RunLog
 from cifarkit.errors import CifarkitError
+from cifarkit.infer.evaluate import autocast_ctx
 
 
 class TrainingDiverged(CifarkitError):

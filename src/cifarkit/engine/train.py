@@ -7,7 +7,8 @@ Each stage is a function of its own (`build`, `restore`, `run_epoch`, `evaluate_
 lands in its run directory (`config.yaml`, `log.jsonl`, `last.pt`, `best.pt`, `epoch_N.pt`, and
 `tb/`, `metrics.csv` when asked). An epoch's data order and augmentation are a pure function of
 (seed, epoch, batch), so a resumed run replays the exact batches an uninterrupted one would.
-Curves and the HTML report are not the engine's job: the CLI passes writers in `after_run`.
+Curves, the HTML report and the calibration figure are not the engine's job: the CLI passes writers
+in `after_run` (`analysis.after_run.plot_writers`).
 """
 
 from __future__ import annotations
@@ -27,14 +28,10 @@ from cifarkit.config import Config, config_to_dict, save_config
 from cifarkit.data.imageset import ImageSet
 from cifarkit.data.loader import normalize
 from cifarkit.data.splits import RunData, build_data
-from cifarkit.engine.calibration import calibrate
-from cifarkit.engine.checkpoint import atomic_save, check_resume_compatible, load_checkpoint, newest_valid_checkpoint
-from cifarkit.engine.device import amp_dtype, cpu_kind, precision_name, resolve_device, versions, warn_slow_precision
 from cifarkit.engine.dist import DistInfo, barrier, broadcast_flag, cleanup, init_from_env
 from cifarkit.engine.early_stop import EarlyStop
-from cifarkit.engine.evaluate import evaluate
 from cifarkit.engine.loggers import make_sinks, summary_writer_class
-from cifarkit.engine.losses import adjustment, class_weights, log_prior, posthoc_bias
+from cifarkit.engine.losses import adjustment, class_weights
 from cifarkit.engine.memory import hold_freed_memory
 from cifarkit.engine.optimizers import build_optimizer, lr_lambdas
 from cifarkit.engine.rundir import check_work_dir, claim_fresh, locked
@@ -49,6 +46,11 @@ from cifarkit.engine.step import (  # noqa: F401  (re-exported: older imports of
 )
 from cifarkit.engine.tracking import finish_mlflow, require_mlflow
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
+from cifarkit.infer.calibration import calibrate
+from cifarkit.infer.checkpoint import atomic_save, check_resume_compatible, load_checkpoint, newest_valid_checkpoint
+from cifarkit.infer.device import amp_dtype, cpu_kind, precision_name, resolve_device, versions, warn_slow_precision
+from cifarkit.infer.evaluate import evaluate
+from cifarkit.infer.prior import log_prior, posthoc_bias
 from cifarkit.models import count_params, create_model, train_hooks
 from cifarkit.safepath import safe_component
 

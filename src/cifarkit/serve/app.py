@@ -41,6 +41,7 @@ from cifarkit.cam import METHODS, compute_cam, overlay
 from cifarkit.config import config_to_dict
 from cifarkit.data.decode import DECODE_MAX_SIDE, load_rgb
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.options import DEVICE_DEFAULT, TTA_LEVELS
 from cifarkit.predict import Classifier, check_topk, load, to_uint8_chw
 from cifarkit.safepath import safe_component
 from cifarkit.serve.batcher import Batcher, Overloaded
@@ -58,7 +59,7 @@ from cifarkit.serve.runs import (
 )
 
 STATIC = Path(__file__).resolve().parent / "static"
-TTA = Literal["none", "flip", "flip_translate"]
+TTA = Literal[TTA_LEVELS]  # type: ignore[valid-type]  # options.TTA_LEVELS, for the OpenAPI schema
 UPLOAD_DOC = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
@@ -276,8 +277,8 @@ def cam_png(clf: Classifier, image: np.ndarray, target: str | None, method: str)
                             "predicted": clf.classes[res.predicted], "layer": res.layer, "method": res.method}
 
 
-def create_app(model: str | Path, runs: str | Path | None = None, device: str = "auto", tta: str | None = None,
-               limits: Limits | None = None, precision: str | None = None,
+def create_app(model: str | Path, runs: str | Path | None = None, *, device: str = DEVICE_DEFAULT,
+               tta: str | None = None, limits: Limits | None = None, precision: str | None = None,
                allow_hosts: tuple[str, ...] = ()) -> FastAPI:
     """The FastAPI app for a checkpoint or .onnx `model` (and the runs under `runs`).
 
@@ -295,7 +296,7 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
     """
     limits = check_limits(limits or Limits())
     runs_folder = RunsFolder(runs) if runs else None  # before the model: a wrong --runs fails at once
-    clf = load(model, device, tta, precision=precision)
+    clf = load(model, device=device, tta=tta, precision=precision)
     info = model_info(clf, Path(model))
     info["limits"] = asdict(limits)
     info["runs"] = runs_folder is not None
@@ -435,8 +436,8 @@ def create_app(model: str | Path, runs: str | Path | None = None, device: str = 
     return app
 
 
-def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.0.1", port: int = 8000,
-          device: str = "auto", tta: str | None = None, limits: Limits | None = None,
+def serve(model: str | Path, runs: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+          device: str = DEVICE_DEFAULT, tta: str | None = None, limits: Limits | None = None,
           precision: str | None = None, allow_hosts: tuple[str, ...] = ()) -> None:
     """Run the app until SIGINT/SIGTERM. Binds the socket first, so `port=0` picks a free port."""
     try:
@@ -444,7 +445,8 @@ def serve(model: str | Path, runs: str | Path | None = None, host: str = "127.0.
     except ImportError:
         raise CifarkitError("cifarkit serve needs FastAPI and uvicorn: pip install 'cifarkit[serve]'") from None
     check_port(port)
-    app = create_app(model, runs, device, tta, limits, precision, allow_hosts)
+    app = create_app(model, runs, device=device, tta=tta, limits=limits, precision=precision,
+                     allow_hosts=allow_hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cifarkit.engine.inference import Inference
+from cifarkit.infer.inference import Inference
 
 FORWARD_PIXELS = 4 << 20  # input pixels in one forward pass (4 Mpx: 48 MB as float32 RGB)
 

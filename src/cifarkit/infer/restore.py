@@ -17,8 +17,8 @@ import torch
 
 from cifarkit.config import Config, config_from_dict
 from cifarkit.data.loader import Preprocess
-from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.errors import CheckpointError, ConfigError
+from cifarkit.infer.checkpoint import load_checkpoint
 from cifarkit.models import create_model
 
 MAX_INPUT_SIZE = 1024  # [px]; an edited input_size of 10^5 would otherwise allocate ~120 GB per image

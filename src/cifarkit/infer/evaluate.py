@@ -1,7 +1,7 @@
 """Evaluation: the batched logits loop, test-time augmentation, and loss / top-1 / top-5 [%].
 
 `predict_logits` is the one loop from uint8 pixels to logits: training's per-epoch `evaluate`
-and `engine.inference.Inference` (eval, predict, analyze, report, cam, export parity) all run
+and `infer.inference.Inference` (eval, predict, analyze, report, cam, export parity) all run
 it, so the `val` records of a run and `cifarkit eval` of its checkpoint compute the same thing.
 `ranked` is the one place that orders classes: ties go to the lowest class id, everywhere.
 """
@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cifarkit.data.loader import Preprocess, eval_transform
+from cifarkit.options import TTA_LEVELS
 
-TTA_MODES = ("none", "flip", "flip_translate")
+TTA_MODES = TTA_LEVELS  # infer's name for options.TTA_LEVELS
 # Pad every forward pass to at least this many images. Why: a batch of one takes another kernel
 # path; measured here (AMD EPYC, fp32) airnet's logits for an image alone differed by 4e-8 and
 # ResNet-18's by 1.7e-6 from the same image in a batch, while batches of 7, 64, 250 and 500 gave
@@ -38,7 +39,7 @@ def model_forward(model: torch.nn.Module, device: torch.device, amp: torch.dtype
                   channels_last: bool = False, bias: torch.Tensor | None = None
                   ) -> Callable[[torch.Tensor], torch.Tensor]:
     """normalised float (B, 3, S, S) -> float32 logits (B, C), in eval mode, under `amp` autocast;
-    `bias` (C,) is added to the logits (post-hoc logit adjustment, `losses.posthoc_bias`)."""
+    `bias` (C,) is added to the logits (post-hoc logit adjustment, `infer.prior.posthoc_bias`)."""
     add = bias.float().to(device) if bias is not None else None
     @torch.no_grad()
     def forward(x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifarkit.engine.calibration import calibrate, calibration_scores, fit_temperature, fit_temperature_ece
 from cifarkit.errors import CheckpointError, ConfigError
+from cifarkit.infer.calibration import calibrate, calibration_scores, fit_temperature, fit_temperature_ece
 from test_cli_data import run
 
 
@@ -62,8 +62,9 @@ def _sha(p: Path) -> str:
 
 @pytest.mark.slow
 def test_calibrated_checkpoint_changes_scores_not_labels_everywhere(trained_run: Path, tmp_path: Path):
-    from cifarkit.engine.inference import Inference, evaluate_checkpoint
+    from cifarkit.analysis.calibration_plot import calibrate_with_figure
     from cifarkit.export import export_model
+    from cifarkit.infer.inference import Inference, evaluate_checkpoint
     from cifarkit.predict import load
 
     src = trained_run / "last.pt"
@@ -73,7 +74,7 @@ def test_calibrated_checkpoint_changes_scores_not_labels_everywhere(trained_run:
     with pytest.raises(ConfigError, match="--split test: fitting the temperature on the test split"):
         calibrate(src, tmp_path / "c.pt", split="test")
     assert not list(tmp_path.iterdir())  # nothing written
-    r = calibrate(src, tmp_path / "c.pt", split="test", allow_test=True)
+    r = calibrate_with_figure(src, tmp_path / "c.pt", split="test", allow_test=True)
     assert _sha(src) == digest  # the input is never rewritten
     assert r["after"]["nll"] <= r["before"]["nll"] and Path(r["figure"]).is_file()
     t = r["temperature"]
@@ -127,13 +128,14 @@ def test_cli_calibrate_and_a_damaged_temperature(trained_run: Path, tmp_path: Pa
         r = run("eval", str(tmp_path / "bad.pt"))
         assert r.returncode == 2 and "temperature" in r.stderr and r.stderr.count("\n") == 1, (bad, r.stderr)
     with pytest.raises(CheckpointError, match="temperature"):
-        from cifarkit.engine.inference import Inference
+        from cifarkit.infer.inference import Inference
 
         Inference.from_checkpoint(tmp_path / "bad.pt")
 
 
 @pytest.mark.slow
 def test_train_calibrate_writes_calibrated_pt_from_the_validation_split(cifar10_small: Path, tmp_path: Path):
+    from cifarkit.analysis.after_run import plot_writers
     from cifarkit.config import load_config
     from cifarkit.engine.train import fit
     from conftest import NARROW
@@ -141,7 +143,8 @@ def test_train_calibrate_writes_calibrated_pt_from_the_validation_split(cifar10_
     cfg = load_config("fast", [f"data.root={cifar10_small}", "train.batch_size=100", "train.epochs=1",
                                "data.val_fraction=0.2", "train.calibrate=true", "log.plots=false", "eval.tta=none",
                                NARROW])
-    fit(cfg, work_dir=tmp_path / "run", quiet=True)
+    fit(cfg, work_dir=tmp_path / "run", quiet=True, after_run=plot_writers(cfg.log.plots, calibrate=True))
+    assert (tmp_path / "run" / "calibrated_reliability.png").stat().st_size > 1000  # drawn by analysis, not engine
     ck = torch.load(tmp_path / "run" / "calibrated.pt", weights_only=True)
     assert ck["calibration"]["split"] == "val" and ck["calibration"]["n"] == 100
     assert np.isfinite(ck["temperature"]) and "temperature" not in torch.load(tmp_path / "run" / "best.pt",

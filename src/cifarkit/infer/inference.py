@@ -7,7 +7,7 @@ precision, same argmax tie-break (`evaluate.ranked`: the lowest class id wins a 
 
 Defaults: TTA from the checkpoint's `eval.tta` (an ONNX file's metadata); precision from the
 machine that runs the inference, not the one that trained (`--precision auto`, the rule of
-`engine.device.amp_dtype`: bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16, fp32
+`infer.device.amp_dtype`: bf16 autocast only on CUDA or a CPU with AMX / AVX512-BF16, fp32
 elsewhere; fp32 logits out either way; an ONNX file runs in fp32); post-hoc logit adjustment from
 `eval.logit_adjust` (an ONNX file has it in its graph). TTA can be overridden per call, precision
 and (for a checkpoint) the adjustment when the model is loaded; every result says which were used.
@@ -29,14 +29,15 @@ from cifarkit.config import Config
 from cifarkit.data.loader import Preprocess, to_chw_tensor
 from cifarkit.data.splits import load_eval_set, load_eval_split
 from cifarkit.data.stats import pixel_hashes
-from cifarkit.engine.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
-from cifarkit.engine.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
-from cifarkit.engine.losses import posthoc_bias
-from cifarkit.engine.restore import check_classes, check_preprocess, load_for_inference
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError, DataError
 from cifarkit.extras import require
+from cifarkit.infer.device import amp_dtype, precision_name, resolve_device, warn_slow_precision
+from cifarkit.infer.evaluate import TTA_MODES, metrics_from_logits, model_forward, predict_logits
+from cifarkit.infer.prior import posthoc_bias
+from cifarkit.infer.restore import check_classes, check_preprocess, load_for_inference
+from cifarkit.options import DEVICE_DEFAULT, PRECISIONS
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_CHOICES = PRECISIONS
 
 
 def check_precision(precision: str | None) -> str:
@@ -63,6 +64,36 @@ def check_tta(tta: str | None) -> str | None:
     return tta
 
 
+@dataclass(frozen=True)
+class InferOptions:
+    """How to run a checkpoint: the options every command that loads one shares (eval, predict,
+    analyze, robustness, calibrate, cam, serve, export parity), each with the checkpoint's own
+    value as its default.
+
+    Attributes:
+        data: the dataset to evaluate on (None: the run's `data.root`).
+        split: its split (None: the run's evaluation split).
+        tta: none | flip | flip_translate (`options.TTA_LEVELS`; None: the run's `eval.tta`).
+        precision: auto | fp32 | bf16 | fp16 (`options.PRECISIONS`; None: auto).
+        device: auto | cpu | cuda | cuda:N (`options.DEVICE_DEFAULT`: auto).
+        logit_adjust: post-hoc tau >= 0 (None: the run's `eval.logit_adjust`).
+        temperature: the logits' divisor (None: the checkpoint's, 1 unless calibrated).
+    """
+
+    data: str | None = None
+    split: str | None = None
+    tta: str | None = None
+    precision: str | None = None
+    device: str = DEVICE_DEFAULT
+    logit_adjust: float | None = None
+    temperature: float | None = None
+
+    def load(self, path: str | Path) -> Inference:
+        """The checkpoint at `path`, ready to turn pixels into logits with these options."""
+        return Inference.from_checkpoint(path, device=self.device, tta=self.tta, precision=self.precision,
+                                         logit_adjust=self.logit_adjust, temperature=self.temperature)
+
+
 @dataclass
 class Inference:
     """A trained model with everything needed to turn uint8 pixels into logits."""
@@ -84,10 +115,10 @@ class Inference:
 
     # ---- construction -----------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: str | None = None,
+    def from_checkpoint(cls, path: str | Path, *, device: str = DEVICE_DEFAULT, tta: str | None = None,
                         precision: str | None = None, logit_adjust: float | None = None,
                         temperature: float | None = None) -> Inference:
-        """`precision`: auto (None) = what this machine is fast at (`engine.device.amp_dtype`), whatever
+        """`precision`: auto (None) = what this machine is fast at (`infer.device.amp_dtype`), whatever
         the run trained in; or fp32 | bf16 | fp16 (none = fp32).
         `logit_adjust`: None = the run's `eval.logit_adjust`, or the post-hoc tau to use (>= 0).
         `temperature`: None = the checkpoint's (1 unless `cifarkit calibrate` wrote it), or the one
@@ -173,7 +204,7 @@ def describe(settings: dict[str, Any]) -> str:
             + (f", temperature {temp:.3g}" if temp else ""))
 
 
-# What `cifarkit calibrate` can fit (engine.calibration searches this range): a temperature outside
+# What `cifarkit calibrate` can fit (infer.calibration searches this range): a temperature outside
 # it was not written by cifarkit, and a tiny one (1e-300) turns every score into NaN.
 TEMPERATURE_RANGE = (0.05, 20.0)
 
@@ -250,8 +281,8 @@ def load_onnx(path: str | Path) -> tuple[Any, dict[str, Any]]:
                      "logit_adjust": float(tau), "temperature": temperature}
 
 
-def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | None = None,
-                        tta: str | None = None, device: str = "auto", logit_adjust: float | None = None,
+def evaluate_checkpoint(ckpt: str | Path, *, data: str | None = None, split: str | None = None,
+                        tta: str | None = None, device: str = DEVICE_DEFAULT, logit_adjust: float | None = None,
                         precision: str | None = None,
                         exclude: Callable[[str], dict[tuple[str, int], str | None]] | None = None
                         ) -> dict[str, Any]:
@@ -269,7 +300,8 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | None = None, split: str | 
             of another dataset or split).
         ConfigError: `exclude` on a run's validation carve-out (an audit names splits, not carve-outs).
     """
-    inf = Inference.from_checkpoint(ckpt, device, tta, precision, logit_adjust=logit_adjust)
+    inf = InferOptions(data=data, split=split, tta=tta, precision=precision, device=device,
+                       logit_adjust=logit_adjust).load(ckpt)
     if inf.config is None:
         raise CifarkitError(f"{inf.source}: evaluating on a dataset needs the PyTorch checkpoint")
     if exclude is not None and split is None and data is None and inf.config.data.val_fraction > 0:

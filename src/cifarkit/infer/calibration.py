@@ -5,14 +5,15 @@ One scalar T > 0 divides every logit; it is fitted by minimising the negative lo
 held-out split (the run's validation split, or one the user names), which leaves every argmax,
 so top-1, unchanged. The fitted T goes into a *new* checkpoint (`temperature`, plus a
 `calibration` record of how and where it was fitted, ECE / NLL / Brier before and after); the
-one inference path (`engine.inference.Inference`) divides by it, so eval, predict, analyze,
+one inference path (`infer.inference.Inference`) divides by it, so eval, predict, analyze,
 report, cam scores, serve and exported ONNX/TorchScript models all give calibrated
 probabilities. Fitting on the test split is refused unless asked for: the test split's
 calibration numbers would then be measured where T was fitted.
 
 The NLL of logits / T is convex in 1/T, so a golden-section search over log T (unimodal there)
 finds the optimum without a learning rate to tune: 80 steps narrow [0.05, 20] to ~1e-15.
-It lives in the engine (not analysis) because a run calibrates itself at its end (`train.calibrate`).
+It lives in `infer` (not analysis) because a run calibrates itself at its end (`train.calibrate`);
+the reliability figure is drawn in `analysis.calibration_plot`.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifarkit.engine.checkpoint import atomic_save, load_checkpoint
-from cifarkit.engine.evaluate import ranked
-from cifarkit.engine.inference import TEMPERATURE_RANGE, Inference, eval_data
 from cifarkit.errors import ConfigError
-from cifarkit.plotting import pyplot, save
+from cifarkit.infer.checkpoint import atomic_save, load_checkpoint
+from cifarkit.infer.evaluate import ranked
+from cifarkit.infer.inference import TEMPERATURE_RANGE, InferOptions, eval_data
 from cifarkit.safepath import check_apart, output_file
 
 T_RANGE = TEMPERATURE_RANGE  # check_temperature accepts what this can fit, and no more
@@ -115,10 +115,11 @@ def calibration_scores(logits: torch.Tensor, labels: torch.Tensor, temperature: 
             "bins": cal["bins"]}
 
 
-def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None = None, split: str | None = None,
+def calibrate(ckpt: str | Path, out: str | Path | None = None, *, data: str | None = None, split: str | None = None,
               allow_test: bool = False, device: str = "auto", tta: str | None = None, precision: str | None = None,
-              overwrite: bool = False, figure: bool = True, objective: str = "nll") -> dict[str, Any]:
-    """Fit the temperature of `ckpt` on a held-out split and write it into a new checkpoint.
+              overwrite: bool = False, objective: str = "nll") -> dict[str, Any]:
+    """Fit the temperature of `ckpt` on a held-out split and write it into a new checkpoint (no
+    figure: `analysis.calibration_plot.calibrate_with_figure` adds the reliability diagram).
 
     Args:
         ckpt: the checkpoint to calibrate (never rewritten).
@@ -131,33 +132,49 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
         tta: test-time augmentation (default the run's); T is fitted on the logits it gives.
         precision: auto (None), fp32, bf16 or fp16, as `cifarkit eval`.
         overwrite: replace an existing `out`.
-        figure: also write the before/after reliability diagram next to `out` (`*_reliability.png`).
         objective: "nll" (Guo et al.: T minimises the negative log-likelihood) or "ece" (T minimises
             the 15-bin ECE on the held-out split, `fit_temperature_ece`).
 
     Returns:
         {"temperature", "split", "n", "tta", "precision", "before": scores, "after": scores,
-        "checkpoint": out, "figure": path or None}; scores are `calibration_scores` without bins.
+        "checkpoint": out, "figure": None}; scores are `calibration_scores` without bins.
 
     Raises:
         ConfigError: no held-out split, the test split without `allow_test`, `out` is the input, or an
             unknown `objective`.
-        CifarkitError: `out` or the figure exists without `overwrite`, is not a regular file (a
-            device, FIFO, folder, link), cannot be written, or lies inside the data.
+        CifarkitError: `out` exists without `overwrite`, is not a regular file (a device, FIFO,
+            folder, link), cannot be written, or lies inside the data.
         CheckpointError, DataError: as `cifarkit eval`.
     """
+    result, _, _ = fit_calibration(ckpt, out, data=data, split=split, allow_test=allow_test, device=device, tta=tta,
+                                   precision=precision, overwrite=overwrite, objective=objective)
+    return {**result, "figure": None}
+
+
+def calibrated_path(ckpt: str | Path, out: str | Path | None = None) -> Path:
+    """Where `calibrate` writes: `out`, or `<ckpt stem>_calibrated.pt` next to `ckpt`."""
+    ckpt = Path(ckpt)
+    return Path(out) if out else ckpt.with_name(f"{ckpt.stem}_calibrated.pt")
+
+
+def fit_calibration(ckpt: str | Path, out: str | Path | None = None, *, data: str | None = None,
+                    split: str | None = None, allow_test: bool = False, device: str = "auto", tta: str | None = None,
+                    precision: str | None = None, overwrite: bool = False, objective: str = "nll",
+                    also_writes: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """`calibrate`'s work: (result without "figure", scores before, scores after), the scores with
+    their reliability bins for a figure. `also_writes`: further output files of the caller (the
+    figure), checked with `out` before any work."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r}: choose nll (Guo et al.) or ece")
     ckpt = Path(ckpt)
-    out = Path(out) if out else ckpt.with_name(f"{ckpt.stem}_calibrated.pt")
-    fig_path = out.with_name(f"{out.stem}_reliability.png") if figure else None
+    out = calibrated_path(ckpt, out)
     if out.resolve() == ckpt.resolve():
         raise ConfigError(f"--out {out}: that is the input checkpoint; calibrate writes a new file (never rewrites "
                           "the input)")
-    for p in (out, fig_path):  # the figure's name derives from --out: checked the same way, before any work
-        if p is not None:
-            output_file(p, overwrite)
-    inf = Inference.from_checkpoint(ckpt, device, tta, precision, temperature=1.0)  # the uncalibrated logits
+    for p in (out, *also_writes):  # a figure's name derives from --out: checked the same way, before any work
+        output_file(p, overwrite)
+    inf = InferOptions(data=data, split=split, tta=tta, precision=precision, device=device,
+                       temperature=1.0).load(ckpt)  # the uncalibrated logits
     cfg = inf.config
     check_apart(out, [data or cfg.data.root])  # a checkpoint and a figure must not land among the images
     if split is None and data is not None and cfg.data.val_fraction > 0:
@@ -185,29 +202,4 @@ def calibrate(ckpt: str | Path, out: str | Path | None = None, data: str | None 
     ck["temperature"], ck["calibration"] = t, record
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(ck, out)  # temp file beside `out` + rename
-    if fig_path is not None:
-        plot_before_after(before, after, t, fig_path)
-    return {**record, "checkpoint": str(out), "figure": str(fig_path) if fig_path else None}
-
-
-def plot_before_after(before: dict, after: dict, temperature: float, out: Path) -> Path:
-    """Two reliability diagrams side by side: the model's scores, then after dividing by `temperature`."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.3))
-    for ax, s, title in ((axes[0], before, "before (T = 1)"), (axes[1], after, f"after (T = {temperature:.3f})")):
-        draw_reliability(ax, s["bins"], f"{title}: ECE {s['ece'] * 100:.2f}%, NLL {s['nll']:.3f}, "
-                         f"Brier {s['brier']:.3f}", fontsize=9)
-    save(fig, out)
-    return out
-
-
-def draw_reliability(ax: Any, bins: list[dict], title: str, fontsize: float | None = None) -> None:
-    """A reliability diagram on `ax`: accuracy per confidence bin (`calibration`'s bins) against the diagonal."""
-    centers = [(b["low"] + b["high"]) / 2 for b in bins]
-    width = bins[0]["high"] - bins[0]["low"]
-    ax.bar(centers, [b["accuracy"] if b["count"] else 0 for b in bins], width=width * 0.95, edgecolor="k",
-           alpha=0.8, label="accuracy")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
-    ax.set_title(title, fontsize=fontsize)
-    ax.legend(loc="upper left", fontsize=8)
+    return {**record, "checkpoint": str(out)}, before, after
