@@ -26,8 +26,6 @@ from cifarkit.models import accepted_kwargs
 
 CIFAR_MEAN = [125.307, 122.961, 113.8575]  # CIFAR-10 train set, 0..255 scale
 CIFAR_STD = [62.9932, 62.0887, 66.7048]
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB; a bound keeps a 50 MB YAML from eating RAM for minutes

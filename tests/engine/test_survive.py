@@ -18,7 +18,8 @@ import torch
 from cifarkit.config import load_config
 from cifarkit.engine import checkpoint as ckmod
 from cifarkit.engine.checkpoint import load_checkpoint
-from cifarkit.engine.train import TrainingDiverged, fit
+from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.train import fit
 from cifarkit.errors import CheckpointError, CifarkitError
 from conftest import NARROW
 from test_cli_data import run

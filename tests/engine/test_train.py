@@ -12,7 +12,8 @@ from cifarkit.config import load_config
 from cifarkit.engine.checkpoint import load_checkpoint
 from cifarkit.engine.inference import evaluate_checkpoint
 from cifarkit.engine.optimizers import lr_factor
-from cifarkit.engine.train import TrainingDiverged, fit
+from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError
 from conftest import NARROW
 

@@ -24,10 +24,10 @@ from cifarkit.analysis.metrics import (
     shot_accuracy,
     softmax,
 )
-from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.engine.calibration import draw_reliability
 from cifarkit.engine.evaluate import metrics_from_logits, ranked
 from cifarkit.engine.inference import Inference, eval_data
+from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_dict, csv_row
 from cifarkit.safepath import claim_outputs, output_dir, write_text_atomic
 
