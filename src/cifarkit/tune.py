@@ -53,12 +53,12 @@ import yaml
 from cifarkit.analysis.after_run import plot_writers
 from cifarkit.config import (
     Config,
-    _read_config_text,
-    _suggest,
-    _yaml_load,
     all_keys,
     config_from_dict,
     config_to_dict,
+    read_config_text,
+    unknown_key_message,
+    yaml_load,
 )
 from cifarkit.engine.device import resolve_device
 from cifarkit.engine.loggers import summary_writer_class
@@ -211,7 +211,7 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
     p = Path(path)
     where = f"{p}: "
     try:
-        d = _yaml_load(_read_config_text(p, "search space file"))
+        d = yaml_load(read_config_text(p, "search space file"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict) or not d:
@@ -222,7 +222,7 @@ def load_space(path: str | Path, base: Config | dict[str, Any]) -> dict[str, Dis
     for key, spec in d.items():
         key = str(key)
         if key not in all_keys() and not key.startswith("model.kwargs."):
-            raise ConfigError(_suggest(key, where))
+            raise ConfigError(unknown_key_message(key, where))
         dist = parse_dist(key, spec, where)
         ftype = None if key.startswith("model.kwargs.") else _field_type(key)  # kwargs: any number
         if dist.kind in ("uniform", "log_uniform") and ftype is int:
