@@ -260,8 +260,7 @@ def model_stats(name: str, num_classes: int, input_size: int, compute: bool = Tr
     import os
     from importlib.metadata import version
 
-    from cifarkit import __version__
-    from cifarkit.data.cache import cache_dir
+    from cifarkit import __version__, cache_dir
 
     try:
         tv = version("torchvision")
