@@ -75,7 +75,7 @@ def alter(img: np.ndarray, rng: np.random.Generator, kind: str) -> np.ndarray:
 
 def plant(a, stage: str, seed: int):
     """The audited set with the stage's problems planted: (new Audited, flipped indices, planted pairs)."""
-    from cifarkit.audit.audit import Audited
+    from cifarkit.audit.findings import Audited
     from cifarkit.data.imageset import ImageSet
 
     rng = np.random.default_rng(seed)

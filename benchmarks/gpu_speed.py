@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from _common import machine, save
 
-from cifarkit.engine.runlog import read_jsonl
+from cifarkit.logs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 

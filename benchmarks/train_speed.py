@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from _common import fp32_peak, full_cifar10, matmul_roof, save
 
-from cifarkit.engine.runlog import read_jsonl
+from cifarkit.logs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_9_9_EPOCHS = math.ceil(9.9 * (50000 // 1024))  # 476

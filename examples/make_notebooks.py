@@ -157,7 +157,7 @@ model, the class names and the preprocessing of its run. `predict` takes a path,
 an array and returns the label, its probability and the top-5; it gives exactly the label
 `cifarkit eval` gives the same image. `show_result` draws the image beside its top-5."""),
     new_code_cell('''\
-from cifarkit.analysis.plotting import save
+from cifarkit.plotting import save
 
 clf = cifarkit.load(RUN / "best.pt")
 image = sorted((WORK / "export" / "test" / "cat").glob("*.png"))[0]
@@ -267,8 +267,8 @@ from cifarkit.analysis.curves import plot_runs
 show(plot_runs([RUN], WORK / "curves.png"))'''),
     new_markdown_cell("## 5. Predict one of your images, and explain it"),
     new_code_cell('''\
-from cifarkit.analysis.plotting import save
 from cifarkit.cam import compute_cam, save_cam_figure
+from cifarkit.plotting import save
 
 clf = cifarkit.load(RUN / "best.pt")
 image = sorted((FOLDER / "test").rglob("*.*"))[0]

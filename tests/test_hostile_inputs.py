@@ -197,7 +197,8 @@ def test_an_unavailable_device_is_one_line(command: str, model: Path, cifar10_di
 
 def test_a_journal_with_a_cut_off_last_line_is_one_line(tmp_path: Path):
     pytest.importorskip("optuna")
-    from cifarkit.tune import Dist, open_study
+    from cifarkit.tune import Dist
+    from cifarkit.tune.study import open_study
 
     journal = tmp_path / "study.journal"
     space = {"optim.lr": Dist("log_uniform", 1e-3, 0.5)}
@@ -292,7 +293,7 @@ def test_a_journal_cut_off_while_the_search_runs_is_one_line(tmp_path: Path, mon
             f.write(b'{"op_code": 5, "worker_id": "x", "tri\n{"op_code": 0}\n')
         return {"final": {"loss": 1.0, "top1": 10.0}}
 
-    monkeypatch.setattr(tunemod, "fit", damaging_fit)
+    monkeypatch.setattr("cifarkit.tune.study.fit", damaging_fit)
     base = load_config("fast", [f"data.root={tmp_path}"])
     space = tunemod.load_space(write_space(tmp_path / "space.yaml"), base)
     with pytest.raises(ConfigError, match="last line is cut off"):

@@ -151,7 +151,7 @@ def test_models_all_lists_by_name_without_building_every_model(tmp_path: Path, m
     assert models.model_stats("vit_h_14", 10, 224) == (2, 7) and built == ["vit_h_14"]
     assert models.model_stats("vit_h_14", 10, 224, compute=False) == (2, 7)  # cached
     assert models.model_stats("vit_h_14", 10, 224) == (2, 7) and built == ["vit_h_14"]  # not built again
-    from cifarkit.data.cache import cache_dir
+    from cifarkit import cache_dir
 
     cached = json.loads((cache_dir() / "model_stats.json").read_text())
     assert [k.split("|")[:3] for k in cached] == [["vit_h_14", "10", "224"]]

@@ -264,7 +264,7 @@ def test_a_trial_without_a_finite_score_counts_so_the_search_ends(tmp_path: Path
         Path(work_dir).mkdir(parents=True)
         return {"final": {"loss": float("nan"), "top1": 10.0}}
 
-    monkeypatch.setattr(tunemod, "fit", nan_fit)
+    monkeypatch.setattr("cifarkit.tune.study.fit", nan_fit)
     base = load_config("fast", [f"data.root={tmp_path}"])
     space = tunemod.load_space(write_space(tmp_path / "space.yaml", SPACE), base)
     r = tunemod.tune(base, space, 3, tmp_path / "search", metric="loss", pruner="none", quiet=True)
@@ -282,7 +282,7 @@ def test_bad_storage_is_one_line_and_writes_nothing(cifar10_small: Path, tmp_pat
 
 
 def test_worker_gone_trusts_the_process_only_when_it_is_the_same_one():
-    from cifarkit.tune import process_identity, worker_gone
+    from cifarkit.tune.liveness import process_identity, worker_gone
 
     me = process_identity()
     if me is None:
@@ -316,7 +316,7 @@ def test_worker_gone_trusts_the_process_only_when_it_is_the_same_one():
 
 def test_values_reach_the_config_as_they_are():
     from cifarkit.config import config_to_dict, load_config
-    from cifarkit.tune import set_values
+    from cifarkit.tune.space import set_values
 
     base = config_to_dict(load_config("fast"))
     cfg = set_values(base, {"model.kwargs.scale": 1e-05, "optim.lr": 2e-05, "train.batch_size": 384})
@@ -349,7 +349,7 @@ def test_a_trial_left_running_without_a_word_does_not_hold_the_search_forever(tm
         Path(work_dir).mkdir(parents=True)
         return {"final": {"top1": 50.0, "loss": 1.0}}
 
-    monkeypatch.setattr(tunemod, "fit", fake_fit)
+    monkeypatch.setattr("cifarkit.tune.study.fit", fake_fit)
     base = load_config("fast", [f"data.root={tmp_path}"])
     space = tunemod.load_space(write_space(tmp_path / "space.yaml", SPACE), base)
     storage = tmp_path / "s.journal"
@@ -385,7 +385,8 @@ def test_what_no_value_changes_is_checked_once_before_any_trial(cifar10_small: P
 
 def _open_together(url: str, barrier, results) -> None:
     """One of several processes that open the same new RDB study at the same instant."""
-    from cifarkit.tune import Dist, open_study
+    from cifarkit.tune import Dist
+    from cifarkit.tune.study import open_study
 
     barrier.wait()
     try:

@@ -7,9 +7,19 @@ so that `import cifarkit` and `cifarkit --help` stay instant.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def cache_dir() -> Path:
+    """Where cifarkit keeps what it can rebuild (decoded image folders, model sizes):
+    `$CIFARKIT_CACHE`, default `~/.cache/cifarkit`. Here, below every package, because data
+    and models both keep files in it."""
+    return Path(os.environ.get("CIFARKIT_CACHE", Path.home() / ".cache" / "cifarkit"))
+
 
 # name -> module that defines it; resolved on first attribute access (PEP 562)
 _LAZY = {
@@ -43,4 +53,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cifarkit' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "cache_dir", *_LAZY]

@@ -203,7 +203,7 @@ def save_cam_figure(image: Any, res: CamResult, out: str | Path, true: str | Non
     Returns:
         `out`, as a Path.
     """
-    from cifarkit.analysis.plotting import pyplot, save
+    from cifarkit.plotting import pyplot, save
     from cifarkit.predict import to_uint8_chw
 
     plt = pyplot()

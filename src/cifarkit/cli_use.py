@@ -155,8 +155,8 @@ def _own_file(out: Path, name: str, written: list[str]) -> Path:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     """`cifarkit predict`: predict files, folders and globs; exit 1 if any file was unreadable."""
-    from cifarkit.analysis.plotting import save
     from cifarkit.infer.inference import describe
+    from cifarkit.plotting import save
     from cifarkit.predict import expand_inputs, load, show_result
 
     # the output folder first (before the model loads): not among the inputs, only our own files replaced

@@ -28,8 +28,6 @@ from cifarkit.options import AMP_DEPRECATED, PRECISIONS, TTA_LEVELS, amp_depreca
 
 CIFAR_MEAN = [125.307, 122.961, 113.8575]  # CIFAR-10 train set, 0..255 scale
 CIFAR_STD = [62.9932, 62.0887, 66.7048]
-IMAGENET_MEAN = [123.675, 116.28, 103.53]
-IMAGENET_STD = [58.395, 57.12, 57.375]
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a real config is a few KiB; a bound keeps a 50 MB YAML from eating RAM for minutes
@@ -257,7 +255,9 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest(key: str, where: str) -> str:
+def unknown_key_message(key: str, where: str) -> str:
+    """The error line for a config key that does not exist, with the nearest valid one (or the
+    valid key with the same last part: `lr` -> `optim.lr`). `where` prefixes it (a file, `--set: `)."""
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     if not close:
         # also try matching the last part alone (e.g. "lr" -> "optim.lr")
@@ -325,7 +325,7 @@ def _build(cls: type, d: dict, prefix: str, where: str, set_keys: frozenset[str]
         where = "--set " if key in set_keys or any(s.startswith(key + ".") for s in set_keys if not
                                                    dataclasses.is_dataclass(hints.get(k))) else outer
         if k not in hints:
-            raise ConfigError(_suggest(key, where))
+            raise ConfigError(unknown_key_message(key, where))
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             if not isinstance(v, dict):
@@ -457,7 +457,13 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _yaml_load(text: str) -> Any:
+def yaml_load(text: str) -> Any:
+    """YAML text -> Python values, as every config and space file is read: safe tags only, no
+    aliases (a billion-laughs file), a key given twice refused.
+
+    Raises:
+        yaml.YAMLError: not valid YAML, a duplicate key, or nested too deeply.
+    """
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:  # thousands of nested brackets
@@ -477,7 +483,7 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {item!r}: expected key.sub=value")
     key, raw = item.split("=", 1)
     try:
-        value = _yaml_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -489,7 +495,7 @@ def _nest(d: dict, key: str, value: Any, where: str) -> None:
     for p in parts[:-1]:
         nxt = cur.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise ConfigError(_suggest(key, where))
+            raise ConfigError(unknown_key_message(key, where))
         cur = nxt
     cur[parts[-1]] = value
 
@@ -504,7 +510,7 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
     for item in overrides or []:
         key, value = parse_override(item)
         if key not in all_keys() and not key.startswith("model.kwargs."):
-            raise ConfigError(_suggest(key, "--set: "))
+            raise ConfigError(unknown_key_message(key, "--set: "))
         _nest(d, key, value, "--set: ")
         set_keys.add(key)
     cfg = _build(Config, d, "", where, frozenset(set_keys))
@@ -512,7 +518,7 @@ def config_from_dict(d: dict, overrides: list[str] | None = None, where: str = "
     return cfg
 
 
-def _read_config_text(p: Path, what: str = "config file") -> str:
+def read_config_text(p: Path, what: str = "config file") -> str:
     """The text of a config (or space) file, through `userfile.read_user_text`: folders, FIFOs and
     devices refused without opening, at most MAX_CONFIG_BYTES read."""
     from cifarkit.userfile import read_user_bytes
@@ -535,7 +541,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = resolve_config(path)
         where = f"{p}: "
         try:
-            d = _yaml_load(_read_config_text(p)) or {}
+            d = yaml_load(read_config_text(p)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(d, dict):

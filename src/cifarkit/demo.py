@@ -28,7 +28,6 @@ import numpy as np
 
 from cifarkit.analysis.after_run import plot_writers, start_writers
 from cifarkit.analysis.analyze import analyze
-from cifarkit.analysis.plotting import save
 from cifarkit.cam import compute_cam, save_cam_figure
 from cifarkit.config import load_config
 from cifarkit.data.cifar import write_cifar_batches
@@ -42,6 +41,7 @@ from cifarkit.engine.train import fit
 from cifarkit.errors import CifarkitError
 from cifarkit.export import export_model
 from cifarkit.infer.inference import evaluate_checkpoint
+from cifarkit.plotting import save
 from cifarkit.predict import load, show_result
 from cifarkit.recipes import shipped_configs
 

@@ -276,7 +276,7 @@ def show_result(img: Any, result: Prediction, classes_shown: int = 5) -> Figure:
     Returns:
         The `matplotlib.figure.Figure`; save it with `fig.savefig(path)`.
     """
-    from cifarkit.analysis.plotting import pyplot
+    from cifarkit.plotting import pyplot
 
     plt = pyplot()
     arr = to_uint8_chw(img).permute(1, 2, 0).numpy()

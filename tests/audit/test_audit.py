@@ -272,8 +272,8 @@ def test_image_folder_drops_the_training_copy_whatever_the_split_order(audited, 
 
 
 def test_a_chain_of_copies_keeps_one():
-    from cifarkit.audit.audit import Audited, Findings
     from cifarkit.audit.clean import plan_changes
+    from cifarkit.audit.findings import Audited, Findings
     from cifarkit.data.imageset import ImageSet
 
     n = 4

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from cifarkit.config import load_config
-from cifarkit.engine.train import TrainingDiverged, fit
+from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.train import fit
 from cifarkit.errors import CheckpointError, CifarkitError
 from cifarkit.infer import checkpoint as ckmod
 from cifarkit.infer.checkpoint import load_checkpoint

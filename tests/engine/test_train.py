@@ -10,7 +10,8 @@ import torch
 
 from cifarkit.config import load_config
 from cifarkit.engine.optimizers import lr_factor
-from cifarkit.engine.train import TrainingDiverged, fit
+from cifarkit.engine.step import TrainingDiverged
+from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError
 from cifarkit.infer.checkpoint import load_checkpoint
 from cifarkit.infer.inference import evaluate_checkpoint

@@ -25,9 +25,9 @@ from cifarkit.analysis.metrics import (
     shot_accuracy,
     softmax,
 )
-from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.infer.evaluate import metrics_from_logits, ranked
 from cifarkit.infer.inference import InferOptions, eval_data
+from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_dict, csv_row
 from cifarkit.safepath import claim_outputs, output_dir, write_text_atomic
 

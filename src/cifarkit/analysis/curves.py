@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.errors import DataError
 from cifarkit.logs import RunRecords, read_records
+from cifarkit.plotting import pyplot, save
 from cifarkit.safepath import output_file
 
 KEYS = ("loss", "top1", "top5", "lr")

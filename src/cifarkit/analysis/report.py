@@ -49,17 +49,20 @@ window.addEventListener('load', function () {
 """
 
 
-def _img_tag(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
+    """An `<img>` tag with the PNG bytes inline (a data: URL), so a page is one self-contained file."""
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _file_img(path: Path, alt: str) -> str:
     if not path.is_file():
         return f'<p class="note">{html.escape(alt)}: not available</p>'
-    return _img_tag(path.read_bytes(), alt)
+    return img_tag(path.read_bytes(), alt)
 
 
-def _png(arr: np.ndarray, scale: int = 4) -> bytes:
+def png_bytes(arr: np.ndarray, scale: int = 4) -> bytes:
+    """An (H, W, 3) uint8 image as PNG bytes; a small one (<= 64 px) enlarged `scale` times,
+    nearest-neighbour, so its pixels stay visible on a page."""
     from PIL import Image
 
     im = Image.fromarray(arr)
@@ -118,11 +121,11 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
     for i in idx:
         img = p["images"][i].permute(1, 2, 0).numpy()
         y, pred = int(p["labels"][i]), predicted[i]
-        parts = [_img_tag(_png(img), "image")]
+        parts = [img_tag(png_bytes(img), "image")]
         if clf is not None:
             try:
                 res = compute_cam(clf, img)
-                parts.append(_img_tag(_png(overlay(img, res.heatmap)), "Grad-CAM"))
+                parts.append(img_tag(png_bytes(overlay(img, res.heatmap)), "Grad-CAM"))
             except MissingExtra as e:  # say once which extra draws them, then stop trying
                 clf, note = None, f'<p class="note">No Grad-CAM overlays: {html.escape(str(e))}</p>'
             except CifarkitError:

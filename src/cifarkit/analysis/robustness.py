@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cifarkit.analysis.plotting import pyplot, save
 from cifarkit.data.cifar import CIFAR10_CLASSES
 from cifarkit.data.corruptions import (
     CIFAR10C_PER_SEVERITY,
@@ -49,6 +48,7 @@ from cifarkit.extras import require
 from cifarkit.infer.device import cpu_kind
 from cifarkit.infer.evaluate import ranked
 from cifarkit.infer.inference import Inference, InferOptions, checkpoint_label, eval_data
+from cifarkit.plotting import pyplot, save
 from cifarkit.safepath import check_apart, check_replaceable, claim_outputs, writable_place, write_text_atomic
 
 CHUNK = 1000  # images corrupted at a time: fixed, so the seeds (and images) never depend on batch sizes

@@ -13,17 +13,17 @@ epochs, unless the user sets `train.epochs` (see its comment for the evidence).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cifarkit.audit.clean import check_clean_args, check_images_folder, write_clean_manifest
+from cifarkit.audit.findings import FILES, OUTPUTS, Audited, Findings, write_csv
 from cifarkit.audit.label_issues import rank_label_issues
 from cifarkit.audit.neighbours import logits_and_embeddings, near_pairs, outlier_scores
 from cifarkit.audit.page import write_page
@@ -37,7 +37,7 @@ from cifarkit.engine.train import fit
 from cifarkit.errors import ConfigError, DataError
 from cifarkit.infer.device import cpu_kind, cpu_model
 from cifarkit.infer.inference import Inference
-from cifarkit.safecsv import csv_row, csv_uncell
+from cifarkit.safecsv import csv_uncell
 from cifarkit.safepath import claim_outputs, output_dir, remove_outputs, write_text_atomic
 from cifarkit.userfile import MiB, open_user_file
 
@@ -64,28 +64,6 @@ DUPLICATE_COLUMNS = ["split_a", "path_a", "index_a", "split_b", "path_b", "index
 HASH_COLUMNS = ["hash_a", "hash_b"]
 LABEL_COLUMNS = ["split", "path", "index", "given", "suggested", "score", "p_given", "p_suggested"]
 OUTLIER_COLUMNS = ["split", "path", "index", "label", "score", "z"]
-FILES = ("duplicates.csv", "label_issues.csv", "outliers.csv", "audit.json", "audit.html", "embeddings.npy",
-         "probs.npy", "changes.csv")
-OUTPUTS = (*FILES, "folds")  # everything an audit writes in its --out (folds/: the folds' runs)
-
-
-@dataclass
-class Audited:
-    """The audited images: every split in one `ImageSet`, with each image's split name."""
-    images: ImageSet
-    split: np.ndarray  # (N,) split name per image
-    splits: list[str]
-    kind: str  # "cifar", "folder" or "manifest"
-
-
-@dataclass
-class Findings:
-    """What an audit found, for acting on it in the same process (`clean.write_clean_manifest`)."""
-    pairs: list[tuple[int, int, float, str]]
-    issues: np.ndarray
-    probs: np.ndarray
-    outliers: list[tuple[int, float]]
-    scores: np.ndarray
 
 
 def load_splits(data: str | Path, splits: list[str] | None = None, image_size: int | None = None) -> Audited:
@@ -206,8 +184,6 @@ def audit(data: str | Path, out: str | Path, splits: list[str] | None = None, fo
         ConfigError: a bad recipe, override, fold count or threshold (before any work).
         DataError: the dataset cannot be read.
     """
-    from cifarkit.audit.clean import check_clean_args, check_images_folder, write_clean_manifest
-
     t0 = time.perf_counter()
     cfg = load_config(recipe, list(overrides or []))  # a bad recipe or --set fails before the data is read
     if (drop or relabel) and write_manifest is None:
@@ -346,20 +322,6 @@ def where(a: Audited, i: int) -> list[Any]:
     """[split, path, index] of image i, as the CSV files name it (path: the file for folders and
     manifests, relative to the dataset; the batch file for CIFAR batches; index: the row in it)."""
     return [a.split[i], a.images.sources[i], int(a.images.indices[i])]
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]], mode: str = "x") -> None:
-    """A CSV of the audit's: `header`, then `rows` with formula-like cells defused (names come from
-    the data); mode "x" (the default) refuses an existing file, "w" replaces it atomically."""
-    buf = io.StringIO(newline="")
-    w = csv.writer(buf)
-    w.writerow(header)
-    w.writerows(csv_row(r) for r in rows)
-    if mode == "x":
-        with open(path, "x", newline="", encoding="utf-8") as f:
-            f.write(buf.getvalue())
-    else:  # replacing: through a temporary file and a rename, never by opening what is there
-        write_text_atomic(path, buf.getvalue())
 
 
 def write_duplicates(path: Path, a: Audited, pairs: list[tuple[int, int, float, str]], hashes: list[bytes]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarkit.audit.audit import FILES, Audited, Findings, write_csv
+from cifarkit.audit.findings import FILES, Audited, Findings, write_csv
 from cifarkit.data.export import MANIFEST_COLUMNS, check_export_out, export_dataset
 from cifarkit.errors import CifarkitError, ConfigError, DataError
 from cifarkit.safecsv import csv_uncell

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarkit.analysis.report import CSS, SCRIPT, _img_tag, _png
+from cifarkit.analysis.report import CSS, SCRIPT, img_tag, png_bytes
 from cifarkit.saferead import printable
 
 SHOW = 60  # images of each finding on the page (the CSV files have them all)
@@ -22,7 +22,7 @@ EXTRA_CSS = ".pair{display:flex;gap:2px}.pair img{width:50%}"
 
 
 def _figure(imgs: list[np.ndarray], alt: str, caption: str) -> str:
-    tags = "".join(_img_tag(_png(im), alt) for im in imgs)
+    tags = "".join(img_tag(png_bytes(im), alt) for im in imgs)
     return f'<figure><div class="pair">{tags}</div><figcaption>{caption}</figcaption></figure>'
 
 

@@ -14,13 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarkit import cache_dir
 from cifarkit.data.folder import FileList, decode_files, imageset_from_files
 from cifarkit.data.imageset import ImageSet
-
-
-def cache_dir() -> Path:
-    """The decode cache's folder: `$CIFARKIT_CACHE`, default `~/.cache/cifarkit`."""
-    return Path(os.environ.get("CIFARKIT_CACHE", Path.home() / ".cache" / "cifarkit"))
 
 
 def cache_key(files: FileList, size: int | None) -> str:

@@ -173,7 +173,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Pool initializer: a worker gets SIGKILL when the exporting process dies (even by kill -9).
 
     Without it, a killed export leaves its workers writing into the abandoned folder and blocked
@@ -211,7 +211,7 @@ def _run_jobs(n_jobs: int, workers: int, progress: Callable[[int], None] | None)
     from concurrent.futures import ProcessPoolExecutor
 
     if workers > 1 and "fork" in mp.get_all_start_methods():
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_die_with_parent,
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=die_with_parent,
                                    initargs=(os.getpid(),))
     else:
         pool = ThreadPoolExecutor(workers)

@@ -262,14 +262,6 @@ class TensorLoader:
             yield mix_batch(xb, yb, self.mix, rng) if self.mix is not None else (xb, yb)
 
 
-def eval_batches(images: torch.Tensor, labels: torch.Tensor, prep: Preprocess, batch_size: int,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield (normalised images, labels) of `batch_size` on `device`, in order, without augmentation."""
-    for k in range(0, len(labels), batch_size):
-        x = images[k:k + batch_size].to(device, non_blocking=True)
-        yield eval_transform(x, prep), labels[k:k + batch_size].to(device)
-
-
 def to_chw_tensor(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 numpy -> (N, 3, H, W) uint8 tensor (contiguous copy)."""
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))

@@ -16,8 +16,6 @@ from typing import Any
 
 from cifarkit.logs import read_jsonl
 
-__all__ = ["RunLog", "read_jsonl"]  # read_jsonl lives in cifarkit.logs, the one JSONL reader
-
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):

@@ -36,14 +36,7 @@ from cifarkit.engine.memory import hold_freed_memory
 from cifarkit.engine.optimizers import build_optimizer, lr_lambdas
 from cifarkit.engine.rundir import check_work_dir, claim_fresh, locked
 from cifarkit.engine.runlog import RunLog
-from cifarkit.engine.step import (  # noqa: F401  (re-exported: older imports of engine.train)
-    Trainer,
-    TrainingDiverged,
-    TrainState,
-    ema_update,
-    train_one_epoch,
-    train_step,
-)
+from cifarkit.engine.step import Trainer, TrainState, ema_update, train_one_epoch
 from cifarkit.engine.tracking import finish_mlflow, require_mlflow
 from cifarkit.errors import CheckpointError, CifarkitError, ConfigError
 from cifarkit.infer.calibration import calibrate

@@ -2,8 +2,8 @@
 
 Registered: `airnet` (the speed recipe's network), CIFAR ResNets (`resnet18_cifar`, ...),
 `mobilenet_v2`, any other torchvision classifier by its own name, and `timm/<name>` when timm is
-installed. Each entry may name its Grad-CAM layer; otherwise `cam_layer()` finds the last
-spatial block. Model-specific training behaviour is declared on the entry as `TrainHooks`, so the
+installed. Each entry may name its Grad-CAM layer; otherwise `cam.default_layer` finds the
+last spatial block. Model-specific training behaviour is declared on the entry as `TrainHooks`, so the
 generic engine calls hooks by name instead of probing models with `hasattr`.
 """
 
@@ -42,7 +42,7 @@ class ModelEntry:
         name: the registry name (`model.name`).
         build: the constructor, called as `build(num_classes, **kwargs)`.
         description: one line for `cifarkit models`.
-        cam_layer: the module Grad-CAM uses; None lets `cam_layer()` find the last spatial block.
+        cam_layer: the module Grad-CAM uses; None lets `cam.default_layer` find the last spatial block.
         input_size: the input size the model is meant for [px], used for its MACs.
         hooks: its `TrainHooks`.
     """
@@ -260,8 +260,7 @@ def model_stats(name: str, num_classes: int, input_size: int, compute: bool = Tr
     import os
     from importlib.metadata import version
 
-    from cifarkit import __version__
-    from cifarkit.data.cache import cache_dir
+    from cifarkit import __version__, cache_dir
 
     try:
         tv = version("torchvision")

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cifarkit.data.export import _die_with_parent
+from cifarkit.data.export import die_with_parent
 
 
 @dataclass
@@ -36,7 +36,7 @@ def running_server(model: str, *args: str, timeout: float = 120.0) -> Iterator[S
     """`cifarkit serve MODEL --host 127.0.0.1 --port 0 ARGS...`, ready (health answered) inside."""
     cmd = [sys.executable, "-m", "cifarkit", "serve", str(model), "--host", "127.0.0.1", "--port", "0", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+                            preexec_fn=functools.partial(die_with_parent, os.getpid()))
     server = Server("", proc)
     ready = threading.Event()
 
