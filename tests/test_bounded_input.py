@@ -3,7 +3,7 @@ only per image), only regular files opened, and the commonest mistakes (a file t
 image, an empty list, an empty array) as one clear error instead of a traceback or a hang.
 
 The huge inputs are built at test time: a 7999 x 7999 PNG of zeros is ~190 KB on disk and 64 Mpx
-decoded. Peak memory is the process's own high-water mark (VmHWM / ru_maxrss) of a fresh
+decoded. Peak memory is the process's own high-water mark (VmHWM) of a fresh
 `cifarkit` process.
 """
 
@@ -49,11 +49,15 @@ def zeros_png(path: Path, mode: str = "L", size: int = HUGE) -> Path:
     return path
 
 
-PEAK_WRAPPER = ("import resource, sys\n"
+# The peak is VmHWM, the high-water mark of this process's own address space. Not ru_maxrss: Linux
+# carries the old address space's high-water mark into ru_maxrss at exec, and subprocess starts the
+# child with vfork, so the child reported the pytest worker's peak (1.70 GB in one full-suite run).
+PEAK_WRAPPER = ("import sys\n"
                 "from cifarkit.cli import main\n"
                 "try:\n    code = main(sys.argv[1:])\n"
                 "finally:\n"
-                "    print(f'PEAK_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+                "    hwm = [ln.split()[1] for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]\n"
+                "    print(f'PEAK_KB {hwm[0]}', file=sys.stderr)\n"
                 "sys.exit(code)\n")
 
 
