@@ -241,7 +241,7 @@ def test_a_checkpoint_temperature_outside_what_calibrate_fits_is_refused(model: 
 
 
 def test_json_output_never_holds_nan():
-    from cifarkit.cli_use import json_line
+    from cifarkit.cli.options import json_line
 
     text = json_line({"top1": float("nan"), "x": [float("inf"), 1.5], "n": 3, "p": Path("a")})
     assert json.loads(text) == {"top1": None, "x": [None, 1.5], "n": 3, "p": "a"}

@@ -171,7 +171,8 @@ def test_resume_of_a_finished_run_changes_nothing_then_continues_with_more_epoch
 
 # ---- OS errors and output places through the real CLI ------------------------------------------
 def test_os_errors_become_one_line(monkeypatch, capsys, tmp_path: Path):
-    from cifarkit import cli, cli_analysis
+    from cifarkit import cli
+    from cifarkit.cli import analysis as cli_analysis
 
     def full(a):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out.png"))

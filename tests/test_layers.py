@@ -23,7 +23,7 @@ LAYERS = {
     "cifarkit.analysis": 4, "cifarkit.audit": 4, "cifarkit.predict": 4, "cifarkit.cam": 4, "cifarkit.export": 4,
     "cifarkit.serve": 4, "cifarkit.tune": 4,
     "cifarkit.demo": 5,
-    "cifarkit.cli": 6, "cifarkit.cli_analysis": 6, "cifarkit.cli_train": 6, "cifarkit.cli_use": 6,
+    "cifarkit.cli": 6,
     "cifarkit.__main__": 6,
 }
 

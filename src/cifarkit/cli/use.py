@@ -1,142 +1,30 @@
-"""CLI handlers for using a model: predict, cam, export."""
+"""The commands that use a trained model: predict, cam, export, serve, and demo (the whole workflow
+on the bundled sample).
+
+Each handler parses its arguments into one library call (keywords only) and prints the result.
+"""
 
 from __future__ import annotations
 
 import argparse
 import csv
 import json
-import math
 import sys
 from pathlib import Path
-from typing import Any
 
+from cifarkit.cli.options import (
+    add_device_option,
+    add_logit_adjust_option,
+    add_precision_option,
+    add_tta_option,
+    json_line,
+    port_number,
+    positive_int,
+    serve_limit,
+)
 from cifarkit.errors import CifarkitError, DataError
-from cifarkit.options import DEVICE_DEFAULT, DEVICES, PRECISIONS, TTA_ALONE, TTA_LEVELS
 from cifarkit.safecsv import csv_row
 from cifarkit.safepath import check_replaceable, claim_outputs, inside, output_dir, safe_component, temp_beside
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (so `--topk 0` or `--batch-size -1` fail with one line)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 1")
-    return v
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def json_line(obj: Any) -> str:
-    """`obj` as one line of strict JSON for --json output: NaN and infinities (which json.dumps
-    writes as the invalid `NaN` / `Infinity`) become null; anything else not JSON becomes its str."""
-    return json.dumps(_finite(obj), default=str, allow_nan=False)
-
-
-def seed_int(text: str) -> int:
-    """argparse type for every --seed: a whole number 0..2^31-1 (what train.seed takes; numpy and
-    torch refuse negative seeds with a traceback)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= v <= 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"{v} is not a seed; use a whole number from 0 to 2147483647")
-    return v
-
-
-def diverge_factor(text: str) -> float:
-    """argparse type for lr-find --diverge: a finite factor above 1 (the smoothed loss over its
-    minimum; at 1 or below every sweep stops at once, NaN never stops it)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(v) and 1 < v <= 1e6):
-        raise argparse.ArgumentTypeError(f"{v} must be a number above 1 (the loss over its minimum, e.g. 4)")
-    return v
-
-
-def port_number(text: str) -> int:
-    """argparse type for `serve --port`: 1..65535, or 0 for any free port."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{v} must be from 1 to 65535 (or 0 for any free port)")
-    return v
-
-
-def serve_limit(field: str):
-    """argparse type for the serve option that sets `serve.app.Limits` field `field`: the same
-    check as the library's (`limit_problem`), at parse time, before any model is loaded."""
-    def parse(text: str) -> float | int:
-        from cifarkit.serve.limits import limit_problem
-
-        whole = field in ("max_files", "max_batch", "max_queue")
-        try:
-            v: float | int = int(text) if whole else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if whole else ''}number") from None
-        problem = limit_problem(field, v)
-        if problem:
-            raise argparse.ArgumentTypeError(f"{text} {problem}")
-        return v
-
-    parse.__name__ = field  # argparse names the type in some messages
-    return parse
-
-
-def add_device_option(p: argparse.ArgumentParser, config_key: str | None = None) -> None:
-    """Add `--device` to `p`: default auto (`options.DEVICE_DEFAULT`), or with `config_key` None =
-    that config value (`train.device`, "the recipe's")."""
-    if config_key is None:
-        p.add_argument("--device", default=DEVICE_DEFAULT)
-    else:
-        p.add_argument("--device", default=None, help=f"{DEVICES} (default: {config_key})")
-
-
-def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
-                   default_help: str = "the checkpoint's eval.tta") -> None:
-    """Add `--tta none|flip|flip_translate` (default `default`: None = the checkpoint's) to `p`."""
-    p.add_argument("--tta", nargs="?", const=TTA_ALONE, default=default, choices=TTA_LEVELS,
-                   help=f"test-time augmentation (default: {default_help}; --tta alone = {TTA_ALONE})")
-
-
-def finite_tau(text: str) -> float:
-    """argparse type for --logit-adjust: a finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"{v} must be a finite number >= 0")
-    return v
-
-
-def add_logit_adjust_option(p: argparse.ArgumentParser) -> None:
-    """Add `--logit-adjust TAU` (default: the checkpoint's eval.logit_adjust) to `p`."""
-    p.add_argument("--logit-adjust", type=finite_tau, default=None, metavar="TAU",
-                   help="post-hoc logit adjustment: logits - TAU * log(training class prior) (Menon et al. 2021); "
-                        "default the checkpoint's eval.logit_adjust, 0 = off")
-
-
-def add_precision_option(p: argparse.ArgumentParser) -> None:
-    """Add `--precision auto|fp32|bf16|fp16` (default auto: what this machine is fast at) to `p`."""
-    p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="inference precision (default auto: bf16 on CUDA or a CPU with AMX / AVX512-BF16, else "
-                        "fp32, whatever the run trained in)")
 
 
 def _paths(inputs: list[str]) -> list[str]:
@@ -160,12 +48,13 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from cifarkit.predict import expand_inputs, load, show_result
 
     # the output folder first (before the model loads): not among the inputs, only our own files replaced
-    out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs), writes=["predictions.csv"]) if a.out else None
-    clf = load(a.model, device=a.device, tta=a.tta, logit_adjust=a.logit_adjust, precision=a.precision)
+    out = (output_dir(path=a.out, overwrite=a.overwrite, inputs=_paths(a.inputs), writes=["predictions.csv"])
+           if a.out else None)
+    clf = load(path=a.model, device=a.device, tta=a.tta, logit_adjust=a.logit_adjust, precision=a.precision)
     if a.batch_size:
         clf.batch_size = a.batch_size
     written: list[str] = []
-    files, problems = expand_inputs(a.inputs)
+    files, problems = expand_inputs(inputs=a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     rows, failed = [], len(problems)
@@ -184,8 +73,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             tops = ", ".join(f"{t['label']} {t['score']:.2f}" for t in pred.topk[1:])
             print(f"{str(path)[-48:]:<48} {pred.label:<14} {pred.score:6.3f}  {tops}")
         if out and len(rows) <= a.draw_limit:
-            fig = show_result(path, pred)
-            save(fig, _own_file(out, f"{len(rows):05d}_{safe_component(Path(path).stem)}.png", written))
+            fig = show_result(img=path, result=pred)
+            save(fig=fig, out=_own_file(out, f"{len(rows):05d}_{safe_component(Path(path).stem)}.png", written))
     if out:
         claim_outputs(out, [*written, "predictions.csv"], "predict")
         tmp = temp_beside(out / "predictions.csv")
@@ -212,17 +101,18 @@ def cmd_cam(a: argparse.Namespace) -> int:
     from cifarkit.cam import default_layer, spatial_layers
     from cifarkit.predict import expand_inputs, load
 
-    clf = load(a.checkpoint, device=a.device, tta=a.tta, precision=a.precision)
+    clf = load(path=a.checkpoint, device=a.device, tta=a.tta, precision=a.precision)
     if clf.model is None:
         raise CifarkitError(f"{a.checkpoint}: Grad-CAM needs the PyTorch checkpoint (.pt) the model was "
                             "exported from; an exported .onnx file has no gradients to read")
     if a.list_layers:
-        best = default_layer(clf.model, clf.config.model.name, clf.prep.input_size)
-        for name, shape in spatial_layers(clf.model, clf.prep.input_size):
+        best = default_layer(model=clf.model, model_name=clf.config.model.name,
+                             input_size=clf.prep.input_size)
+        for name, shape in spatial_layers(model=clf.model, input_size=clf.prep.input_size):
             print(f"{name:<40} {str(shape):<20}{'  <- default' if name == best else ''}")
         return 0
-    out = output_dir(a.out, a.overwrite, inputs=_paths(a.inputs))
-    files, problems = expand_inputs(a.inputs)
+    out = output_dir(path=a.out, overwrite=a.overwrite, inputs=_paths(a.inputs))
+    files, problems = expand_inputs(inputs=a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     failed = len(problems)
@@ -243,7 +133,8 @@ def _cam_files(a: argparse.Namespace, clf, files: list, out: Path, written: list
 
     for i, f in enumerate(files):
         try:
-            res = compute_cam(clf, f, a.target, a.method, a.layer, a.aug_smooth, a.eigen_smooth)
+            res = compute_cam(classifier=clf, image=f, target=a.target, method=a.method, layer=a.layer,
+                              aug_smooth=a.aug_smooth, eigen_smooth=a.eigen_smooth)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
@@ -251,7 +142,7 @@ def _cam_files(a: argparse.Namespace, clf, files: list, out: Path, written: list
         # an image in a folder named after a class (train/cat/x.png) has a known true label
         true = Path(f).parent.name if Path(f).parent.name in clf.classes else None
         stem = f"{i:04d}_{safe_component(Path(f).stem)}_cam"
-        path = save_cam_figure(f, res, _own_file(out, f"{stem}.png", written), true)
+        path = save_cam_figure(image=f, res=res, out=_own_file(out, f"{stem}.png", written), true=true)
         if a.save_npy:
             npy = _own_file(out, f"{stem}.npy", written)
             np.save(temp_beside(npy), res.heatmap)
@@ -267,7 +158,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     """`cifarkit export`: ONNX or TorchScript with a parity check."""
     from cifarkit.export import export_model
 
-    r = export_model(a.checkpoint, a.format, a.out, dynamic_batch=a.dynamic_batch, data=a.data,
+    r = export_model(ckpt=a.checkpoint, fmt=a.format, out=a.out, dynamic_batch=a.dynamic_batch, data=a.data,
                      overwrite=a.overwrite, logit_adjust=a.logit_adjust)
     print(f"wrote {r.path} ({r.format}); parity on {r.images} {r.image_source}: max abs diff "
           f"{r.max_abs_diff:.2e}, top-1 agreement {r.top1_agreement * 100:.1f}%")
@@ -281,18 +172,27 @@ def cmd_serve(a: argparse.Namespace) -> int:
     """`cifarkit serve`: the web app and JSON API (see `cifarkit.serve.app`)."""
     from cifarkit.extras import require
 
-    require("fastapi", "cifarkit serve")  # before importing the app, which needs it at import time
-    require("uvicorn", "cifarkit serve")
+    require(module="fastapi", what="cifarkit serve")  # before importing the app, which needs it at import time
+    require(module="uvicorn", what="cifarkit serve")
     from cifarkit.serve.app import Limits, serve
 
-    serve(a.model, a.runs, host=a.host, port=a.port, device=a.device, tta=a.tta,
-          limits=Limits(a.max_upload_mb, a.max_files, a.max_batch, a.batch_wait_ms, a.max_queue, a.max_decoded_mpx),
+    serve(model=a.model, runs=a.runs, host=a.host, port=a.port, device=a.device, tta=a.tta,
+          limits=Limits(max_upload_mb=a.max_upload_mb, max_files=a.max_files, max_batch=a.max_batch,
+                        wait_ms=a.batch_wait_ms, max_queue=a.max_queue, max_decoded_mpx=a.max_decoded_mpx),
           precision=a.precision, allow_hosts=tuple(a.allow_host))
     return 0
 
 
-def add_commands(sub) -> None:
-    """Add predict, cam and export to the subparsers `sub`."""
+def cmd_demo(a: argparse.Namespace) -> int:
+    """`cifarkit demo`: the whole workflow on the bundled sample, written into --out."""
+    from cifarkit.demo import DEMO_EPOCHS, run_demo
+
+    run_demo(out=a.out, epochs=a.epochs or DEMO_EPOCHS, quick=a.quick)
+    return 0
+
+
+def add_predict(sub) -> None:
+    """Add `predict` to the subparsers `sub`."""
     p = sub.add_parser("predict", help="predict images, folders or globs with a checkpoint or .onnx file")
     p.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive), globs, or - for paths on stdin")
@@ -308,6 +208,9 @@ def add_commands(sub) -> None:
     add_device_option(p)
     p.set_defaults(fn=cmd_predict)
 
+
+def add_cam(sub) -> None:
+    """Add `cam` to the subparsers `sub`."""
     from cifarkit.cam import METHODS
 
     c = sub.add_parser("cam", help="Grad-CAM heatmaps (original | overlay)")
@@ -327,6 +230,9 @@ def add_commands(sub) -> None:
     add_device_option(c)
     c.set_defaults(fn=cmd_cam)
 
+
+def add_export(sub) -> None:
+    """Add `export` to the subparsers `sub`."""
     e = sub.add_parser("export", help="export to ONNX or TorchScript, with a parity check")
     e.add_argument("checkpoint")
     e.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
@@ -337,6 +243,9 @@ def add_commands(sub) -> None:
     add_logit_adjust_option(e)
     e.set_defaults(fn=cmd_export)
 
+
+def add_serve(sub) -> None:
+    """Add `serve` to the subparsers `sub`."""
     v = sub.add_parser("serve", help="local web page and JSON API for a model (and its runs)")
     v.add_argument("model", help="checkpoint (.pt) or exported model (.onnx)")
     v.add_argument("--runs", default=None, help="folder of run directories to show (only files under it are served)")
@@ -361,3 +270,14 @@ def add_commands(sub) -> None:
                    help="decoded image pixels all requests together may hold at once, in units of 1024x1024 px "
                         "(the most one upload decodes to); requests beyond it wait their turn")
     v.set_defaults(fn=cmd_serve)
+
+
+def add_demo(sub) -> None:
+    """Add `demo` to the subparsers `sub`."""
+    d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit: data, the airbench94 "
+                       "recipe (airnet) trained for 5 epochs on 2,000 images, eval, analyze, predict, Grad-CAM, "
+                       "ONNX export")
+    d.add_argument("--out", default="demo_out")
+    d.add_argument("--epochs", type=float, default=None, help="training epochs (default: the demo's own, 5)")
+    d.add_argument("--quick", action="store_true", help="tiny training, for tests")
+    d.set_defaults(fn=cmd_demo)

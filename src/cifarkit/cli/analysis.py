@@ -1,19 +1,71 @@
-"""CLI handlers for understanding a run: plot, analyze, report, data stats."""
+"""The commands that measure and explain a checkpoint or a run: eval, plot, analyze, calibrate,
+robustness and report.
+
+Each handler parses its arguments into one library call (keywords only) and prints the result.
+"""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
+import csv
 
-from cifarkit.cli_use import add_device_option, json_line
+from cifarkit.cli.options import (
+    add_device_option,
+    add_logit_adjust_option,
+    add_precision_option,
+    add_tta_option,
+    json_line,
+    seed_int,
+)
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """`cifarkit eval`: top-1, top-5 and loss of a checkpoint, as one line or --json.
+
+    --predictions also writes each image's predicted class (index, id, name) to a new CSV.
+
+    Raises:
+        CifarkitError: the --predictions file already exists.
+    """
+    from cifarkit.infer.inference import checkpoint_label, describe, evaluate_checkpoint
+    from cifarkit.safecsv import csv_row
+
+    if a.predictions:  # a new file in a writable place, checked before the evaluation
+        from cifarkit.safepath import output_file
+
+        output_file(path=a.predictions, flag=None, option="--predictions")
+    exclude = None
+    if a.exclude:
+        from cifarkit.audit.audit import leaked_images
+
+        leaked = leaked_images(duplicates_csv=a.exclude)  # a bad file fails before the model is loaded
+        exclude = lambda split: leaked.get(split, {})  # noqa: E731  the split is known once the checkpoint is read
+    m = evaluate_checkpoint(ckpt=a.checkpoint, data=a.data, split=a.split, tta=a.tta, device=a.device,
+                            logit_adjust=a.logit_adjust, precision=a.precision, exclude=exclude)
+    predicted = m.pop("predictions")
+    if a.predictions:
+        with open(a.predictions, "x", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["index", "predicted_id", "predicted"])
+            w.writerows(csv_row([i, p, m["classes"][p]]) for i, p in enumerate(predicted))
+    m.pop("classes")
+    if a.json:
+        print(json_line(m))
+    else:
+        print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
+              f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
+        if "without_excluded" in m:
+            w = m["without_excluded"]
+            print(f"  without the {m['excluded']} images {a.exclude} pairs with another split ({w['n']} images): "
+                  f"top1 {w['top1']:.2f}  top5 {w['top5']:.2f}  loss {w['loss']:.4f}")
+    return 0
 
 
 def cmd_plot(a: argparse.Namespace) -> int:
     """`cifarkit plot`: overlay the curves of runs and logs."""
     from cifarkit.analysis.curves import plot_runs
 
-    out = plot_runs(a.logs, a.out, a.keys, a.smooth, iters_per_epoch=a.iters_per_epoch)
+    out = plot_runs(paths=a.logs, out=a.out, keys=a.keys, smooth_window=a.smooth, iters_per_epoch=a.iters_per_epoch)
     print(f"wrote {out}")
     return 0
 
@@ -23,8 +75,8 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     from cifarkit.analysis.analyze import analyze
     from cifarkit.infer.inference import checkpoint_label, describe
 
-    m = analyze(a.checkpoint, a.out, data=a.data, split=a.split, device=a.device, tta=a.tta, overwrite=a.overwrite,
-                logit_adjust=a.logit_adjust, precision=a.precision)
+    m = analyze(ckpt=a.checkpoint, out=a.out, data=a.data, split=a.split, device=a.device, tta=a.tta,
+                overwrite=a.overwrite, logit_adjust=a.logit_adjust, precision=a.precision)
     print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
           f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}  "
           f"ECE {m['ece'] * 100:.2f}%")
@@ -37,6 +89,26 @@ def cmd_analyze(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`infer.calibration`) and its
+    reliability figure (`analysis.calibration_plot`)."""
+    from cifarkit.analysis.calibration_plot import calibrate_with_figure
+
+    r = calibrate_with_figure(ckpt=a.checkpoint, out=a.out, data=a.data, split=a.split, allow_test=a.allow_test,
+                              device=a.device, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
+                              objective=a.objective)
+    if a.json:
+        print(json_line(r))
+        return 0
+    b, f = r["before"], r["after"]
+    print(f"temperature {r['temperature']:.4f}, fitted ({r['objective']}) on {r['split']} ({r['n']} images, "
+          f"tta {r['tta']}, {r['precision']}); top-1 {f['top1']:.2f} unchanged")
+    print(f"           ECE      NLL     Brier\nbefore  {b['ece'] * 100:6.2f}%  {b['nll']:.4f}  {b['brier']:.4f}\n"
+          f"after   {f['ece'] * 100:6.2f}%  {f['nll']:.4f}  {f['brier']:.4f}")
+    print(f"wrote {r['checkpoint']}" + (f" and {r['figure']}" if r["figure"] else ""))
+    return 0
+
+
 def cmd_robustness(a: argparse.Namespace) -> int:
     """`cifarkit robustness`: the CIFAR-10-C table of a checkpoint (`analysis.robustness`)."""
     from pathlib import Path
@@ -45,9 +117,9 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     from cifarkit.infer.inference import checkpoint_label, describe
 
     out = a.out or str(Path(a.checkpoint).parent / "robustness")
-    r = robustness(a.checkpoint, out, data=a.data, split=a.split, corruptions=a.corruptions, severities=a.severities,
-                   extra=a.extra, baseline=a.baseline, cifar10c=a.cifar10c, tta=a.tta, precision=a.precision,
-                   device=a.device, seed=a.seed, overwrite=a.overwrite, limit=a.limit)
+    r = robustness(ckpt=a.checkpoint, out=out, data=a.data, split=a.split, corruptions=a.corruptions,
+                   severities=a.severities, extra=a.extra, baseline=a.baseline, cifar10c=a.cifar10c, tta=a.tta,
+                   precision=a.precision, device=a.device, seed=a.seed, overwrite=a.overwrite, limit=a.limit)
     if a.json:
         print(json_line(r))
         return 0
@@ -72,81 +144,36 @@ def cmd_robustness(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(a: argparse.Namespace) -> int:
-    """`cifarkit calibrate`: temperature scaling into a new checkpoint (`infer.calibration`) and its
-    reliability figure (`analysis.calibration_plot`)."""
-    from cifarkit.analysis.calibration_plot import calibrate_with_figure
-
-    r = calibrate_with_figure(a.checkpoint, a.out, data=a.data, split=a.split, allow_test=a.allow_test,
-                              device=a.device, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
-                              objective=a.objective)
-    if a.json:
-        print(json_line(r))
-        return 0
-    b, f = r["before"], r["after"]
-    print(f"temperature {r['temperature']:.4f}, fitted ({r['objective']}) on {r['split']} ({r['n']} images, "
-          f"tta {r['tta']}, {r['precision']}); top-1 {f['top1']:.2f} unchanged")
-    print(f"           ECE      NLL     Brier\nbefore  {b['ece'] * 100:6.2f}%  {b['nll']:.4f}  {b['brier']:.4f}\n"
-          f"after   {f['ece'] * 100:6.2f}%  {f['nll']:.4f}  {f['brier']:.4f}")
-    print(f"wrote {r['checkpoint']}" + (f" and {r['figure']}" if r["figure"] else ""))
-    return 0
-
-
 def cmd_report(a: argparse.Namespace) -> int:
     """`cifarkit report`: one self-contained HTML report of a run."""
     from cifarkit.analysis.report import write_report
 
-    out = write_report(a.run_dir, a.out, data=a.data, precision=a.precision)
+    out = write_report(run_dir=a.run_dir, out=a.out, data=a.data, precision=a.precision)
     print(f"wrote {out}")
     return 0
 
 
-def cmd_stats(a: argparse.Namespace) -> int:
-    """`cifarkit data stats`: class balance, mean/std, sizes and duplicates."""
-    from cifarkit.data.stats import dataset_stats, format_stats
-
-    s = dataset_stats(a.path, a.out, a.imbalance_ratio)
-    print(json_line(s) if a.json else format_stats(s))
-    return 1 if s["unreadable"] else 0
-
-
-def cmd_audit(a: argparse.Namespace) -> int:
-    """`cifarkit data audit`: near-duplicates, leakage, label issues and outliers (`audit.audit`)."""
-    from cifarkit.audit.audit import audit
-
-    # --json: stdout carries the JSON alone; the folds' progress lines (and their runs') go to stderr
-    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
-        s = audit(a.path, a.out, splits=a.splits, folds=a.folds, recipe=a.recipe, overrides=a.set,
-                  near_threshold=a.near_threshold, seed=a.seed, device=a.device, overwrite=a.overwrite,
-                  write_manifest=a.write_manifest, drop=a.drop, relabel=a.relabel)
-    if a.json:
-        print(json_line(s))
-        return 0
-    c = s["counts"]
-    splits = ", ".join(f"{k or 'no split'} {v:,}" for k, v in s["splits"].items())
-    print(f"audited {sum(s['splits'].values()):,} images ({splits}) "
-          f"with {s['folds']} folds of {s['recipe']} ({s['fold_epochs']:.3g} epochs each, out-of-sample top-1 "
-          f"{s['oos_top1']:.2f}%) in {s['seconds']['total']:.0f} s on {s['cpu_kind']} ({s['precision']})")
-    for k, v in c["duplicate_pairs"].items():
-        print(f"  duplicate pairs {k or 'within the data'}: {v['exact']} exact, {v['near']} near")
-    for k, v in c["leaked"].items():
-        if v:
-            print(f"  {k}: {v} images with a copy in another split")
-    print("  label issues: " + ", ".join(f"{k or 'all'} {v}" for k, v in c["label_issues"].items()))
-    print("  outliers: " + ", ".join(f"{k or 'all'} {v}" for k, v in c["outliers"].items()))
-    m = s.get("manifest")
-    if m:
-        per = "; ".join(f"{k or 'all'}: kept {v['kept']:,}, dropped {v['dropped']}, relabelled {v['relabelled']}"
-                        for k, v in m["splits"].items())
-        print(f"wrote {m['path']} ({per}); every change is listed in {m['changes']}")
-    print(f"wrote {a.out}/ (duplicates.csv, label_issues.csv, outliers.csv, audit.html, audit.json, folds/)")
-    return 0
+def add_eval(sub) -> None:
+    """Add `eval` to the subparsers `sub`."""
+    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help="dataset path (default: the run's data.root)")
+    e.add_argument("--split", default=None, help="split (default: the run's evaluation split)")
+    add_tta_option(e)
+    add_logit_adjust_option(e)
+    add_precision_option(e)
+    e.add_argument("--predictions", default=None, metavar="CSV",
+                   help="also write each image's predicted class (index in the split, id, name) to a new CSV")
+    e.add_argument("--exclude", default=None, metavar="DUPLICATES_CSV",
+                   help="also report the metrics without the split's images that this duplicates.csv (`cifarkit data "
+                        "audit`) pairs with another split: accuracy without train/test leakage")
+    add_device_option(e)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=cmd_eval)
 
 
-def add_commands(sub, data_sub=None) -> None:
-    """Add plot, analyze and report to `sub`, and stats to the `data` subparsers `data_sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option, seed_int
-
+def add_plot(sub) -> None:
+    """Add `plot` to the subparsers `sub`."""
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
     p.add_argument("--keys", nargs="+", default=["loss", "top1", "top5", "lr"])
@@ -156,6 +183,9 @@ def add_commands(sub, data_sub=None) -> None:
                    help="MMCls 0.x logs: training iterations per epoch, when the log's header cannot tell")
     p.set_defaults(fn=cmd_plot)
 
+
+def add_analyze(sub) -> None:
+    """Add `analyze` to the subparsers `sub`."""
     z = sub.add_parser("analyze", help="confusion matrix, per-class metrics, calibration, errors")
     z.add_argument("checkpoint")
     z.add_argument("--data", default=None)
@@ -168,6 +198,9 @@ def add_commands(sub, data_sub=None) -> None:
     add_device_option(z)
     z.set_defaults(fn=cmd_analyze)
 
+
+def add_calibrate(sub) -> None:
+    """Add `calibrate` to the subparsers `sub`."""
     c = sub.add_parser("calibrate", help="fit a softmax temperature on a held-out split (temperature scaling) "
                        "and write it into a new checkpoint")
     c.add_argument("checkpoint")
@@ -185,6 +218,9 @@ def add_commands(sub, data_sub=None) -> None:
     add_device_option(c)
     c.set_defaults(fn=cmd_calibrate)
 
+
+def add_robustness(sub) -> None:
+    """Add `robustness` to the subparsers `sub`."""
     rb = sub.add_parser("robustness", help="top-1 under the CIFAR-10-C corruptions (15 x 5 severities), "
                         "mean corruption accuracy, mCE against a reference model")
     rb.add_argument("checkpoint")
@@ -211,47 +247,12 @@ def add_commands(sub, data_sub=None) -> None:
     add_device_option(rb)
     rb.set_defaults(fn=cmd_robustness)
 
+
+def add_report(sub) -> None:
+    """Add `report` to the subparsers `sub`."""
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
     r.add_argument("run_dir")
     r.add_argument("--out", default=None, help="default: RUN_DIR/report.html")
     r.add_argument("--data", default=None, help="dataset for the analysis (default: the run's)")
     add_precision_option(r)
     r.set_defaults(fn=cmd_report)
-
-    if data_sub is not None:
-        s = data_sub.add_parser("stats", help="class balance, mean/std, sizes, duplicates, unreadable files")
-        s.add_argument("path")
-        s.add_argument("--out", default=None, help="folder for stats.json and class_balance.png")
-        s.add_argument("--imbalance-ratio", type=float, default=0.0, metavar="R",
-                       help="describe the train split cut to the long-tail profile a run with data.imbalance_ratio "
-                            "R trains on (0 = as it is)")
-        s.add_argument("--json", action="store_true")
-        s.set_defaults(fn=cmd_stats)
-
-        au = data_sub.add_parser("audit", help="near-duplicates, train/test leakage, probable label errors and "
-                                 "outliers (K-fold cross-validation + confident learning)")
-        au.add_argument("path")
-        au.add_argument("--out", required=True, help="output folder (new or empty)")
-        au.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
-                        help="the splits to audit together (default: all the dataset has)")
-        au.add_argument("--folds", type=int, default=5, help="K of the cross-validation (default 5)")
-        au.add_argument("--recipe", default="fast", help="recipe the folds train (shipped name or YAML; default fast; "
-                        "a fifth of its epochs in batches of at most 1000 unless --set train.epochs / batch_size)")
-        au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
-        au.add_argument("--near-threshold", type=float, default=None, metavar="SIM",
-                        help="pixel similarity (a correlation, 1 = the same picture) from which two images are "
-                             "near-duplicates (default 0.95)")
-        au.add_argument("--seed", type=seed_int, default=0, help="fold assignment and the folds' seeds (default 0)")
-        au.add_argument("--write-manifest", default=None, metavar="CSV",
-                        help="also write a cleaned manifest (what goes: --drop, --relabel; each change in "
-                             "OUT/changes.csv)")
-        au.add_argument("--drop", nargs="+", default=None, metavar="WHAT",
-                        help="with --write-manifest: duplicates, labels, outliers (comma-separated; default "
-                             "duplicates)")
-        au.add_argument("--relabel", action="store_true",
-                        help="with --write-manifest: give the label issues their suggested label")
-        add_device_option(au, "the recipe's")
-        au.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out (and replace the manifest)")
-        au.add_argument("--json", action="store_true", help="print audit.json's content")
-        au.set_defaults(fn=cmd_audit)

@@ -1,13 +1,15 @@
-"""CLI handlers for models, train, eval and demo: parse, call the library, print."""
+"""The commands that make runs: models, train, tune, lr-find and configs.
+
+Each handler parses its arguments into one library call (keywords only) and prints the result.
+"""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from cifarkit.cli_use import add_device_option, json_line
+from cifarkit.cli.options import add_device_option, diverge_factor, seed_int
 from cifarkit.errors import CifarkitError
 
 
@@ -28,7 +30,7 @@ def cmd_models(a: argparse.Namespace) -> int:
     for n in rows:
         entry = get_entry(n)
         size = a.input_size or (entry.input_size if entry else 224)
-        stats = model_stats(n, a.num_classes, size, compute=entry is not None or a.macs)
+        stats = model_stats(name=n, num_classes=a.num_classes, input_size=size, compute=entry is not None or a.macs)
         desc = entry.description if entry else "torchvision"
         if stats is None:
             uncounted += 1
@@ -67,10 +69,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         raise ConfigError("cifarkit train needs a CONFIG file or a shipped recipe name (`cifarkit configs` "
                           "lists them), or --list-keys")
-    cfg = load_config(a.config, a.set)  # a file or a shipped recipe's name
+    cfg = load_config(path=a.config, overrides=a.set)  # a file or a shipped recipe's name
     resume = True if a.resume == "" else a.resume
-    fit(cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
-        after_run=plot_writers(cfg.log.plots, calibrate=cfg.train.calibrate), before_run=start_writers(cfg.log.plots))
+    fit(cfg=cfg, work_dir=a.work_dir, resume=resume, device=a.device, force=a.force,
+        after_run=plot_writers(plots=cfg.log.plots, calibrate=cfg.train.calibrate),
+        before_run=start_writers(plots=cfg.log.plots))
     return 0
 
 
@@ -80,12 +83,12 @@ def cmd_tune(a: argparse.Namespace) -> int:
     from cifarkit.safepath import safe_component
     from cifarkit.tune import format_result, load_space, tune
 
-    cfg = load_config(a.config, a.set)
-    space = load_space(a.space, cfg)  # every key and range checked before any trial
+    cfg = load_config(path=a.config, overrides=a.set)
+    space = load_space(path=a.space, base=cfg)  # every key and range checked before any trial
     out = a.out or Path("work_dirs") / f"tune-{safe_component(cfg.name)}"
-    r = tune(cfg, space, a.trials, out, storage=a.storage, study=a.study, pruner=a.pruner, metric=a.metric,
-             seed=a.seed, heartbeat=a.heartbeat, device=a.device)
-    print(format_result(r, a.metric))
+    r = tune(base=cfg, space=space, trials=a.trials, out=out, storage=a.storage, study=a.study, pruner=a.pruner,
+             metric=a.metric, seed=a.seed, heartbeat=a.heartbeat, device=a.device)
+    print(format_result(r=r, metric=a.metric))
     return 0
 
 
@@ -95,55 +98,13 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     from cifarkit.config import load_config
     from cifarkit.engine.lr_find import lr_find
 
-    cfg = load_config(a.config, a.set)
-    r = lr_find(cfg, a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, diverge=a.diverge, device=a.device,
-                overwrite=a.overwrite)
-    plot_lr_find(r)
+    cfg = load_config(path=a.config, overrides=a.set)
+    r = lr_find(cfg=cfg, out_dir=a.out, start_lr=a.start_lr, end_lr=a.end_lr, steps=a.steps, diverge=a.diverge,
+                device=a.device, overwrite=a.overwrite)
+    plot_lr_find(res=r)
     print(f"swept {r.key} over {len(r.lrs)} steps ({r.lrs[0]:.2g} .. {r.lrs[-1]:.2g}); wrote {r.csv} and {r.png}")
     print(f"suggested {r.key}: valley {r.valley:.3g}, steepest descent {r.steepest:.3g}")
     print(f"use: cifarkit train {a.config} {' '.join('--set ' + s for s in a.set)} {r.set_line}".replace("  ", " "))
-    return 0
-
-
-def cmd_eval(a: argparse.Namespace) -> int:
-    """`cifarkit eval`: top-1, top-5 and loss of a checkpoint, as one line or --json.
-
-    --predictions also writes each image's predicted class (index, id, name) to a new CSV.
-
-    Raises:
-        CifarkitError: the --predictions file already exists.
-    """
-    from cifarkit.infer.inference import checkpoint_label, describe, evaluate_checkpoint
-    from cifarkit.safecsv import csv_row
-
-    if a.predictions:  # a new file in a writable place, checked before the evaluation
-        from cifarkit.safepath import output_file
-
-        output_file(a.predictions, flag=None, option="--predictions")
-    exclude = None
-    if a.exclude:
-        from cifarkit.audit.audit import leaked_images
-
-        leaked = leaked_images(a.exclude)  # a bad file fails before the model is loaded
-        exclude = lambda split: leaked.get(split, {})  # noqa: E731  the split is known once the checkpoint is read
-    m = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, tta=a.tta, device=a.device,
-                            logit_adjust=a.logit_adjust, precision=a.precision, exclude=exclude)
-    predicted = m.pop("predictions")
-    if a.predictions:
-        with open(a.predictions, "x", newline="", encoding="utf-8") as f:
-            w = csv.writer(f)
-            w.writerow(["index", "predicted_id", "predicted"])
-            w.writerows(csv_row([i, p, m["classes"][p]]) for i, p in enumerate(predicted))
-    m.pop("classes")
-    if a.json:
-        print(json_line(m))
-    else:
-        print(f"{checkpoint_label(m)}  {m['split']} ({m['n']} images, {describe(m)}): "
-              f"top1 {m['top1']:.2f}  top5 {m['top5']:.2f}  loss {m['loss']:.4f}")
-        if "without_excluded" in m:
-            w = m["without_excluded"]
-            print(f"  without the {m['excluded']} images {a.exclude} pairs with another split ({w['n']} images): "
-                  f"top1 {w['top1']:.2f}  top5 {w['top5']:.2f}  loss {w['loss']:.4f}")
     return 0
 
 
@@ -158,7 +119,7 @@ def cmd_configs(a: argparse.Namespace) -> int:
     if a.action == "show":
         if not a.name:
             raise CifarkitError("cifarkit configs show needs a recipe NAME (`cifarkit configs` lists them)")
-        sys.stdout.write(resolve_config(a.name).read_text(encoding="utf-8"))
+        sys.stdout.write(resolve_config(name_or_path=a.name).read_text(encoding="utf-8"))
         return 0
     if a.action != "list":
         raise CifarkitError(f"cifarkit configs {a.action!r}: use `cifarkit configs` or `cifarkit configs show NAME`")
@@ -170,18 +131,8 @@ def cmd_configs(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(a: argparse.Namespace) -> int:
-    """`cifarkit demo`: the whole workflow on the bundled sample, written into --out."""
-    from cifarkit.demo import DEMO_EPOCHS, run_demo
-
-    run_demo(a.out, epochs=a.epochs or DEMO_EPOCHS, quick=a.quick)
-    return 0
-
-
-def add_commands(sub) -> None:
-    """Add the models, train, tune, lr-find, eval, configs and demo subcommands to the subparsers `sub`."""
-    from cifarkit.cli_use import add_logit_adjust_option, add_precision_option, add_tta_option, diverge_factor, seed_int
-
+def add_models(sub) -> None:
+    """Add `models` to the subparsers `sub`."""
     m = sub.add_parser("models", help="list registered models with parameters and MACs")
     m.add_argument("--input-size", type=int, default=None, help="input size for MACs [px]")
     m.add_argument("--num-classes", type=int, default=10)
@@ -190,6 +141,9 @@ def add_commands(sub) -> None:
                    help="count parameters and MACs of every listed model (a forward pass each; cached)")
     m.set_defaults(fn=cmd_models)
 
+
+def add_train(sub) -> None:
+    """Add `train` to the subparsers `sub`."""
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", nargs="?", help="a YAML file, or a shipped recipe's name (see `cifarkit configs`)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -202,6 +156,9 @@ def add_commands(sub) -> None:
     t.add_argument("--list-keys", action="store_true", help="print every config key with default and help")
     t.set_defaults(fn=cmd_train)
 
+
+def add_tune(sub) -> None:
+    """Add `tune` to the subparsers `sub`."""
     u = sub.add_parser("tune", help="hyperparameter search (Optuna TPE, ASHA pruning): one run per trial, shared "
                        "storage for several workers, best.yaml that `cifarkit train` reproduces")
     u.add_argument("config", help="a YAML file, or a shipped recipe's name: what every trial starts from")
@@ -227,6 +184,9 @@ def add_commands(sub) -> None:
     add_device_option(u, "train.device")
     u.set_defaults(fn=cmd_tune)
 
+
+def add_lr_find(sub) -> None:
+    """Add `lr-find` to the subparsers `sub`."""
     f = sub.add_parser("lr-find", help="LR range test: sweep the lr exponentially, suggest one (no run directory)")
     f.add_argument("config", help="a YAML file, or a shipped recipe's name")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -240,31 +200,10 @@ def add_commands(sub) -> None:
     add_device_option(f, "train.device")
     f.set_defaults(fn=cmd_lr_find)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)")
-    e.add_argument("checkpoint")
-    e.add_argument("--data", default=None, help="dataset path (default: the run's data.root)")
-    e.add_argument("--split", default=None, help="split (default: the run's evaluation split)")
-    add_tta_option(e)
-    add_logit_adjust_option(e)
-    add_precision_option(e)
-    e.add_argument("--predictions", default=None, metavar="CSV",
-                   help="also write each image's predicted class (index in the split, id, name) to a new CSV")
-    e.add_argument("--exclude", default=None, metavar="DUPLICATES_CSV",
-                   help="also report the metrics without the split's images that this duplicates.csv (`cifarkit data "
-                        "audit`) pairs with another split: accuracy without train/test leakage")
-    add_device_option(e)
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(fn=cmd_eval)
 
+def add_configs(sub) -> None:
+    """Add `configs` to the subparsers `sub`."""
     c = sub.add_parser("configs", help="list the shipped recipes, or print one (configs show NAME)")
     c.add_argument("action", nargs="?", default="list", help="list (default) | show")
     c.add_argument("name", nargs="?", help="recipe name for show, e.g. fast")
     c.set_defaults(fn=cmd_configs)
-
-    d = sub.add_parser("demo", help="the whole workflow on the sample shipped with cifarkit: data, the airbench94 "
-                       "recipe (airnet) trained for 5 epochs on 2,000 images, eval, analyze, predict, Grad-CAM, "
-                       "ONNX export")
-    d.add_argument("--out", default="demo_out")
-    d.add_argument("--epochs", type=float, default=None, help="training epochs (default: the demo's own, 5)")
-    d.add_argument("--quick", action="store_true", help="tiny training, for tests")
-    d.set_defaults(fn=cmd_demo)
