@@ -48,9 +48,10 @@ def cifarkit_imports(path: Path) -> list[tuple[str, int, bool]]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from cifarkit import cli_train` imports the submodule cifarkit.cli_train
-            names = [f"{node.module}.{a.name}" if (PKG / f"{a.name}.py").exists() or (PKG / a.name).is_dir()
-                     else node.module for a in node.names] if node.module == "cifarkit" else [node.module]
+            # `from cifarkit import tune` / `from cifarkit.cli import data` import the submodule itself
+            here = PKG.parent.joinpath(*node.module.split("."))
+            names = [f"{node.module}.{a.name}" if (here / f"{a.name}.py").exists() or (here / a.name).is_dir()
+                     else node.module for a in node.names]
         out += [(n, node.lineno, id(node) not in top) for n in names if n.split(".")[0] == "cifarkit"]
     return out
 
