@@ -11,6 +11,7 @@ import csv
 
 from cifarkit.cli.options import (
     add_device_option,
+    add_inference_options,
     add_logit_adjust_option,
     add_precision_option,
     add_tta_option,
@@ -192,10 +193,7 @@ def add_analyze(sub) -> None:
     z.add_argument("--split", default=None)
     z.add_argument("--out", default="analysis", help="output folder (new or empty)")
     z.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    add_tta_option(z)
-    add_logit_adjust_option(z)
-    add_precision_option(z)
-    add_device_option(z)
+    add_inference_options(z, logit_adjust=True)
     z.set_defaults(fn=cmd_analyze)
 
 
@@ -213,9 +211,7 @@ def add_calibrate(sub) -> None:
     c.add_argument("--json", action="store_true", help="print the result as one JSON object")
     c.add_argument("--objective", default="nll", choices=["nll", "ece"],
                    help="what T minimises on the held-out split: nll (Guo et al., default) or ece (15 bins)")
-    add_tta_option(c)
-    add_precision_option(c)
-    add_device_option(c)
+    add_inference_options(c)
     c.set_defaults(fn=cmd_calibrate)
 
 

@@ -110,6 +110,16 @@ def add_tta_option(p: argparse.ArgumentParser, default: str | None = None,
                    help=f"test-time augmentation (default: {default_help}; --tta alone = {TTA_ALONE})")
 
 
+def add_inference_options(p: argparse.ArgumentParser, logit_adjust: bool = False) -> None:
+    """Add the options of every command that runs a checkpoint, in one order: `--tta`, (with
+    `logit_adjust`) `--logit-adjust`, `--precision`, `--device`."""
+    add_tta_option(p)
+    if logit_adjust:
+        add_logit_adjust_option(p)
+    add_precision_option(p)
+    add_device_option(p)
+
+
 def finite_tau(text: str) -> float:
     """argparse type for --logit-adjust: a finite number >= 0."""
     try:

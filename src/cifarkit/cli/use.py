@@ -14,6 +14,7 @@ from pathlib import Path
 
 from cifarkit.cli.options import (
     add_device_option,
+    add_inference_options,
     add_logit_adjust_option,
     add_precision_option,
     add_tta_option,
@@ -225,9 +226,7 @@ def add_cam(sub) -> None:
     c.add_argument("--save-npy", action="store_true", help="also save the raw heatmap as .npy")
     c.add_argument("--out", default="cam_out", help="output folder (new or empty)")
     c.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    add_tta_option(c)
-    add_precision_option(c)
-    add_device_option(c)
+    add_inference_options(c)
     c.set_defaults(fn=cmd_cam)
 
 
@@ -254,9 +253,7 @@ def add_serve(sub) -> None:
     v.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="a host name this server may be reached by, besides localhost and IP addresses; requests "
                         "naming any other Host are refused (DNS rebinding); repeat for several")
-    add_tta_option(v)
-    add_precision_option(v)
-    add_device_option(v)
+    add_inference_options(v)
     v.add_argument("--max-upload-mb", type=serve_limit("max_upload_mb"), default=20.0,
                    help="largest request body [MiB, > 0]")
     v.add_argument("--max-files", type=serve_limit("max_files"), default=64, help="most image files in one request")
