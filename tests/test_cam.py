@@ -49,8 +49,9 @@ def test_cam_cli(trained_run: Path, tmp_path: Path):
         assert im.size[0] >= 500  # readable, not 32 px
     r = run("cam", str(trained_run / "last.pt"), "--list-layers")
     assert r.returncode == 0 and "layers.2" in r.stdout and "<- default" in r.stdout
-    r = run("cam", str(trained_run / "last.pt"), str(img), "--target", "kat")
+    r = run("cam", str(trained_run / "last.pt"), str(img), "--target", "kat", cwd=tmp_path)
     assert r.returncode == 2 and "did you mean 'cat'" in r.stderr
+    assert not (tmp_path / "cam_out").exists()  # a command that wrote nothing leaves no output folder
 
 
 def test_bad_layer(trained_run: Path):

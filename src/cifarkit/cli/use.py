@@ -36,6 +36,7 @@ def _paths(inputs: list[str]) -> list[str]:
 def _own_file(out: Path, name: str, written: list[str]) -> Path:
     """`out/name` for a file this command writes (named after an input): refused in one line when a
     file of that name is there that cifarkit did not write; noted in `written` for the record."""
+    out.mkdir(parents=True, exist_ok=True)  # made with the first file: a command that writes nothing leaves no folder
     path = inside(out, name)
     check_replaceable(out, [name])
     written.append(name)
@@ -112,7 +113,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
         for name, shape in spatial_layers(model=clf.model, input_size=clf.prep.input_size):
             print(f"{name:<40} {str(shape):<20}{'  <- default' if name == best else ''}")
         return 0
-    out = output_dir(path=a.out, overwrite=a.overwrite, inputs=_paths(a.inputs))
+    out = output_dir(path=a.out, overwrite=a.overwrite, inputs=_paths(a.inputs), create=False)
     files, problems = expand_inputs(inputs=a.inputs)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
