@@ -141,6 +141,28 @@ def test_a_regular_file_is_still_replaced_with_overwrite(ckpt: Path, cifar: Path
     assert out.read_bytes() != b"old" and stat.S_ISREG(os.lstat(out).st_mode)
 
 
+def test_view_outputs_replace_only_their_own_file_unless_told(trained_run: Path, cifar10_small: Path,
+                                                              tmp_path: Path):
+    """report, plot and data show replace an existing file only with --overwrite (their defaults are
+    refreshed): `report --out` could turn a dataset image or the run's checkpoint into HTML."""
+    victim = tmp_path / "keep.png"
+    victim.write_bytes(b"mine")
+    for args in (["report", str(trained_run), "--out", str(tmp_path / "keep.html")],
+                 ["plot", str(trained_run), "--out", str(victim)],
+                 ["data", "show", str(cifar10_small), "--out", str(victim)]):
+        if args[0] == "report":
+            Path(args[-1]).write_bytes(b"mine")
+        one_error_line(cli_run(*args), "--overwrite")
+    assert victim.read_bytes() == b"mine" and (tmp_path / "keep.html").read_bytes() == b"mine"
+    before = (trained_run / "best.pt").read_bytes()
+    one_error_line(cli_run("report", str(trained_run), "--out", str(trained_run / "best.pt"), "--overwrite"),
+                   ".html")
+    assert (trained_run / "best.pt").read_bytes() == before
+    data_page = cifar10_small / "page.html"  # inside the run's data.root
+    one_error_line(cli_run("report", str(trained_run), "--out", str(data_page)), "inside the input")
+    assert not data_page.exists()
+
+
 # ---- class 2: output folders and the data; --overwrite removes only our own files ----------------
 @pytest.fixture
 def folds_data(tmp_path: Path) -> Path:
@@ -286,3 +308,53 @@ def test_windows_device_names_round_trip_through_data_export(tmp_path: Path):
 
     back = load_dataset(str(out / "manifest.csv"), "train")  # the export reads back with the names as given
     assert sorted(back.classes) == sorted(classes) and len(back) == 2 * len(classes)
+
+
+# ---- the adversarial pass after the fixes: temporary names, NUL bytes, run folders, sizes -------
+def test_a_link_planted_at_the_temporary_name_is_not_followed(ckpt: Path, tmp_path: Path):
+    """Temporary files used to be named `.<stem>.<pid>.tmp<suffix>`: a symlink planted there made
+    `predict --out` write its CSV outside the folder. Now the name is random and created exclusively."""
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "o"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (out / f".predictions.{os.getpid()}.tmp.csv").symlink_to(victim)  # cli_run runs in this process
+    r = cli_run("predict", str(ckpt), str(img), "--out", str(out), "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "mine"
+    assert stat.S_ISREG(os.lstat(out / "predictions.csv").st_mode)
+    from cifarkit.safepath import temp_beside
+
+    a, b = temp_beside(out / "f.png"), temp_beside(out / "f.png")
+    assert a != b and a.suffix == ".png" and stat.S_ISREG(os.lstat(a).st_mode)
+
+
+def test_a_nul_byte_in_a_path_from_stdin_is_one_line(ckpt: Path):
+    from test_cli_data import run
+
+    r = run("predict", str(ckpt), "-", input="a\x00b\n")
+    assert "Traceback" not in r.stderr and r.returncode != 0
+    assert any(ln.startswith("error:") and "NUL" in ln for ln in r.stderr.splitlines()), r.stderr
+
+
+def test_a_run_folder_inside_the_data_is_refused(cifar10_small: Path, tmp_path: Path):
+    before = tree(cifar10_small)
+    for work in (cifar10_small, cifar10_small / "cifar-10-batches-py" / "runx"):
+        one_error_line(cli_run("train", "fast", "--set", f"data.root={cifar10_small}", "--set", NARROW,
+                               "--work-dir", str(work)), "--work-dir", "inside the data")
+    assert tree(cifar10_small) == before
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("data.image_size=100000", "data.image_size"), ("train.threads=99999", "train.threads"),
+    ("data.crop_padding=100000000", "data.crop_padding"), ("data.eval_crop=100000", "data.eval_crop"),
+    ("data.rrc_size=100000", "data.rrc_size"), ("model.kwargs.widths=[]", "model.kwargs"),
+    ("model.kwargs.widths=[0,0,0]", "model.kwargs"), ("model.kwargs.widths=[-1,2,3]", "model.kwargs"),
+])
+def test_sizes_and_model_arguments_are_bounded_before_work(cifar10_small: Path, tmp_path: Path, setting: str,
+                                                           key: str):
+    """Each was a traceback, a segmentation fault (threads) or 24 GB and the kernel's OOM killer (image_size)."""
+    one_error_line(cli_run("train", "fast", "--set", f"data.root={cifar10_small}", "--set", setting,
+                           "--work-dir", str(tmp_path / "run")), key)

@@ -38,6 +38,13 @@ MAX_FLOAT = 1e6
 MAX_LR = 100.0  # learning rates: far above any that trains (airbench's 0.24-0.67, SGD's 0.1-1)
 
 
+# Sizes in pixels are bounded like a checkpoint's input size (infer.restore.MAX_INPUT_SIZE): an image
+# size of 10^5 decoded every image to 10^5 px a side (24 GB before the kernel killed it); padding of
+# more than the image is refused by the crop itself, with a traceback
+MAX_SIDE_PX = 1024
+MAX_PADDING_PX = 64
+
+
 def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
        lt: float | None = None, length: int | None = None) -> Any:
     """A config field: default, help line, and its valid range (checked by `_check_values`; for a
@@ -62,19 +69,19 @@ class DataConfig:
     val_seed: int = _f(0, "seed of the train/val split", ge=0)
     subset_per_class: int = _f(0, "keep only the first N images per class of each split (0 = all)",
                                ge=0)
-    image_size: int = _f(0, "decode folder images to this size [px] (0 = their own size)", ge=0)
+    image_size: int = _f(0, "decode folder images to this size [px] (0 = their own size)", ge=0, le=MAX_SIDE_PX)
     mean: list[float] = _f(list(CIFAR_MEAN), "per-channel mean on the 0..255 scale", length=3)
     std: list[float] = _f(list(CIFAR_STD), "per-channel std on the 0..255 scale", gt=0, length=3)
     in_memory: bool = _f(True, "keep the train set as one uint8 tensor on the device (False: stream files)")
     workers: int = _f(2, "DataLoader workers when streaming", ge=0)
-    crop_padding: int = _f(4, "random-crop padding [px] (0 = off)", ge=0)
+    crop_padding: int = _f(4, "random-crop padding [px] (0 = off)", ge=0, le=MAX_PADDING_PX)
     pad_mode: str = _f("reflect", "random-crop padding: reflect | zero")
     flip: str = _f("random", "horizontal flip: random | alternate | none")
-    rrc_size: int = _f(0, "random-resized-crop output size [px] (0 = off)", ge=0)
+    rrc_size: int = _f(0, "random-resized-crop output size [px] (0 = off)", ge=0, le=MAX_SIDE_PX)
     rrc_scale: list[float] = _f([0.08, 1.0], "random-resized-crop area range", gt=0, le=1, length=2)
-    cutout: int = _f(0, "cutout square side [px] (0 = off)", ge=0)
-    eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0)
-    eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0)
+    cutout: int = _f(0, "cutout square side [px] (0 = off)", ge=0, le=MAX_SIDE_PX)
+    eval_resize: int = _f(0, "evaluation: resize shorter side to this [px] (0 = off)", ge=0, le=MAX_SIDE_PX)
+    eval_crop: int = _f(0, "evaluation: center crop to this [px] (0 = off)", ge=0, le=MAX_SIDE_PX)
     imbalance_ratio: float = _f(0.0, "long-tail train split: keep the first floor(n_max * R^(-i/(C-1))) images of "
                                      "class i (Cao et al. 2019; 0 = off, else >= 1; test split untouched)", ge=0,
                                 le=1e12)
@@ -171,7 +178,7 @@ class TrainConfig:
     compile_mode: str = _f("default", "torch.compile mode: default | reduce-overhead (CUDA graphs: small batches "
                                       "on a GPU) | max-autotune")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    threads: int = _f(0, "CPU threads (0 = torch default)", ge=0)
+    threads: int = _f(0, "CPU threads (0 = torch default)", ge=0, le=1024)
     hold_memory: bool = _f(True, "CPU: keep freed memory in the process while training instead of returning it "
                                  "to the OS after every step (glibc; airnet batch 2000: 1.73 vs 2.92 s/step)")
     nan_policy: str = _f("stop", "stop | skip_batch when the loss is NaN/inf")

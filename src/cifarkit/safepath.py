@@ -49,6 +49,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -280,13 +281,26 @@ def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:
 
 
 def temp_beside(path: Path) -> Path:
-    """A hidden temporary name next to `path`, this process's own (two processes may write the same
-    file at once), keeping the suffix (matplotlib picks the format from it)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """A new, empty, hidden file next to `path` to write and then rename onto it, keeping the suffix
+    (matplotlib picks the format from it). Its name is random and it is created here with
+    `O_CREAT | O_EXCL | O_NOFOLLOW`, so nobody can plant a symlink or FIFO under the name in advance
+    (a predictable name was: the write followed the link out of the folder, or blocked on the
+    FIFO); two processes writing the same file get two temporary files."""
+    for _ in range(8):
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+            return tmp
+        except FileExistsError:
+            continue
+    raise CifarkitError(f"{path.parent}: cannot create a temporary file there; something keeps taking the names")
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through `temp_beside(path)` and one rename."""
     tmp = temp_beside(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

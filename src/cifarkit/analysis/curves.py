@@ -30,7 +30,8 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | list[str] = KEYS,
-              smooth_window: int = 0, names: list[str] | None = None, iters_per_epoch: int | None = None) -> Path:
+              smooth_window: int = 0, names: list[str] | None = None, iters_per_epoch: int | None = None,
+              overwrite: bool = True) -> Path:
     """Overlay the curves of one or several runs in one image.
 
     Args:
@@ -44,6 +45,8 @@ def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | 
         names: legend names, one per path (default: each run's name).
         iters_per_epoch: iterations per epoch for MMCls 0.x logs whose config names no dataset
             of known size.
+        overwrite: replace an existing regular file `out` (the CLI asks for --overwrite unless `out`
+            is its default).
 
     Returns:
         `out`, as a Path.
@@ -51,7 +54,7 @@ def plot_runs(paths: list[str | Path], out: str | Path, keys: tuple[str, ...] | 
     Raises:
         DataError: a log is missing, holds no records, or `keys` names an unknown panel.
     """
-    output_file(out, overwrite=True)  # replaced when a regular file; a device, FIFO, folder or link is refused
+    output_file(out, overwrite=overwrite)  # a regular file only replaced with `overwrite`; never a device, FIFO or link
     runs = [read_records(p, names[i] if names else None, iters_per_epoch) for i, p in enumerate(paths)]
     return plot_records(runs, out, keys, smooth_window)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from cifarkit.errors import CifarkitError
 from cifarkit.logs import read_records
-from cifarkit.safepath import output_file, write_text_atomic
+from cifarkit.safepath import check_apart, output_file, real_path, write_text_atomic
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:0 12px 40px;color:#222;
@@ -139,7 +139,7 @@ def _gallery(adir: Path, ckpt: Path, metrics: dict, data: str | None, n: int = 1
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, data: str | None = None,
-                 analysis: bool = True, precision: str | None = None) -> Path:
+                 analysis: bool = True, precision: str | None = None, overwrite: bool | None = None) -> Path:
     """Write one self-contained HTML report of a run (images inlined, readable offline).
 
     Holds the summary, the config, the curves, and with `analysis` the confusion matrix, per-class
@@ -151,6 +151,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
         data: a dataset path to analyse on (default: the run's own).
         analysis: False leaves out everything that needs predictions (curves and config only).
         precision: of the analysis: auto (default: what this machine is fast at) | fp32 | bf16 | fp16.
+        overwrite: replace an existing regular file `out`; None (default): only the run's own
+            `report.html` is refreshed, any other existing file is refused.
 
     Returns:
         The path of the HTML file.
@@ -163,11 +165,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, data: str |
     run_dir = Path(run_dir)
     if not (run_dir / "log.jsonl").is_file():
         raise CifarkitError(f"{run_dir}: no log.jsonl here; point at a cifarkit run directory")
-    out = Path(out) if out else run_dir / "report.html"
-    output_file(out, overwrite=True)  # replaced when a regular file; a device, FIFO, folder or link is refused
+    own = run_dir / "report.html"
+    out = Path(out) if out else own
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise CifarkitError(f"--out {out}: a report is an HTML file; give a name ending in .html")
+    if overwrite is None:
+        overwrite = real_path(out) == real_path(own)  # the run's own report is a view, refreshed each time
+    output_file(out, overwrite)  # never a device, FIFO or link; another existing file only with --overwrite
     recs = read_records(run_dir)
     header = recs.header
     cfg = header.get("config", {})
+    check_apart(out, [data or (cfg.get("data") or {}).get("root")])  # never written among the images
     val = recs.val
     last = val[-1] if val else {}
     best = max(val, key=lambda v: v["top1"] or -1) if val else {}

@@ -19,6 +19,8 @@ from cifarkit.cli.options import (
     seed_int,
 )
 
+PLOT_OUT = "curves.png"
+
 
 def cmd_eval(a: argparse.Namespace) -> int:
     """`cifarkit eval`: top-1, top-5 and loss of a checkpoint, as one line or --json.
@@ -66,7 +68,8 @@ def cmd_plot(a: argparse.Namespace) -> int:
     """`cifarkit plot`: overlay the curves of runs and logs."""
     from cifarkit.analysis.curves import plot_runs
 
-    out = plot_runs(paths=a.logs, out=a.out, keys=a.keys, smooth_window=a.smooth, iters_per_epoch=a.iters_per_epoch)
+    out = plot_runs(paths=a.logs, out=a.out, keys=a.keys, smooth_window=a.smooth, iters_per_epoch=a.iters_per_epoch,
+                    overwrite=a.overwrite or a.out == PLOT_OUT)  # the default is refreshed; others need --overwrite
     print(f"wrote {out}")
     return 0
 
@@ -149,7 +152,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     """`cifarkit report`: one self-contained HTML report of a run."""
     from cifarkit.analysis.report import write_report
 
-    out = write_report(run_dir=a.run_dir, out=a.out, data=a.data, precision=a.precision)
+    out = write_report(run_dir=a.run_dir, out=a.out, data=a.data, precision=a.precision,
+                       overwrite=True if a.overwrite else None)
     print(f"wrote {out}")
     return 0
 
@@ -178,7 +182,9 @@ def add_plot(sub) -> None:
     p = sub.add_parser("plot", help="loss / accuracy / lr curves from runs or MMCls/MMEngine logs")
     p.add_argument("logs", nargs="+", help="log.jsonl, *.log.json, scalars.json or run directories")
     p.add_argument("--keys", nargs="+", default=["loss", "top1", "top5", "lr"])
-    p.add_argument("--out", default="curves.png")
+    p.add_argument("--out", default=PLOT_OUT, help=f"image file (default {PLOT_OUT}, replaced when it exists; "
+                   "another existing file needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--smooth", type=int, default=0, help="moving-average window [records] (0 = auto)")
     p.add_argument("--iters-per-epoch", type=int, default=None,
                    help="MMCls 0.x logs: training iterations per epoch, when the log's header cannot tell")
@@ -248,7 +254,9 @@ def add_report(sub) -> None:
     """Add `report` to the subparsers `sub`."""
     r = sub.add_parser("report", help="one self-contained HTML report of a run")
     r.add_argument("run_dir")
-    r.add_argument("--out", default=None, help="default: RUN_DIR/report.html")
+    r.add_argument("--out", default=None, help="an .html file (default: RUN_DIR/report.html, refreshed each time; "
+                   "another existing file needs --overwrite)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     r.add_argument("--data", default=None, help="dataset for the analysis (default: the run's)")
     add_precision_option(r)
     r.set_defaults(fn=cmd_report)

@@ -37,7 +37,7 @@ def cmd_data_show(a: argparse.Namespace) -> int:
     from cifarkit.safepath import check_apart, output_file
 
     check_apart(out=a.out, inputs=[a.path])  # a grid written among the images would become one of them
-    output_file(path=a.out, overwrite=True)  # before the data is read
+    output_file(path=a.out, overwrite=a.overwrite)  # before the data is read; an existing file needs --overwrite
     ds = load_dataset(path=a.path, split=a.split)
     out = show_grid(ds=ds, out=a.out, first=a.first, per_class=a.per_class)
     print(f"wrote {out}")
@@ -166,6 +166,7 @@ def add_commands(sub) -> None:
     s = dsub.add_parser("show", help="save a grid of sample images with class names")
     s.add_argument("path")
     s.add_argument("--out", required=True, help="image file: .png, .jpg, .pdf or .svg")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.add_argument("--split", default="train")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--first", type=int, default=None, help="the first N images (default 20)")

@@ -147,8 +147,9 @@ def _cam_files(a: argparse.Namespace, clf, files: list, out: Path, written: list
         path = save_cam_figure(image=f, res=res, out=_own_file(out, f"{stem}.png", written), true=true)
         if a.save_npy:
             npy = _own_file(out, f"{stem}.npy", written)
-            np.save(temp_beside(npy), res.heatmap)
-            temp_beside(npy).replace(npy)
+            tmp = temp_beside(npy)
+            np.save(tmp, res.heatmap)
+            tmp.replace(npy)
         print(f"{f}: {res.target_label} {res.score:.3f} ({res.method} on {res.layer}) -> {path}")
     if not files and not problems:
         print("error: no image files found in the inputs", file=sys.stderr)

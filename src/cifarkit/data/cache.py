@@ -17,6 +17,7 @@ import numpy as np
 from cifarkit import cache_dir
 from cifarkit.data.folder import FileList, decode_files, imageset_from_files
 from cifarkit.data.imageset import ImageSet
+from cifarkit.safepath import temp_beside
 
 
 def cache_key(files: FileList, size: int | None) -> str:
@@ -44,9 +45,12 @@ def cached_decode(files: FileList, size: int | None = None, root: Path | None = 
     ds = decode_files(files, size)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, ds.images)
-        os.replace(tmp, path)
+        tmp = temp_beside(path)  # random, created exclusively (the cache folder may be shared)
+        try:
+            np.save(tmp, ds.images)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only cache location only costs speed, never correctness
     return ds

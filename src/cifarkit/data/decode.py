@@ -106,6 +106,8 @@ def check_regular_file(path: str | Path) -> None:
         raise DataError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror})") from None
+    except ValueError:  # a NUL byte (from stdin or a manifest): no file can be called that
+        raise DataError(f"{path!r}: a path with a NUL byte in it, which no file has") from None
     if not stat.S_ISREG(mode):
         kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")

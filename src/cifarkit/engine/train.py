@@ -45,7 +45,7 @@ from cifarkit.infer.device import amp_dtype, cpu_kind, precision_name, resolve_d
 from cifarkit.infer.evaluate import evaluate
 from cifarkit.infer.prior import log_prior, posthoc_bias
 from cifarkit.models import count_params, create_model, train_hooks
-from cifarkit.safepath import safe_component
+from cifarkit.safepath import real_path, safe_component
 
 AfterRun = Callable[[Path], None]  # called with the run directory once training has finished
 BeforeRun = Callable[[Path, RunData], None]  # called with the run directory and its data before the first step
@@ -97,6 +97,12 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     run_dir = Path(work_dir or Path("work_dirs") / safe_component(cfg.name))  # `name` comes from the config file
     if resume and force:
         raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
+    if sets is None and cfg.data.root:
+        data_root = real_path(cfg.data.root)
+        if real_path(run_dir) == data_root or data_root in real_path(run_dir).parents:
+            # a run folder among the images becomes a class of the data (its .lock, checkpoints, analysis/)
+            raise ConfigError(f"--work-dir {run_dir}: is inside the data ({cfg.data.root}); choose a run folder "
+                              "outside the dataset")
     if sets is not None and resume:
         raise ConfigError("a run on in-memory sets cannot be resumed")
     if cfg.log.tensorboard:

@@ -17,6 +17,7 @@ import torch
 from cifarkit.config import Config
 from cifarkit.errors import CheckpointError
 from cifarkit.safeload import safe_torch_load
+from cifarkit.safepath import temp_beside
 
 __all__ = ["atomic_save", "check_resume_compatible", "load_checkpoint", "newest_valid_checkpoint",
            "safe_torch_load"]
@@ -28,7 +29,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     Written to a hidden temporary file in the same folder, fsynced and renamed over `path`; the
     folder is fsynced too, so the rename itself survives a power loss. Returns `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_beside(path)  # random, created exclusively: nothing planted under its name is followed
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)

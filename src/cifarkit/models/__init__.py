@@ -190,7 +190,13 @@ def create_model(name: str, num_classes: int = 10, pretrained: str = "", cifar_s
         if name == "airnet" and (cifar_stem or tv_pretrained):
             raise ConfigError("airnet has no torchvision weights or CIFAR stem option; unset "
                               "model.pretrained/model.cifar_stem")
-        model = _REGISTRY[name].build(num_classes, **kwargs)
+        try:
+            model = _REGISTRY[name].build(num_classes, **kwargs)
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError) as e:  # kwargs' names are checked
+            # at load, their values only here: widths [] or [0, 0, 0] or 10^5 channels
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise ConfigError(f"model.kwargs {kwargs}: model {name!r} cannot be built with them ({first}); "
+                              "see `cifarkit models` for its defaults") from None
     else:
         import torchvision
 

@@ -70,6 +70,9 @@ class AirNet(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
                  whiten_width: int = 24, scale: float = 1 / 9, head_unit_std: bool = False):
         super().__init__()
+        if len(widths) != 3 or not all(isinstance(w, int) and 1 <= w <= 4096 for w in [*widths, whiten_width]):
+            # a zero width builds but fails at the first step; 10^5 channels is terabytes of weights
+            raise ValueError(f"widths must be three whole numbers from 1 to 4096, got {list(widths)}")
         self.whiten = nn.Conv2d(3, whiten_width, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         self.act = nn.GELU()

@@ -16,7 +16,7 @@ import yaml
 
 from cifarkit.plotting import pyplot, save
 from cifarkit.safecsv import csv_row
-from cifarkit.safepath import safe_component, temp_beside, write_text_atomic
+from cifarkit.safepath import safe_component, write_text_atomic
 
 
 @dataclass
@@ -90,8 +90,7 @@ def draw_figures(st: Any, out: Path) -> dict[str, Path]:
                 ("importance", "importance.png",
                  lambda: plot_param_importances(st, evaluator=PedAnovaImportanceEvaluator()))):
             try:
-                save(draw().figure, temp_beside(out / fname), dpi=100)  # workers on one --out: whole files
-                temp_beside(out / fname).replace(out / fname)
+                save(draw().figure, out / fname, dpi=100)  # through a temporary file: workers on one --out
                 files[key] = out / fname
             except Exception as e:  # noqa: BLE001 - a figure must never cost the search its results
                 print(f"note: {fname} not drawn yet ({str(e).splitlines()[0][:120]})", file=sys.stderr)
