@@ -34,9 +34,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from cifarkit.safecsv import csv_row
 
     if a.predictions:  # a new file in a writable place, checked before the evaluation
-        from cifarkit.safepath import output_file
+        from cifarkit.safepath import check_apart, output_file
 
         output_file(path=a.predictions, flag=None, option="--predictions")
+        check_apart(out=a.predictions, inputs=[a.data], option="--predictions")  # not among the images
     exclude = None
     if a.exclude:
         from cifarkit.audit.audit import leaked_images
