@@ -97,12 +97,6 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     run_dir = Path(work_dir or Path("work_dirs") / safe_component(cfg.name))  # `name` comes from the config file
     if resume and force:
         raise ConfigError(f"{run_dir}: --resume continues the run there and --force sets it aside; choose one")
-    if sets is None and cfg.data.root:
-        data_root = real_path(cfg.data.root)
-        if real_path(run_dir) == data_root or data_root in real_path(run_dir).parents:
-            # a run folder among the images becomes a class of the data (its .lock, checkpoints, analysis/)
-            raise ConfigError(f"--work-dir {run_dir}: is inside the data ({cfg.data.root}); choose a run folder "
-                              "outside the dataset")
     if sets is not None and resume:
         raise ConfigError("a run on in-memory sets cannot be resumed")
     if cfg.log.tensorboard:
@@ -115,6 +109,12 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
         return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, (), sets, on_eval)
+    if sets is None and cfg.data.root:
+        data_root = real_path(cfg.data.root)
+        if real_path(run_dir) == data_root or data_root in real_path(run_dir).parents:
+            # a run folder among the images becomes a class of the data (its .lock, checkpoints, analysis/)
+            raise ConfigError(f"--work-dir {run_dir}: is inside the data ({cfg.data.root}); choose a run folder "
+                              "outside the dataset")
     check_work_dir(run_dir)
     with locked(run_dir):
         if not resume:
