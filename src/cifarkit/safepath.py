@@ -57,6 +57,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cifarkit.errors import CifarkitError, DataError
+from cifarkit.userfile import file_kind
 
 MAX_COMPONENT = 120  # bytes; ext4/APFS/NTFS allow 255, leave room for suffixes such as "_12.png"
 _RESERVED = set('/\\:*?"<>|%~') | {chr(c) for c in range(32)} | {"\x7f"}
@@ -98,21 +99,6 @@ def inside(base: str | Path, *parts: str) -> Path:
     if p != base_r and base_r not in p.parents:
         raise DataError(f"{Path(*parts)}: would be written outside {base}; refused")
     return p
-
-
-def _kind(mode: int) -> str:
-    """What a non-regular file is, in words, for an error line."""
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
 
 
 def _lstat(path: Path, option: str) -> os.stat_result | None:
@@ -159,8 +145,8 @@ def output_file(path: str | Path, overwrite: bool = False, flag: str | None = "-
     st = _lstat(path, option)
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
-            raise CifarkitError(f"{option} {path}: is {_kind(st.st_mode)}; cifarkit writes only new or regular files, "
-                                "so give a new file name")
+            raise CifarkitError(f"{option} {path}: is {file_kind(st.st_mode)}; cifarkit writes only new or regular "
+                                "files, so give a new file name")
         if not overwrite:
             fix = f"pass {flag} to replace it or choose another name" if flag else "choose another name"
             raise CifarkitError(f"{option} {path}: exists; {fix}")
@@ -259,7 +245,7 @@ def check_replaceable(folder: str | Path, names: Iterable[str], option: str = "-
                                 f"{OUTPUTS_RECORD}), so --overwrite will not replace it; move it away or choose "
                                 "another folder")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-            raise CifarkitError(f"{option} {p}: is {_kind(st.st_mode)}; move it away or choose another folder")
+            raise CifarkitError(f"{option} {p}: is {file_kind(st.st_mode)}; move it away or choose another folder")
 
 
 def remove_outputs(folder: str | Path, names: Iterable[str]) -> None:

@@ -30,8 +30,11 @@ from cifarkit.errors import CifarkitError, DataError
 MiB = 1 << 20
 
 
-def _kind(mode: int) -> str:
-    return ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words, for an error line (`mode` from stat or
+    lstat): every reader and writer that refuses special files names them the same way."""
+    return ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+            else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
             else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
             else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
 
@@ -65,7 +68,7 @@ def check_user_file(path: str | Path, what: str, error: type[CifarkitError] = Da
     except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         raise error(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise error(f"{path}: is {_kind(st.st_mode)}, not a {what}; give the path of the file itself")
+        raise error(f"{path}: is {file_kind(st.st_mode)}, not a {what}; give the path of the file itself")
     return st
 
 
@@ -90,7 +93,7 @@ def open_user_file(path: str | Path, what: str, max_bytes: int, error: type[Cifa
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path}: is {_kind(st.st_mode)}, not a {what}; give the path of the file itself")
+            raise error(f"{path}: is {file_kind(st.st_mode)}, not a {what}; give the path of the file itself")
         if st.st_size > max_bytes:
             raise error(f"{path}: larger than {_size(max_bytes)} ({_size(st.st_size)}), which no {what} is; "
                         "check the path")

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from cifarkit.errors import DataError
+from cifarkit.userfile import file_kind
 
 # The formats cifarkit decodes, in the order Pillow tries them: raster formats only (module
 # docstring). A camera's MPO (a JPEG holding a second picture) opens through the JPEG plugin.
@@ -109,9 +110,7 @@ def check_regular_file(path: str | Path) -> None:
     except ValueError:  # a NUL byte (from stdin or a manifest): no file can be called that
         raise DataError(f"{path!r}: a path with a NUL byte in it, which no file has") from None
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-        raise DataError(f"{path}: is {kind}, not an image file")
+        raise DataError(f"{path}: is {file_kind(mode)}, not an image file")
 
 
 def reduce_while_decoding(im: Image.Image, max_side: int) -> Image.Image:

@@ -45,7 +45,8 @@ from cifarkit.infer.device import amp_dtype, cpu_kind, precision_name, resolve_d
 from cifarkit.infer.evaluate import evaluate
 from cifarkit.infer.prior import log_prior, posthoc_bias
 from cifarkit.models import count_params, create_model, train_hooks
-from cifarkit.safepath import real_path, safe_component
+from cifarkit.safepath import safe_component
+from cifarkit.saferead import Within
 
 AfterRun = Callable[[Path], None]  # called with the run directory once training has finished
 BeforeRun = Callable[[Path, RunData], None]  # called with the run directory and its data before the first step
@@ -109,12 +110,10 @@ def fit(cfg: Config, work_dir: str | Path | None = None, resume: str | bool | No
     dinfo, dev = init_from_env(resolve_device(device or cfg.train.device))
     if not dinfo.main:
         return _run(cfg, run_dir, resume, dinfo, dev, True, t_start, (), sets, on_eval)
-    if sets is None and cfg.data.root:
-        data_root = real_path(cfg.data.root)
-        if real_path(run_dir) == data_root or data_root in real_path(run_dir).parents:
-            # a run folder among the images becomes a class of the data (its .lock, checkpoints, analysis/)
-            raise ConfigError(f"--work-dir {run_dir}: is inside the data ({cfg.data.root}); choose a run folder "
-                              "outside the dataset")
+    if sets is None and cfg.data.root and Within(cfg.data.root).holds(run_dir):
+        # a run folder among the images becomes a class of the data (its .lock, checkpoints, analysis/)
+        raise ConfigError(f"--work-dir {run_dir}: is inside the data ({cfg.data.root}); choose a run folder "
+                          "outside the dataset")
     check_work_dir(run_dir)
     with locked(run_dir):
         if not resume:
